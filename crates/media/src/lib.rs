@@ -1,0 +1,18 @@
+//! The SFU's media logic, free of sockets and clocks (time is passed in).
+//!
+//! - [`packet`]: the shared, immutable form of a received RTP packet.
+//! - [`keyframe`]: spotting the start of a keyframe in H264, VP8 and VP9 payloads.
+//! - [`rewrite`]: per-viewer rewriting of sequence numbers and timestamps so that a change of
+//!   source (publisher leaves, another arrives) is seamless to the receiver.
+//! - [`keyframe_request`]: merging and rate-limiting viewers' PLI/FIR toward a publisher.
+//! - [`room`]: the room directory shared by workers: who publishes, which workers have viewers.
+
+pub mod keyframe;
+pub mod keyframe_request;
+pub mod packet;
+pub mod rewrite;
+pub mod room;
+
+pub use packet::{Codec, MediaKind, MediaPacket, SourceId};
+pub use rewrite::ViewerTrack;
+pub use room::{Room, RoomId, Rooms};

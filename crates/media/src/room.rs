@@ -1,0 +1,202 @@
+//! The room directory, shared by the HTTP side and the media workers.
+//!
+//! A room has at most one publisher and any number of viewers, spread over the media workers.
+//! The directory is touched when sessions come and go (behind a mutex, off the media path);
+//! the per-packet questions "which workers have viewers of this room?" and "which worker hosts
+//! the publisher?" are answered from atomics in [`Room`], without a lock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Most media workers a process may run: viewer presence is a bit per worker in a `u64`.
+pub const MAX_WORKERS: usize = 64;
+
+const NO_PUBLISHER: u64 = 0;
+const NO_WORKER: usize = usize::MAX;
+
+/// Small number standing for a room inside the process (cheaper to pass around than its name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomId(pub u64);
+
+/// One room's shared state.
+#[derive(Debug)]
+pub struct Room {
+    pub id: RoomId,
+    pub name: String,
+    /// Session serial of the live publisher, or 0.
+    publisher: AtomicU64,
+    publisher_worker: AtomicUsize,
+    /// Bit N set: worker N has at least one viewer of this room.
+    viewer_workers: AtomicU64,
+    viewers: AtomicUsize,
+}
+
+impl Room {
+    fn new(id: RoomId, name: String) -> Self {
+        Room {
+            id,
+            name,
+            publisher: AtomicU64::new(NO_PUBLISHER),
+            publisher_worker: AtomicUsize::new(NO_WORKER),
+            viewer_workers: AtomicU64::new(0),
+            viewers: AtomicUsize::new(0),
+        }
+    }
+
+    /// Makes `session` (a non-zero serial) the room's publisher if it has none.
+    pub fn try_claim_publisher(&self, session: u64, worker: usize) -> bool {
+        debug_assert_ne!(session, NO_PUBLISHER);
+        let won = self
+            .publisher
+            .compare_exchange(NO_PUBLISHER, session, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if won {
+            self.publisher_worker.store(worker, Ordering::Release);
+        }
+        won
+    }
+
+    /// Frees the publisher slot if `session` holds it.
+    pub fn release_publisher(&self, session: u64) {
+        if self
+            .publisher
+            .compare_exchange(session, NO_PUBLISHER, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.publisher_worker.store(NO_WORKER, Ordering::Release);
+        }
+    }
+
+    pub fn has_publisher(&self) -> bool {
+        self.publisher.load(Ordering::Acquire) != NO_PUBLISHER
+    }
+
+    /// The worker hosting the live publisher, if any.
+    pub fn publisher_worker(&self) -> Option<usize> {
+        match self.publisher_worker.load(Ordering::Acquire) {
+            NO_WORKER => None,
+            w => Some(w),
+        }
+    }
+
+    /// Called by worker `worker` when its local viewer count of this room goes 0 -> 1 (`true`)
+    /// or 1 -> 0 (`false`).
+    pub fn set_worker_has_viewers(&self, worker: usize, has: bool) {
+        let bit = 1u64 << worker;
+        if has {
+            self.viewer_workers.fetch_or(bit, Ordering::AcqRel);
+        } else {
+            self.viewer_workers.fetch_and(!bit, Ordering::AcqRel);
+        }
+    }
+
+    /// Bit set of workers with viewers of this room.
+    pub fn viewer_workers(&self) -> u64 {
+        self.viewer_workers.load(Ordering::Acquire)
+    }
+
+    pub fn viewer_joined(&self) {
+        self.viewers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn viewer_left(&self) {
+        self.viewers.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn viewer_count(&self) -> usize {
+        self.viewers.load(Ordering::Relaxed)
+    }
+}
+
+/// Rooms by name. Holders of an `Arc<Room>` (sessions) keep a room alive; [`Rooms::release`]
+/// forgets a room once nothing else holds it.
+#[derive(Debug, Default)]
+pub struct Rooms {
+    by_name: Mutex<HashMap<String, Arc<Room>>>,
+    next_id: AtomicU64,
+}
+
+impl Rooms {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn get_or_create(&self, name: &str) -> Arc<Room> {
+        let mut map = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(room) = map.get(name) {
+            return room.clone();
+        }
+        let id = RoomId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1);
+        let room = Arc::new(Room::new(id, name.to_owned()));
+        map.insert(name.to_owned(), room.clone());
+        room
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Room>> {
+        let map = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(name).cloned()
+    }
+
+    /// Drops `room` (a session's handle) and forgets the room if that was the last holder.
+    pub fn release(&self, room: Arc<Room>) {
+        let mut map = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        let name = room.name.clone();
+        drop(room);
+        if map.get(&name).is_some_and(|r| Arc::strong_count(r) == 1) {
+            map.remove(&name);
+        }
+    }
+
+    /// A snapshot of all rooms, sorted by name.
+    pub fn list(&self) -> Vec<Arc<Room>> {
+        let map = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rooms: Vec<_> = map.values().cloned().collect();
+        rooms.sort_by(|a, b| a.name.cmp(&b.name));
+        rooms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_publisher_per_room() {
+        let rooms = Rooms::new();
+        let room = rooms.get_or_create("a");
+        assert!(room.try_claim_publisher(1, 0));
+        assert!(!room.try_claim_publisher(2, 1));
+        assert_eq!(room.publisher_worker(), Some(0));
+        room.release_publisher(2); // not the holder: no effect
+        assert!(room.has_publisher());
+        room.release_publisher(1);
+        assert!(!room.has_publisher());
+        assert_eq!(room.publisher_worker(), None);
+        assert!(room.try_claim_publisher(2, 1));
+    }
+
+    #[test]
+    fn rooms_are_forgotten_when_unused() {
+        let rooms = Rooms::new();
+        let a = rooms.get_or_create("a");
+        let a2 = rooms.get_or_create("a");
+        assert_eq!(a.id, a2.id);
+        rooms.release(a);
+        assert!(rooms.get("a").is_some());
+        rooms.release(a2);
+        assert!(rooms.get("a").is_none());
+        assert_ne!(rooms.get_or_create("a").id, RoomId(1));
+    }
+
+    #[test]
+    fn viewer_worker_bits() {
+        let rooms = Rooms::new();
+        let a = rooms.get_or_create("a");
+        a.set_worker_has_viewers(0, true);
+        a.set_worker_has_viewers(3, true);
+        assert_eq!(a.viewer_workers(), 0b1001);
+        a.set_worker_has_viewers(0, false);
+        assert_eq!(a.viewer_workers(), 0b1000);
+    }
+}

@@ -1,0 +1,471 @@
+//! The media engine: starts the workers and is the control side's door to them.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use deadsfu_media::Rooms;
+use deadsfu_media::room::MAX_WORKERS;
+use str0m::change::SdpOffer;
+use str0m::{Candidate, IceCreds};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::EngineConfig;
+use crate::error::SessionError;
+use crate::metrics::{Counters, MetricsSnapshot};
+use crate::sdp::{OfferSummary, TrickleFragment, VideoFamily};
+use crate::session::SessionKind;
+use crate::worker::{Command, CreateSession, Worker, WorkerHandle};
+
+/// Room-packet inbox size per worker; beyond it, cross-worker packets are dropped and counted.
+const INBOX_CAPACITY: usize = 8192;
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("workers must be between 1 and {MAX_WORKERS}, not {0}")]
+    Workers(usize),
+    #[error("cannot start a worker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A session as the control side knows it.
+#[derive(Debug, Clone)]
+struct SessionEntry {
+    worker: usize,
+    serial: u64,
+    kind: SessionKind,
+    room: String,
+    etag: String,
+    remote_ufrag: Option<String>,
+    video_family: Option<VideoFamily>,
+}
+
+/// State shared by the engine handle and the workers (touched off the media path only).
+pub(crate) struct Shared {
+    pub config: EngineConfig,
+    pub rooms: Rooms,
+    sessions: Mutex<HashMap<Arc<str>, SessionEntry>>,
+}
+
+impl Shared {
+    pub fn forget_session(&self, id: &str) {
+        self.lock_sessions().remove(id);
+    }
+
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, SessionEntry>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The advertised address a datagram from `from` was (most likely) sent to.
+    pub fn local_ip_for(&self, from: SocketAddr) -> IpAddr {
+        let hosts = &self.config.ice_hosts;
+        hosts
+            .iter()
+            .find(|ip| ip.is_loopback() == from.ip().is_loopback() && ip.is_ipv4() == from.is_ipv4())
+            .or_else(|| hosts.iter().find(|ip| ip.is_ipv4() == from.is_ipv4()))
+            .or(hosts.first())
+            .copied()
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+}
+
+/// A created session: what the HTTP side returns to the client.
+#[derive(Debug, Clone)]
+pub struct SessionCreated {
+    /// Unguessable id, used in the session's resource URL.
+    pub id: String,
+    pub answer: String,
+    pub etag: String,
+}
+
+/// Result of a trickle PATCH.
+#[derive(Debug)]
+pub enum TrickleOutcome {
+    /// Candidates added (HTTP 204).
+    Added,
+    /// ICE restarted: the fragment to return (HTTP 200) and the new ETag.
+    Restarted { fragment: String, etag: String },
+}
+
+/// A room as `/api` shows it.
+#[derive(Debug, Clone)]
+pub struct RoomSummary {
+    pub name: String,
+    pub live: bool,
+    pub viewers: usize,
+}
+
+/// Handle to the media workers. Cheap to clone.
+#[derive(Clone)]
+pub struct MediaEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    workers: Arc<[WorkerHandle]>,
+    ports: Vec<u16>,
+    counters: Vec<Arc<Counters>>,
+    next_serial: AtomicU64,
+    next_worker: AtomicUsize,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl MediaEngine {
+    /// Binds the workers' UDP sockets and starts their threads.
+    pub fn start(config: EngineConfig) -> Result<MediaEngine, EngineError> {
+        if config.workers == 0 || config.workers > MAX_WORKERS {
+            return Err(EngineError::Workers(config.workers));
+        }
+        let mut sockets = Vec::with_capacity(config.workers);
+        for n in 0..config.workers {
+            let port = if config.udp_port == 0 {
+                0
+            } else {
+                config.udp_port.saturating_add(n as u16)
+            };
+            let addr = SocketAddr::new(config.bind_ip, port);
+            sockets.push(bind_udp(addr).map_err(|source| EngineError::Bind { addr, source })?);
+        }
+        let ports: Vec<u16> = sockets
+            .iter()
+            .map(|s| s.local_addr().map(|a| a.port()).unwrap_or(0))
+            .collect();
+
+        let shared = Arc::new(Shared {
+            config,
+            rooms: Rooms::new(),
+            sessions: Mutex::new(HashMap::new()),
+        });
+        let mut handles = Vec::new();
+        let mut receivers = Vec::new();
+        for _ in 0..sockets.len() {
+            let (ctx, crx) = mpsc::unbounded_channel();
+            let (itx, irx) = mpsc::channel(INBOX_CAPACITY);
+            handles.push(WorkerHandle {
+                commands: ctx,
+                inbox: itx,
+            });
+            receivers.push((crx, irx));
+        }
+        let workers: Arc<[WorkerHandle]> = handles.into();
+        let mut counters = Vec::new();
+        let mut threads = Vec::new();
+        for (index, (socket, (crx, irx))) in sockets.into_iter().zip(receivers).enumerate() {
+            let c = Arc::new(Counters::default());
+            counters.push(c.clone());
+            let worker = Worker::new(index, ports[index], shared.clone(), workers.clone(), c);
+            let thread = std::thread::Builder::new()
+                .name(format!("media-{index}"))
+                .spawn(move || worker.run(socket, crx, irx))
+                .map_err(EngineError::Thread)?;
+            threads.push(thread);
+        }
+        Ok(MediaEngine {
+            inner: Arc::new(Inner {
+                shared,
+                workers,
+                ports,
+                counters,
+                next_serial: AtomicU64::new(1),
+                next_worker: AtomicUsize::new(0),
+                threads: Mutex::new(threads),
+            }),
+        })
+    }
+
+    /// UDP ports the workers listen on, in worker order.
+    pub fn udp_ports(&self) -> &[u16] {
+        &self.inner.ports
+    }
+
+    /// Creates a publisher or viewer session in `room` from an SDP offer.
+    pub async fn create_session(
+        &self,
+        kind: SessionKind,
+        room: &str,
+        offer: &str,
+    ) -> Result<SessionCreated, SessionError> {
+        let summary = OfferSummary::parse(offer)?;
+        let video_family = match kind {
+            SessionKind::Publisher => summary.check_publish()?,
+            SessionKind::Viewer => {
+                summary.check_view()?;
+                self.check_viewer_codecs(room, &summary)?;
+                None
+            }
+        };
+        let sdp = SdpOffer::from_sdp_string(offer).map_err(|e| SessionError::BadSdp(e.to_string()))?;
+
+        let inner = &self.inner;
+        let serial = inner.next_serial.fetch_add(1, Ordering::Relaxed);
+        let worker = inner.next_worker.fetch_add(1, Ordering::Relaxed) % inner.workers.len();
+        let room_arc = inner.shared.rooms.get_or_create(room);
+        if kind == SessionKind::Publisher && !room_arc.try_claim_publisher(serial, worker) {
+            inner.shared.rooms.release(room_arc);
+            return Err(SessionError::RoomBusy(room.to_owned()));
+        }
+        let id: Arc<str> = Arc::from(hex::encode(rand::random::<[u8; 16]>()));
+        let etag = new_etag();
+        // Register first so that a worker ending the session early finds the entry to remove.
+        inner.shared.lock_sessions().insert(
+            id.clone(),
+            SessionEntry {
+                worker,
+                serial,
+                kind,
+                room: room.to_owned(),
+                etag: etag.clone(),
+                remote_ufrag: summary.ice_ufrag.clone(),
+                video_family,
+            },
+        );
+        let (reply, rx) = oneshot::channel();
+        let req = Box::new(CreateSession {
+            id: id.clone(),
+            serial,
+            kind,
+            room: room_arc.clone(),
+            offer: sdp,
+            summary,
+            video_family,
+        });
+        let sent = inner.workers[worker]
+            .commands
+            .send(Command::Create { req, reply })
+            .is_ok();
+        let result = if sent {
+            rx.await.unwrap_or(Err(SessionError::Unavailable))
+        } else {
+            Err(SessionError::Unavailable)
+        };
+        match result {
+            Ok(created) => {
+                drop(created.local_ufrag);
+                inner.shared.rooms.release(room_arc);
+                Ok(SessionCreated {
+                    id: id.to_string(),
+                    answer: created.answer,
+                    etag,
+                })
+            }
+            Err(e) => {
+                inner.shared.forget_session(&id);
+                if kind == SessionKind::Publisher {
+                    room_arc.release_publisher(serial);
+                }
+                inner.shared.rooms.release(room_arc);
+                Err(e)
+            }
+        }
+    }
+
+    /// A viewer must be able to receive what the room's live publisher sends.
+    fn check_viewer_codecs(&self, room: &str, summary: &OfferSummary) -> Result<(), SessionError> {
+        let family = self
+            .inner
+            .shared
+            .lock_sessions()
+            .values()
+            .find(|e| e.kind == SessionKind::Publisher && e.room == room)
+            .and_then(|e| e.video_family);
+        let Some(family) = family else {
+            return Ok(());
+        };
+        let name = match family {
+            VideoFamily::H264 => "H264",
+            VideoFamily::Vp8 => "VP8",
+            VideoFamily::Vp9 => "VP9",
+            VideoFamily::Av1 => "AV1",
+        };
+        if summary.receivable_codecs().iter().any(|c| c == name) {
+            Ok(())
+        } else {
+            Err(SessionError::Unsupported(format!(
+                "room {room:?} is live in {name}, which this offer cannot receive"
+            )))
+        }
+    }
+
+    fn entry(&self, id: &str) -> Result<SessionEntry, SessionError> {
+        self.inner
+            .shared
+            .lock_sessions()
+            .get(id)
+            .cloned()
+            .ok_or(SessionError::NotFound)
+    }
+
+    /// The session's kind, if it exists.
+    pub fn session_kind(&self, id: &str) -> Option<SessionKind> {
+        self.entry(id).ok().map(|e| e.kind)
+    }
+
+    /// Applies a trickle-ice-sdpfrag PATCH (RFC 9725 §4.3): new candidates, or an ICE restart
+    /// when the fragment carries new credentials.
+    pub async fn patch_session(
+        &self,
+        id: &str,
+        fragment: &str,
+        if_match: Option<&str>,
+    ) -> Result<TrickleOutcome, SessionError> {
+        let entry = self.entry(id)?;
+        let frag = TrickleFragment::parse(fragment)?;
+        let restart = match (&frag.ice_ufrag, &frag.ice_pwd) {
+            (Some(u), Some(_)) => entry.remote_ufrag.as_deref() != Some(u.as_str()),
+            _ => false,
+        };
+        let worker = &self.inner.workers[entry.worker];
+        if restart {
+            if if_match.map(str::trim) != Some("\"*\"") && if_match.map(str::trim) != Some("*") {
+                return Err(SessionError::RestartNeedsIfMatch);
+            }
+            let remote = IceCreds {
+                ufrag: frag.ice_ufrag.clone().unwrap_or_default(),
+                pass: frag.ice_pwd.clone().unwrap_or_default(),
+            };
+            let (reply, rx) = oneshot::channel();
+            worker
+                .commands
+                .send(Command::RestartIce {
+                    serial: entry.serial,
+                    remote,
+                    reply,
+                })
+                .map_err(|_| SessionError::Unavailable)?;
+            let local = rx.await.map_err(|_| SessionError::Unavailable)??;
+            let etag = new_etag();
+            if let Some(e) = self.inner.shared.lock_sessions().get_mut(id) {
+                e.etag = etag.clone();
+                e.remote_ufrag = frag.ice_ufrag.clone();
+            }
+            let mut fragment = format!(
+                "a=ice-lite\r\na=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
+                local.ufrag, local.pass
+            );
+            let port = self.inner.ports[entry.worker];
+            for (i, ip) in self.inner.shared.config.ice_hosts.iter().enumerate() {
+                if let Ok(c) = Candidate::host(SocketAddr::new(*ip, port), "udp") {
+                    let _ = i;
+                    fragment.push_str(&format!("a={}\r\n", c.to_sdp_string()));
+                }
+            }
+            fragment.push_str("a=end-of-candidates\r\n");
+            return Ok(TrickleOutcome::Restarted { fragment, etag });
+        }
+        if let Some(m) = if_match.map(str::trim)
+            && m != "*"
+            && m != "\"*\""
+            && m != entry.etag
+        {
+            return Err(SessionError::EtagMismatch);
+        }
+        let mut candidates = Vec::new();
+        for line in &frag.candidates {
+            let c = Candidate::from_sdp_string(line)
+                .map_err(|e| SessionError::BadSdp(format!("bad candidate: {e}")))?;
+            candidates.push(c);
+        }
+        if !candidates.is_empty() {
+            worker
+                .commands
+                .send(Command::AddCandidates {
+                    serial: entry.serial,
+                    candidates,
+                })
+                .map_err(|_| SessionError::Unavailable)?;
+        }
+        Ok(TrickleOutcome::Added)
+    }
+
+    /// Ends a session (DELETE).
+    pub async fn close_session(&self, id: &str) -> Result<(), SessionError> {
+        let entry = self.entry(id)?;
+        let (reply, rx) = oneshot::channel();
+        self.inner.workers[entry.worker]
+            .commands
+            .send(Command::Close {
+                serial: entry.serial,
+                reply,
+            })
+            .map_err(|_| SessionError::Unavailable)?;
+        match rx.await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(SessionError::NotFound),
+            Err(_) => Err(SessionError::Unavailable),
+        }
+    }
+
+    /// Counters summed over all workers.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let mut snap = MetricsSnapshot::default();
+        for c in &self.inner.counters {
+            snap.add(c);
+        }
+        snap
+    }
+
+    /// Live sessions by kind: (publishers, viewers).
+    pub fn session_counts(&self) -> (usize, usize) {
+        let sessions = self.inner.shared.lock_sessions();
+        let publishers = sessions
+            .values()
+            .filter(|e| e.kind == SessionKind::Publisher)
+            .count();
+        (publishers, sessions.len() - publishers)
+    }
+
+    pub fn rooms(&self) -> Vec<RoomSummary> {
+        self.inner
+            .shared
+            .rooms
+            .list()
+            .iter()
+            .map(|r| RoomSummary {
+                name: r.name.clone(),
+                live: r.has_publisher(),
+                viewers: r.viewer_count(),
+            })
+            .collect()
+    }
+
+    /// Closes every session (sending DTLS close_notify) and stops the workers.
+    pub fn shutdown(&self) {
+        for w in self.inner.workers.iter() {
+            let _ = w.commands.send(Command::Shutdown);
+        }
+        let threads = std::mem::take(
+            &mut *self
+                .inner
+                .threads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn new_etag() -> String {
+    format!("\"{}\"", hex::encode(rand::random::<[u8; 8]>()))
+}
+
+/// A non-blocking UDP socket with roomy buffers (bursts of keyframes to many viewers).
+fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = socket.set_send_buffer_size(4 << 20);
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}

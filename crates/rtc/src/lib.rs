@@ -1,0 +1,22 @@
+//! deadsfu's WebRTC side: str0m peer connections (in RTP mode) on a fixed set of media workers.
+//!
+//! - [`MediaEngine`] (`engine.rs`): starts the workers; creates, patches and closes sessions.
+//! - `worker.rs`: one thread per worker owning a UDP socket and its sessions; fan-out.
+//! - `session.rs`: one peer connection as publisher or viewer.
+//! - [`sdp`]: checks on offers and trickle fragments that str0m leaves to us.
+
+mod codec;
+pub mod config;
+mod engine;
+pub mod error;
+pub mod metrics;
+pub mod sdp;
+mod session;
+mod stun;
+mod worker;
+
+pub use config::EngineConfig;
+pub use engine::{EngineError, MediaEngine, RoomSummary, SessionCreated, TrickleOutcome};
+pub use error::SessionError;
+pub use metrics::MetricsSnapshot;
+pub use session::SessionKind;

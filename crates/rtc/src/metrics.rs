@@ -1,0 +1,55 @@
+//! Counters for `/metrics`. Each worker owns one [`Counters`] and is its only writer, so the
+//! per-packet increments never contend; a scrape sums them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($name:ident: $help:literal),* $(,)?) => {
+        /// One worker's counters (cache-line aligned so workers do not share lines).
+        #[derive(Debug, Default)]
+        #[repr(align(128))]
+        pub struct Counters {
+            $(pub(crate) $name: AtomicU64,)*
+        }
+
+        /// The sum of all workers' counters at one moment.
+        #[derive(Debug, Default, Clone, Copy)]
+        pub struct MetricsSnapshot {
+            $(pub $name: u64,)*
+        }
+
+        impl MetricsSnapshot {
+            pub(crate) fn add(&mut self, c: &Counters) {
+                $(self.$name += c.$name.load(Ordering::Relaxed);)*
+            }
+
+            /// (name, help, value) of every counter, for the Prometheus text format.
+            pub fn fields(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($name), $help, self.$name),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    packets_in: "RTP packets received from publishers",
+    bytes_in: "RTP payload bytes received from publishers",
+    packets_out: "UDP datagrams sent to peers",
+    bytes_out: "UDP bytes sent to peers",
+    send_drops: "datagrams dropped because the socket was full",
+    fanout_drops: "packets dropped because a worker's inbox was full",
+    nacks_received: "NACKs received from viewers",
+    keyframe_requests_received: "PLI/FIR received from viewers",
+    keyframe_requests_sent: "keyframe requests sent to publishers",
+    sessions_started: "sessions created",
+    sessions_ended: "sessions ended",
+}
+
+impl Counters {
+    #[inline]
+    pub(crate) fn add(field: &AtomicU64, n: u64) {
+        // Only the owning worker writes: a load and a store are enough and cheaper than an
+        // atomic read-modify-write.
+        field.store(field.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+}

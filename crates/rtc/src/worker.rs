@@ -1,0 +1,665 @@
+//! A media worker: one thread, one UDP socket, the sessions that live on it.
+//!
+//! Everything a worker owns is touched only by its thread, so nothing on the media path takes
+//! a lock. Other threads talk to it through two channels: commands (create, trickle, close,
+//! keyframe requests) and an inbox of room packets published on other workers.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadsfu_media::{MediaKind, MediaPacket, Room, RoomId};
+use str0m::media::Mid;
+use str0m::net::{DatagramRecv, Protocol, Receive};
+use str0m::{Candidate, IceCreds, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::engine::Shared;
+use crate::error::SessionError;
+use crate::metrics::Counters;
+use crate::sdp::{OfferSummary, SectionKind, VideoFamily};
+use crate::session::{Outbox, Publisher, Role, Session, SessionKind, Viewer};
+use crate::stun;
+
+/// Longest a session waits between timer checks, so connect and idle timeouts are noticed.
+const MAX_TIMER_GAP: Duration = Duration::from_secs(1);
+/// Datagrams read per wake-up before other work gets a turn.
+const RECV_BATCH: usize = 64;
+
+pub(crate) struct CreateSession {
+    pub id: Arc<str>,
+    pub serial: u64,
+    pub kind: SessionKind,
+    pub room: Arc<Room>,
+    pub offer: str0m::change::SdpOffer,
+    pub summary: OfferSummary,
+    pub video_family: Option<VideoFamily>,
+}
+
+pub(crate) struct Created {
+    pub answer: String,
+    /// Codecs the viewer can receive (empty for publishers).
+    pub local_ufrag: String,
+}
+
+pub(crate) enum Command {
+    Create {
+        req: Box<CreateSession>,
+        reply: oneshot::Sender<Result<Created, SessionError>>,
+    },
+    AddCandidates {
+        serial: u64,
+        candidates: Vec<Candidate>,
+    },
+    RestartIce {
+        serial: u64,
+        remote: IceCreds,
+        reply: oneshot::Sender<Result<IceCreds, SessionError>>,
+    },
+    Close {
+        serial: u64,
+        reply: oneshot::Sender<bool>,
+    },
+    KeyframeRequest {
+        room: RoomId,
+    },
+    Shutdown,
+}
+
+/// A packet published on one worker, for the viewers of `room` on another.
+pub(crate) struct RoomPacket {
+    pub room: RoomId,
+    pub packet: Arc<MediaPacket>,
+}
+
+/// How other threads reach a worker.
+#[derive(Clone)]
+pub(crate) struct WorkerHandle {
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub inbox: mpsc::Sender<RoomPacket>,
+}
+
+#[derive(Default)]
+struct LocalRoom {
+    publisher: Option<u64>,
+    viewers: Vec<u64>,
+}
+
+pub(crate) struct Worker {
+    index: usize,
+    local_port: u16,
+    shared: Arc<Shared>,
+    peers: Arc<[WorkerHandle]>,
+    counters: Arc<Counters>,
+    sessions: HashMap<u64, Session>,
+    by_addr: HashMap<SocketAddr, u64>,
+    by_ufrag: HashMap<String, u64>,
+    rooms: HashMap<RoomId, LocalRoom>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    outbox: Outbox,
+    followups: Vec<(u64, bool, Option<&'static str>)>,
+}
+
+impl Worker {
+    pub fn new(
+        index: usize,
+        local_port: u16,
+        shared: Arc<Shared>,
+        peers: Arc<[WorkerHandle]>,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Worker {
+            index,
+            local_port,
+            shared,
+            peers,
+            counters,
+            sessions: HashMap::new(),
+            by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            rooms: HashMap::new(),
+            timers: BinaryHeap::new(),
+            outbox: Outbox::default(),
+            followups: Vec::new(),
+        }
+    }
+
+    pub fn run(
+        mut self,
+        socket: std::net::UdpSocket,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut inbox: mpsc::Receiver<RoomPacket>,
+    ) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(worker = self.index, error = %e, "cannot start worker runtime");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let socket = match UdpSocket::from_std(socket) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(worker = self.index, error = %e, "cannot register UDP socket");
+                    return;
+                }
+            };
+            let mut buf = vec![0u8; 2048];
+            loop {
+                let deadline = self.next_deadline();
+                tokio::select! {
+                    biased;
+                    cmd = commands.recv() => match cmd {
+                        Some(Command::Shutdown) | None => {
+                            self.shutdown(&socket);
+                            break;
+                        }
+                        Some(cmd) => self.handle_command(cmd, &socket),
+                    },
+                    res = socket.recv_from(&mut buf) => {
+                        match res {
+                            Ok((n, from)) => self.handle_datagram(&buf[..n], from, &socket),
+                            Err(e) => tracing::debug!(worker = self.index, error = %e, "recv"),
+                        }
+                        // Read what else is waiting before going round the select again.
+                        for _ in 0..RECV_BATCH {
+                            match socket.try_recv_from(&mut buf) {
+                                Ok((n, from)) => self.handle_datagram(&buf[..n], from, &socket),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Some(p) = inbox.recv() => {
+                        self.fanout_local(p.room, &p.packet, &socket);
+                        while let Ok(p) = inbox.try_recv() {
+                            self.fanout_local(p.room, &p.packet, &socket);
+                        }
+                    }
+                    _ = tokio::time::sleep_until(deadline.into()) => self.handle_timers(&socket),
+                }
+                self.process_followups(&socket);
+            }
+        });
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let fallback = Instant::now() + MAX_TIMER_GAP;
+        match self.timers.peek() {
+            Some(Reverse((t, _))) => (*t).min(fallback),
+            None => fallback,
+        }
+    }
+
+    fn handle_command(&mut self, cmd: Command, socket: &UdpSocket) {
+        let now = Instant::now();
+        match cmd {
+            Command::Create { req, reply } => {
+                let serial = req.serial;
+                let result = self.create(*req, now);
+                let ok = result.is_ok();
+                if reply.send(result).is_err() && ok {
+                    // The HTTP request went away: nobody will ever learn this session's URL.
+                    self.end_session(serial, "creator went away");
+                } else if ok {
+                    self.drain(serial, now, socket);
+                }
+            }
+            Command::AddCandidates { serial, candidates } => {
+                if let Some(s) = self.sessions.get_mut(&serial) {
+                    for c in candidates {
+                        s.rtc.add_remote_candidate(c);
+                    }
+                    self.drain(serial, now, socket);
+                }
+            }
+            Command::RestartIce {
+                serial,
+                remote,
+                reply,
+            } => {
+                let Some(s) = self.sessions.get_mut(&serial) else {
+                    let _ = reply.send(Err(SessionError::NotFound));
+                    return;
+                };
+                let local = IceCreds::new();
+                let mut api = s.rtc.direct_api();
+                api.set_remote_ice_credentials(remote);
+                api.set_local_ice_credentials(local.clone());
+                self.by_ufrag.remove(&s.local_ufrag);
+                s.local_ufrag = local.ufrag.clone();
+                self.by_ufrag.insert(local.ufrag.clone(), serial);
+                let _ = reply.send(Ok(local));
+                self.drain(serial, now, socket);
+            }
+            Command::Close { serial, reply } => {
+                let found = if let Some(s) = self.sessions.get_mut(&serial) {
+                    s.rtc.disconnect();
+                    self.drain(serial, now, socket);
+                    self.end_session(serial, "closed by DELETE");
+                    true
+                } else {
+                    false
+                };
+                let _ = reply.send(found);
+            }
+            Command::KeyframeRequest { room } => self.keyframe_request_local(room, now, socket),
+            Command::Shutdown => {}
+        }
+    }
+
+    fn create(&mut self, req: CreateSession, now: Instant) -> Result<Created, SessionError> {
+        let builder = Rtc::builder()
+            .set_rtp_mode(true)
+            .set_ice_lite(true)
+            .set_stats_interval(Some(Duration::from_secs(5)))
+            .clear_codecs()
+            .enable_opus(true, false);
+        let builder = match (req.kind, req.video_family) {
+            (SessionKind::Viewer, _) => builder
+                .enable_h264(true)
+                .enable_vp8(true)
+                .enable_vp9(true)
+                .enable_av1(true),
+            (SessionKind::Publisher, Some(VideoFamily::H264)) => builder.enable_h264(true),
+            (SessionKind::Publisher, Some(VideoFamily::Vp8)) => builder.enable_vp8(true),
+            (SessionKind::Publisher, Some(VideoFamily::Vp9)) => builder.enable_vp9(true),
+            (SessionKind::Publisher, Some(VideoFamily::Av1)) => builder.enable_av1(true),
+            (SessionKind::Publisher, None) => builder,
+        };
+        let mut rtc = builder.build(now);
+        for ip in &self.shared.config.ice_hosts {
+            let addr = SocketAddr::new(*ip, self.local_port);
+            match Candidate::host(addr, "udp") {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => tracing::warn!(%addr, error = %e, "unusable ICE host address"),
+            }
+        }
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(req.offer)
+            .map_err(|e| SessionError::Unsupported(format!("cannot answer the offer: {e}")))?;
+
+        let mids: Vec<(MediaKind, Mid)> = req
+            .summary
+            .media()
+            .filter(|s| match req.kind {
+                SessionKind::Publisher => s.direction.offerer_sends(),
+                SessionKind::Viewer => s.direction.offerer_receives(),
+            })
+            .filter_map(|s| {
+                let kind = match s.kind {
+                    SectionKind::Audio => MediaKind::Audio,
+                    SectionKind::Video => MediaKind::Video,
+                    SectionKind::Other => return None,
+                };
+                Some((kind, Mid::from(s.mid.as_deref()?)))
+            })
+            .collect();
+
+        let role = match req.kind {
+            SessionKind::Publisher => {
+                let video_mid = mids
+                    .iter()
+                    .find(|(k, _)| *k == MediaKind::Video)
+                    .map(|(_, m)| *m);
+                Role::Publisher(Publisher::new(
+                    req.serial,
+                    video_mid,
+                    self.shared.config.keyframe_request_interval,
+                ))
+            }
+            SessionKind::Viewer => {
+                let viewer = Viewer::new(&mut rtc, &mids);
+                if !viewer.has_tracks() {
+                    return Err(SessionError::Unsupported(
+                        "no audio or video section could be answered".into(),
+                    ));
+                }
+                Role::Viewer(viewer)
+            }
+        };
+
+        let local_ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        let session = Session::new(
+            req.id.clone(),
+            req.serial,
+            rtc,
+            req.room.clone(),
+            role,
+            local_ufrag.clone(),
+            now,
+        );
+        let local = self.rooms.entry(req.room.id).or_default();
+        match req.kind {
+            SessionKind::Publisher => local.publisher = Some(req.serial),
+            SessionKind::Viewer => {
+                if local.viewers.is_empty() {
+                    req.room.set_worker_has_viewers(self.index, true);
+                }
+                local.viewers.push(req.serial);
+                req.room.viewer_joined();
+            }
+        }
+        self.by_ufrag.insert(local_ufrag.clone(), req.serial);
+        self.sessions.insert(req.serial, session);
+        Counters::add(&self.counters.sessions_started, 1);
+        tracing::info!(
+            session = %req.id,
+            room = %req.room.name,
+            kind = ?req.kind,
+            worker = self.index,
+            "session created"
+        );
+        Ok(Created {
+            answer: answer.to_sdp_string(),
+            local_ufrag,
+        })
+    }
+
+    fn handle_datagram(&mut self, buf: &[u8], from: SocketAddr, socket: &UdpSocket) {
+        let now = Instant::now();
+        let serial = match self.by_addr.get(&from) {
+            Some(s) => *s,
+            None => {
+                // A new flow: only a STUN check carrying a ufrag we issued may open it.
+                let Some(serial) = stun::local_ufrag(buf).and_then(|u| self.by_ufrag.get(u).copied())
+                else {
+                    return;
+                };
+                self.by_addr.insert(from, serial);
+                if let Some(s) = self.sessions.get_mut(&serial) {
+                    s.addrs.push(from);
+                }
+                serial
+            }
+        };
+        let Some(session) = self.sessions.get_mut(&serial) else {
+            self.by_addr.remove(&from);
+            return;
+        };
+        let Ok(contents) = DatagramRecv::try_from(buf) else {
+            return;
+        };
+        let destination = SocketAddr::new(self.shared.local_ip_for(from), self.local_port);
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source: from,
+                destination,
+                contents,
+            },
+        );
+        if let Err(e) = session.rtc.handle_input(input) {
+            tracing::debug!(session = %session.id, error = %e, "input rejected");
+        }
+        session.last_input = now;
+        self.drain(serial, now, socket);
+    }
+
+    /// Drains a session's outputs: sends its datagrams, collects its events, schedules its
+    /// next timeout, then acts on what it reported (packets to fan out, keyframe requests, end).
+    fn drain(&mut self, serial: u64, now: Instant, socket: &UdpSocket) {
+        let Some(session) = self.sessions.get_mut(&serial) else {
+            return;
+        };
+        drain_session(
+            session,
+            &mut self.outbox,
+            &mut self.timers,
+            socket,
+            &self.counters,
+            now,
+        );
+        let room = session.room.clone();
+        if !self.outbox.packets.is_empty() {
+            let mut packets = std::mem::take(&mut self.outbox.packets);
+            for pkt in packets.drain(..) {
+                self.route(&room, pkt, socket);
+            }
+            // Hand the (empty) vector back so its capacity is reused.
+            self.outbox.packets = packets;
+        }
+        if std::mem::take(&mut self.outbox.keyframe_request) {
+            self.request_keyframe(&room, now, socket);
+        }
+        if let Some(reason) = self.outbox.ended.take() {
+            self.end_session(serial, reason);
+        }
+    }
+
+    /// Sends a publisher's packet to every worker with viewers of its room.
+    fn route(&mut self, room: &Arc<Room>, pkt: Arc<MediaPacket>, socket: &UdpSocket) {
+        let mut bits = room.viewer_workers();
+        let mut local = false;
+        while bits != 0 {
+            let w = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if w == self.index {
+                local = true;
+                continue;
+            }
+            let Some(peer) = self.peers.get(w) else {
+                continue;
+            };
+            let msg = RoomPacket {
+                room: room.id,
+                packet: pkt.clone(),
+            };
+            if peer.inbox.try_send(msg).is_err() {
+                Counters::add(&self.counters.fanout_drops, 1);
+            }
+        }
+        if local {
+            self.fanout_local(room.id, &pkt, socket);
+        }
+    }
+
+    /// Forwards one packet to this worker's viewers of `room`.
+    fn fanout_local(&mut self, room: RoomId, pkt: &MediaPacket, socket: &UdpSocket) {
+        let Some(local) = self.rooms.get(&room) else {
+            return;
+        };
+        let now = Instant::now();
+        for serial in &local.viewers {
+            let Some(session) = self.sessions.get_mut(serial) else {
+                continue;
+            };
+            if !session.forward(pkt, now) {
+                continue;
+            }
+            drain_session(
+                session,
+                &mut self.outbox,
+                &mut self.timers,
+                socket,
+                &self.counters,
+                now,
+            );
+            let kf = std::mem::take(&mut self.outbox.keyframe_request);
+            let ended = self.outbox.ended.take();
+            if kf || ended.is_some() {
+                self.followups.push((*serial, kf, ended));
+            }
+        }
+    }
+
+    /// Acts on what viewers reported during a fan-out, once the room is no longer borrowed.
+    fn process_followups(&mut self, socket: &UdpSocket) {
+        if self.followups.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let followups = std::mem::take(&mut self.followups);
+        for (serial, keyframe, ended) in followups {
+            if keyframe && let Some(room) = self.sessions.get(&serial).map(|s| s.room.clone()) {
+                self.request_keyframe(&room, now, socket);
+            }
+            if let Some(reason) = ended {
+                self.end_session(serial, reason);
+            }
+        }
+    }
+
+    fn request_keyframe(&mut self, room: &Arc<Room>, now: Instant, socket: &UdpSocket) {
+        match room.publisher_worker() {
+            Some(w) if w == self.index => self.keyframe_request_local(room.id, now, socket),
+            Some(w) => {
+                if let Some(peer) = self.peers.get(w) {
+                    let _ = peer.commands.send(Command::KeyframeRequest { room: room.id });
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn keyframe_request_local(&mut self, room: RoomId, now: Instant, socket: &UdpSocket) {
+        let Some(serial) = self.rooms.get(&room).and_then(|r| r.publisher) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&serial) else {
+            return;
+        };
+        let Role::Publisher(p) = &mut session.role else {
+            return;
+        };
+        if p.keyframe_gate.request(now) && p.send_keyframe_request(&mut session.rtc) {
+            Counters::add(&self.counters.keyframe_requests_sent, 1);
+            self.drain(serial, now, socket);
+        }
+    }
+
+    fn handle_timers(&mut self, socket: &UdpSocket) {
+        let now = Instant::now();
+        while let Some(Reverse((at, serial))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(session) = self.sessions.get_mut(&serial) else {
+                continue;
+            };
+            if session.scheduled != Some(at) {
+                continue; // superseded by an earlier entry that already ran
+            }
+            session.scheduled = None;
+            let config = &self.shared.config;
+            if !session.connected && now.duration_since(session.created) > config.connect_timeout {
+                self.end_session(serial, "did not connect in time");
+                continue;
+            }
+            if session.connected && now.duration_since(session.last_input) > config.idle_timeout {
+                self.end_session(serial, "nothing received (consent timeout)");
+                continue;
+            }
+            if let Role::Publisher(p) = &mut session.role
+                && p.keyframe_gate.poll(now)
+                && p.send_keyframe_request(&mut session.rtc)
+            {
+                Counters::add(&self.counters.keyframe_requests_sent, 1);
+            }
+            if session.timeout <= now
+                && let Err(e) = session.rtc.handle_input(Input::Timeout(now))
+            {
+                tracing::debug!(session = %session.id, error = %e, "timeout input rejected");
+            }
+            self.drain(serial, now, socket);
+        }
+    }
+
+    fn end_session(&mut self, serial: u64, reason: &str) {
+        let Some(session) = self.sessions.remove(&serial) else {
+            return;
+        };
+        for addr in &session.addrs {
+            self.by_addr.remove(addr);
+        }
+        self.by_ufrag.remove(&session.local_ufrag);
+        let room = session.room.clone();
+        if let Some(local) = self.rooms.get_mut(&room.id) {
+            match session.kind() {
+                SessionKind::Publisher => {
+                    if local.publisher == Some(serial) {
+                        local.publisher = None;
+                    }
+                    room.release_publisher(serial);
+                }
+                SessionKind::Viewer => {
+                    if let Some(i) = local.viewers.iter().position(|s| *s == serial) {
+                        local.viewers.swap_remove(i);
+                        room.viewer_left();
+                        if local.viewers.is_empty() {
+                            room.set_worker_has_viewers(self.index, false);
+                        }
+                    }
+                }
+            }
+            if local.publisher.is_none() && local.viewers.is_empty() {
+                self.rooms.remove(&room.id);
+            }
+        }
+        Counters::add(&self.counters.sessions_ended, 1);
+        tracing::info!(session = %session.id, room = %room.name, kind = ?session.kind(), reason, "session ended");
+        self.shared.forget_session(&session.id);
+        drop(session);
+        self.shared.rooms.release(room);
+    }
+
+    fn shutdown(&mut self, socket: &UdpSocket) {
+        let now = Instant::now();
+        let serials: Vec<u64> = self.sessions.keys().copied().collect();
+        for serial in serials {
+            if let Some(s) = self.sessions.get_mut(&serial) {
+                s.rtc.disconnect();
+            }
+            self.drain(serial, now, socket);
+            self.end_session(serial, "server shutting down");
+        }
+    }
+}
+
+/// Drains one session's `poll_output` until it asks for a timeout.
+fn drain_session(
+    session: &mut Session,
+    outbox: &mut Outbox,
+    timers: &mut BinaryHeap<Reverse<(Instant, u64)>>,
+    socket: &UdpSocket,
+    counters: &Counters,
+    now: Instant,
+) {
+    loop {
+        match session.rtc.poll_output() {
+            Ok(Output::Timeout(at)) => {
+                let at = at.min(now + MAX_TIMER_GAP);
+                session.timeout = at;
+                if session.scheduled.is_none_or(|s| at < s) {
+                    session.scheduled = Some(at);
+                    timers.push(Reverse((at, session.serial)));
+                }
+                return;
+            }
+            Ok(Output::Transmit(t)) => match socket.try_send_to(&t.contents, t.destination) {
+                Ok(n) => {
+                    Counters::add(&counters.packets_out, 1);
+                    Counters::add(&counters.bytes_out, n as u64);
+                }
+                Err(_) => Counters::add(&counters.send_drops, 1),
+            },
+            Ok(Output::Event(event)) => session.handle_event(event, outbox, counters),
+            Err(e) => {
+                tracing::debug!(session = %session.id, error = %e, "session failed");
+                outbox.ended = Some("WebRTC error");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Session resources: creating one (shared by WHIP and WHEP), PATCH (trickle ICE, ICE restart)
+//! and DELETE.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use deadsfu_rtc::{SessionKind, TrickleOutcome};
+
+use crate::problem::Problem;
+use crate::{AppState, SESSION_PATH, auth, cors, sdp_body, valid_room_name};
+
+/// POST of an SDP offer: 201 with the answer, `Location`, `ETag` and ICE-server `Link`s.
+pub(crate) async fn create(
+    state: &AppState,
+    kind: SessionKind,
+    room: &str,
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: Body,
+) -> Result<Response, Problem> {
+    auth::check(state, headers, uri)?;
+    if !valid_room_name(room) {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "Invalid room name",
+            "room names are 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' and '.'",
+        ));
+    }
+    let offer = sdp_body::read(headers, body, "application/sdp").await?;
+    let created = state
+        .engine
+        .create_session(kind, room, &offer)
+        .await
+        .inspect_err(|e| tracing::info!(room, ?kind, error = %e, "session refused"))?;
+    let mut res = (StatusCode::CREATED, created.answer).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
+    if let Ok(v) = HeaderValue::from_str(&format!("{SESSION_PATH}/{}", created.id)) {
+        h.insert(header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&created.etag) {
+        h.insert(header::ETAG, v);
+    }
+    add_ice_server_links(state, h);
+    Ok(res)
+}
+
+pub(crate) fn add_ice_server_links(state: &AppState, h: &mut HeaderMap) {
+    for url in state.ice_servers.iter() {
+        if let Ok(v) = HeaderValue::from_str(&format!("<{url}>; rel=\"ice-server\"")) {
+            h.append(header::LINK, v);
+        }
+    }
+}
+
+pub(crate) async fn patch(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Result<Response, Problem> {
+    auth::check(&state, &headers, &uri)?;
+    if state.engine.session_kind(&id).is_none() {
+        return Err(deadsfu_rtc::SessionError::NotFound.into());
+    }
+    let fragment = sdp_body::read(&headers, body, "application/trickle-ice-sdpfrag").await?;
+    let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
+    match state.engine.patch_session(&id, &fragment, if_match).await? {
+        TrickleOutcome::Added => Ok(StatusCode::NO_CONTENT.into_response()),
+        TrickleOutcome::Restarted { fragment, etag } => {
+            let mut res = (StatusCode::OK, fragment).into_response();
+            let h = res.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/trickle-ice-sdpfrag"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&etag) {
+                h.insert(header::ETAG, v);
+            }
+            Ok(res)
+        }
+    }
+}
+
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, Problem> {
+    auth::check(&state, &headers, &uri)?;
+    state.engine.close_session(&id).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+pub(crate) async fn options() -> Response {
+    cors::preflight(
+        "PATCH, DELETE, OPTIONS",
+        ("accept-patch", "application/trickle-ice-sdpfrag"),
+    )
+}

@@ -1,0 +1,167 @@
+//! `deadsfu serve`: a standalone SFU node.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use deadsfu_rtc::{EngineConfig, MediaEngine};
+use deadsfu_server::AppState;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// HTTP listen address.
+    #[arg(long = "http", env = "DEADSFU_HTTP", default_value = "0.0.0.0:8080")]
+    pub http: SocketAddr,
+    /// First UDP media port; worker N uses PORT+N (0: ephemeral ports).
+    #[arg(long, env = "DEADSFU_UDP_PORT", default_value_t = 8000)]
+    pub udp_port: u16,
+    /// Media worker threads (default: number of cores).
+    #[arg(long, env = "DEADSFU_WORKERS")]
+    pub workers: Option<usize>,
+    /// Address to advertise as an ICE host candidate (repeatable; default: the machine's
+    /// non-loopback interface addresses).
+    #[arg(long = "ice-candidate-host", env = "DEADSFU_ICE_CANDIDATE_HOST", value_delimiter = ',')]
+    pub ice_candidate_host: Vec<IpAddr>,
+    /// When set, WHIP and WHEP require this bearer token.
+    #[arg(long, env = "DEADSFU_BEARER_TOKEN", hide_env_values = true)]
+    pub bearer_token: Option<String>,
+    /// STUN server URL advertised to clients (repeatable), e.g. stun:stun.example.net:3478.
+    #[arg(long = "stun-server", env = "DEADSFU_STUN_SERVER", value_delimiter = ',')]
+    pub stun_server: Vec<String>,
+    /// ICE server URL (stun: or turn:) advertised to clients (repeatable).
+    #[arg(long = "ice-server", env = "DEADSFU_ICE_SERVER", value_delimiter = ',')]
+    pub ice_server: Vec<String>,
+    /// Log format; filter with RUST_LOG (e.g. RUST_LOG=deadsfu=debug).
+    #[arg(long, env = "DEADSFU_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+}
+
+pub fn init_logging(format: LogFormat) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let result = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))
+}
+
+/// Non-loopback addresses of this machine's interfaces: the default ICE host candidates.
+fn interface_addresses() -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| !i.is_loopback())
+        .map(|i| i.ip())
+        .filter(|ip| match ip {
+            IpAddr::V4(_) => true,
+            // Link-local IPv6 needs a scope id, which ICE candidates cannot carry.
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+        })
+        .collect();
+    ips.sort_by_key(|ip| ip.is_ipv6());
+    ips
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut ice_hosts = args.ice_candidate_host.clone();
+    if ice_hosts.is_empty() {
+        ice_hosts = interface_addresses();
+    }
+    // IPv6 media needs a dual-stack socket; the workers bind IPv4 for now.
+    ice_hosts.retain(IpAddr::is_ipv4);
+    if ice_hosts.is_empty() {
+        anyhow::bail!(
+            "no IPv4 address to advertise as an ICE candidate; pass --ice-candidate-host IP"
+        );
+    }
+    let engine = MediaEngine::start(EngineConfig {
+        udp_port: args.udp_port,
+        workers,
+        ice_hosts: ice_hosts.clone(),
+        ..EngineConfig::default()
+    })
+    .context("starting the media workers")?;
+
+    let mut ice_servers: Vec<String> = args
+        .stun_server
+        .iter()
+        .map(|s| {
+            if s.starts_with("stun:") || s.starts_with("stuns:") {
+                s.clone()
+            } else {
+                format!("stun:{s}")
+            }
+        })
+        .collect();
+    ice_servers.extend(args.ice_server.iter().cloned());
+
+    let state = AppState {
+        engine: engine.clone(),
+        bearer_token: args.bearer_token.as_deref().map(Arc::from),
+        ice_servers: ice_servers.into(),
+    };
+    let listener = tokio::net::TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("binding HTTP {}", args.http))?;
+    let local = listener.local_addr()?;
+    print_urls(local, &ice_hosts, engine.udp_ports());
+
+    let app = deadsfu_server::router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server")?;
+    tracing::info!("shutting down: closing sessions");
+    tokio::task::spawn_blocking(move || engine.shutdown()).await?;
+    Ok(())
+}
+
+fn print_urls(http: SocketAddr, ice_hosts: &[IpAddr], udp_ports: &[u16]) {
+    let host = if http.ip().is_unspecified() {
+        "localhost".to_string()
+    } else {
+        http.ip().to_string()
+    };
+    let base = format!("http://{host}:{}", http.port());
+    println!("deadsfu {} listening on {http}", env!("CARGO_PKG_VERSION"));
+    println!("  publish (WHIP):  {base}/whip/{{room}}     e.g. {base}/whip/mainroom");
+    println!("  watch (WHEP):    {base}/whep/{{room}}     e.g. {base}/whep/mainroom");
+    println!("  metrics:         {base}/metrics");
+    println!(
+        "  media: UDP ports {:?}, ICE candidates {:?}",
+        udp_ports, ice_hosts
+    );
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
