@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// ICE server URL (stun: or turn:) advertised to clients (repeatable).
     #[arg(long = "ice-server", env = "DEADSFU_ICE_SERVER", value_delimiter = ',')]
     pub ice_server: Vec<String>,
+    /// Seconds without any packet from a connected peer (ICE consent, RTCP, media) before its
+    /// session is ended and its resources freed.
+    #[arg(long, env = "DEADSFU_IDLE_TIMEOUT", default_value_t = 15)]
+    pub idle_timeout: u64,
     /// Log format; filter with RUST_LOG (e.g. RUST_LOG=deadsfu=debug).
     #[arg(long, env = "DEADSFU_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
@@ -90,6 +94,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         udp_port: args.udp_port,
         workers,
         ice_hosts: ice_hosts.clone(),
+        idle_timeout: std::time::Duration::from_secs(args.idle_timeout.max(1)),
         ..EngineConfig::default()
     })
     .context("starting the media workers")?;
