@@ -5,7 +5,11 @@ mod serve;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "deadsfu", version, about = "WebRTC SFU for live streaming: WHIP in, WHEP out")]
+#[command(
+    name = "deadsfu",
+    version,
+    about = "WebRTC SFU for live streaming: WHIP in, WHEP out"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

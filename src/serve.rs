@@ -27,13 +27,21 @@ pub struct ServeArgs {
     pub workers: Option<usize>,
     /// Address to advertise as an ICE host candidate (repeatable; default: the machine's
     /// non-loopback interface addresses).
-    #[arg(long = "ice-candidate-host", env = "DEADSFU_ICE_CANDIDATE_HOST", value_delimiter = ',')]
+    #[arg(
+        long = "ice-candidate-host",
+        env = "DEADSFU_ICE_CANDIDATE_HOST",
+        value_delimiter = ','
+    )]
     pub ice_candidate_host: Vec<IpAddr>,
     /// When set, WHIP and WHEP require this bearer token.
     #[arg(long, env = "DEADSFU_BEARER_TOKEN", hide_env_values = true)]
     pub bearer_token: Option<String>,
     /// STUN server URL advertised to clients (repeatable), e.g. stun:stun.example.net:3478.
-    #[arg(long = "stun-server", env = "DEADSFU_STUN_SERVER", value_delimiter = ',')]
+    #[arg(
+        long = "stun-server",
+        env = "DEADSFU_STUN_SERVER",
+        value_delimiter = ','
+    )]
     pub stun_server: Vec<String>,
     /// ICE server URL (stun: or turn:) advertised to clients (repeatable).
     #[arg(long = "ice-server", env = "DEADSFU_ICE_SERVER", value_delimiter = ',')]

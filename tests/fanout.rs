@@ -39,7 +39,10 @@ async fn viewers_receive_continuous_stream_across_publishers() {
             })
             .await
             .unwrap();
-        assert!(s.video.keyframes >= 1, "the first video packet is a keyframe");
+        assert!(
+            s.video.keyframes >= 1,
+            "the first video packet is a keyframe"
+        );
     }
 
     // The publisher leaves; a new one (other SSRCs, other sequence numbers) arrives.

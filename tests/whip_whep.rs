@@ -31,7 +31,9 @@ async fn watch_ok(sfu: &Sfu, room: &str, opts: PeerOptions) -> Peer {
         .await
         .expect("viewer");
     let s = v
-        .wait_until("60 video packets", WAIT, |s| s.video.packets >= 60 && s.audio.packets >= 20)
+        .wait_until("60 video packets", WAIT, |s| {
+            s.video.packets >= 60 && s.audio.packets >= 20
+        })
         .await
         .expect("viewer receives media");
     assert!(s.video.keyframes >= 1);
@@ -135,7 +137,9 @@ async fn vanished_publisher_is_freed_by_consent_timeout() {
     // The viewer stayed connected and gets the new publisher without renegotiating.
     let before = v.stats().video.packets;
     let s = v
-        .wait_until("video from the new publisher", WAIT, |s| s.video.packets >= before + 60)
+        .wait_until("video from the new publisher", WAIT, |s| {
+            s.video.packets >= before + 60
+        })
         .await
         .unwrap();
     assert!(!s.closed);
@@ -167,7 +171,10 @@ async fn viewer_that_cannot_take_the_publishers_codec_gets_422() {
         .await
         .err()
         .expect("refused");
-    assert!(matches!(err, deadsfu_client::ClientError::Status { status: 422, .. }), "{err}");
+    assert!(
+        matches!(err, deadsfu_client::ClientError::Status { status: 422, .. }),
+        "{err}"
+    );
     // A viewer that takes VP8 is served.
     let v = watch_ok(&sfu, "vp8room", PeerOptions::default()).await;
     assert_eq!(v.delete().await.unwrap(), 200);
@@ -189,9 +196,13 @@ async fn legacy_deadsfu_routes() {
         .unwrap();
     // An empty room name is mainroom, so a WHEP viewer of mainroom sees it too.
     let v1 = watch_ok(&sfu, "mainroom", PeerOptions::default()).await;
-    let mut v2 = Peer::connect(&sfu.url("/whap?room=mainroom"), Role::View, PeerOptions::default())
-        .await
-        .unwrap();
+    let mut v2 = Peer::connect(
+        &sfu.url("/whap?room=mainroom"),
+        Role::View,
+        PeerOptions::default(),
+    )
+    .await
+    .unwrap();
     v2.wait_until("legacy viewer media", WAIT, |s| s.video.packets >= 60)
         .await
         .unwrap();
@@ -206,7 +217,12 @@ fn offer(dir: &str, codec: &str) -> String {
     OFFER.replace("DIR", dir).replace("CODEC", codec)
 }
 
-async fn post(url: &str, ctype: &str, body: String, token: Option<&str>) -> (StatusCode, String, reqwest::header::HeaderMap) {
+async fn post(
+    url: &str,
+    ctype: &str,
+    body: String,
+    token: Option<&str>,
+) -> (StatusCode, String, reqwest::header::HeaderMap) {
     let mut req = reqwest::Client::new()
         .post(url)
         .header("content-type", ctype)
@@ -239,28 +255,62 @@ async fn every_error_status_has_a_problem_body() {
     // A well-formed offer is accepted: the error cases below differ from it in one way each.
     let (s, answer, h) = post(&whip, "application/sdp", offer("sendonly", "H264"), None).await;
     assert_eq!(s, StatusCode::CREATED, "{answer}");
-    assert!(answer.contains("a=candidate:") && answer.contains("127.0.0.1"), "{answer}");
+    assert!(
+        answer.contains("a=candidate:") && answer.contains("127.0.0.1"),
+        "{answer}"
+    );
     let location = h.get("location").unwrap().to_str().unwrap().to_owned();
     let etag = h.get("etag").unwrap().to_str().unwrap().to_owned();
-    assert!(etag.starts_with('"') && etag.ends_with('"'), "strong ETag: {etag}");
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"'),
+        "strong ETag: {etag}"
+    );
     let session = sfu.url(&location);
 
     let (s, b, h) = post(&whip, "application/sdp", "not sdp".into(), None).await;
     assert_problem(s, &b, &h, 400);
-    let (s, b, h) = post(&sfu.url("/whip/second"), "application/sdp", offer("sendonly", "H265"), None).await;
+    let (s, b, h) = post(
+        &sfu.url("/whip/second"),
+        "application/sdp",
+        offer("sendonly", "H265"),
+        None,
+    )
+    .await;
     assert_problem(s, &b, &h, 422);
-    let (s, b, h) = post(&sfu.url("/whip/third"), "application/sdp", offer("recvonly", "H264"), None).await;
+    let (s, b, h) = post(
+        &sfu.url("/whip/third"),
+        "application/sdp",
+        offer("recvonly", "H264"),
+        None,
+    )
+    .await;
     assert_problem(s, &b, &h, 422);
-    let (s, b, h) = post(&sfu.url("/whep/fourth"), "application/sdp", offer("sendonly", "H264"), None).await;
+    let (s, b, h) = post(
+        &sfu.url("/whep/fourth"),
+        "application/sdp",
+        offer("sendonly", "H264"),
+        None,
+    )
+    .await;
     assert_problem(s, &b, &h, 422);
     let (s, b, h) = post(&whip, "text/plain", offer("sendonly", "H264"), None).await;
     assert_problem(s, &b, &h, 415);
-    let huge = format!("{}a=x-padding:{}\r\n", offer("sendonly", "H264"), "x".repeat(100_000));
+    let huge = format!(
+        "{}a=x-padding:{}\r\n",
+        offer("sendonly", "H264"),
+        "x".repeat(100_000)
+    );
     let (s, b, h) = post(&whip, "application/sdp", huge, None).await;
     assert_problem(s, &b, &h, 413);
     let (s, b, h) = post(&whip, "application/sdp", offer("sendonly", "H264"), None).await;
     assert_problem(s, &b, &h, 409);
-    let (s, b, h) = post(&sfu.url("/whip/bad%20room"), "application/sdp", offer("sendonly", "H264"), None).await;
+    let (s, b, h) = post(
+        &sfu.url("/whip/bad%20room"),
+        "application/sdp",
+        offer("sendonly", "H264"),
+        None,
+    )
+    .await;
     assert_problem(s, &b, &h, 400);
 
     let http = reqwest::Client::new();
@@ -274,30 +324,76 @@ async fn every_error_status_has_a_problem_body() {
         }
         r.send()
     };
-    let res = patch(session.clone(), frag.into(), None, "application/sdp").await.unwrap();
+    let res = patch(session.clone(), frag.into(), None, "application/sdp")
+        .await
+        .unwrap();
     assert_eq!(res.status(), 415);
-    let res = patch(sfu.url("/session/00"), frag.into(), None, "application/trickle-ice-sdpfrag").await.unwrap();
+    let res = patch(
+        sfu.url("/session/00"),
+        frag.into(),
+        None,
+        "application/trickle-ice-sdpfrag",
+    )
+    .await
+    .unwrap();
     let (s, h) = (res.status(), res.headers().clone());
     assert_problem(s, &res.text().await.unwrap(), &h, 404);
-    let res = patch(session.clone(), frag.into(), Some(&etag), "application/trickle-ice-sdpfrag").await.unwrap();
+    let res = patch(
+        session.clone(),
+        frag.into(),
+        Some(&etag),
+        "application/trickle-ice-sdpfrag",
+    )
+    .await
+    .unwrap();
     assert_eq!(res.status(), 204);
-    let res = patch(session.clone(), frag.into(), Some("\"stale\""), "application/trickle-ice-sdpfrag").await.unwrap();
+    let res = patch(
+        session.clone(),
+        frag.into(),
+        Some("\"stale\""),
+        "application/trickle-ice-sdpfrag",
+    )
+    .await
+    .unwrap();
     let (s, h) = (res.status(), res.headers().clone());
     assert_problem(s, &res.text().await.unwrap(), &h, 412);
     let restart = frag.replace("abcd", "wxyz");
-    let res = patch(session.clone(), restart.clone(), None, "application/trickle-ice-sdpfrag").await.unwrap();
+    let res = patch(
+        session.clone(),
+        restart.clone(),
+        None,
+        "application/trickle-ice-sdpfrag",
+    )
+    .await
+    .unwrap();
     let (s, h) = (res.status(), res.headers().clone());
     assert_problem(s, &res.text().await.unwrap(), &h, 428);
-    let res = patch(session.clone(), restart, Some("*"), "application/trickle-ice-sdpfrag").await.unwrap();
+    let res = patch(
+        session.clone(),
+        restart,
+        Some("*"),
+        "application/trickle-ice-sdpfrag",
+    )
+    .await
+    .unwrap();
     assert_eq!(res.status(), 200);
-    let new_etag = res.headers().get("etag").unwrap().to_str().unwrap().to_owned();
+    let new_etag = res
+        .headers()
+        .get("etag")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_ne!(new_etag, etag);
     assert_eq!(
         res.headers().get("content-type").unwrap(),
         "application/trickle-ice-sdpfrag"
     );
     let body = res.text().await.unwrap();
-    assert!(body.contains("a=ice-ufrag:") && body.contains("a=ice-pwd:"), "{body}");
+    assert!(
+        body.contains("a=ice-ufrag:") && body.contains("a=ice-pwd:"),
+        "{body}"
+    );
 
     // DELETE ends it; a second DELETE finds nothing.
     assert_eq!(http.delete(&session).send().await.unwrap().status(), 200);
@@ -315,7 +411,12 @@ async fn every_error_status_has_a_problem_body() {
         .unwrap();
     assert!(res.status().is_success());
     assert_eq!(res.headers().get("accept-post").unwrap(), "application/sdp");
-    let exposed = res.headers().get("access-control-expose-headers").unwrap().to_str().unwrap();
+    let exposed = res
+        .headers()
+        .get("access-control-expose-headers")
+        .unwrap()
+        .to_str()
+        .unwrap();
     for h in ["Location", "ETag", "Link"] {
         assert!(exposed.contains(h), "{exposed}");
     }
@@ -335,11 +436,27 @@ async fn bearer_token_and_ice_server_links() {
     let (s, b, h) = post(&whip, "application/sdp", offer("sendonly", "H264"), None).await;
     assert_problem(s, &b, &h, 401);
     assert_eq!(h.get("www-authenticate").unwrap(), "Bearer");
-    let (s, b, h) = post(&whip, "application/sdp", offer("sendonly", "H264"), Some("wrong")).await;
+    let (s, b, h) = post(
+        &whip,
+        "application/sdp",
+        offer("sendonly", "H264"),
+        Some("wrong"),
+    )
+    .await;
     assert_problem(s, &b, &h, 401);
-    let (s, b, h) = post(&whip, "application/sdp", offer("sendonly", "H264"), Some("s3cret")).await;
+    let (s, b, h) = post(
+        &whip,
+        "application/sdp",
+        offer("sendonly", "H264"),
+        Some("s3cret"),
+    )
+    .await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
-    let links: Vec<_> = h.get_all("link").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+    let links: Vec<_> = h
+        .get_all("link")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
     assert_eq!(
         links,
         vec![
@@ -360,7 +477,12 @@ async fn bearer_token_and_ice_server_links() {
     .await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
     assert_eq!(
-        http.delete(&session).bearer_auth("s3cret").send().await.unwrap().status(),
+        http.delete(&session)
+            .bearer_auth("s3cret")
+            .send()
+            .await
+            .unwrap()
+            .status(),
         200
     );
 
@@ -381,8 +503,18 @@ async fn metrics_health_and_graceful_shutdown() {
     let p = publish(&sfu, "m", PeerOptions::default()).await;
     let v = watch_ok(&sfu, "m", PeerOptions::default()).await;
     let http = reqwest::Client::new();
-    assert_eq!(http.get(sfu.url("/healthz")).send().await.unwrap().status(), 200);
-    let text = http.get(sfu.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(
+        http.get(sfu.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+    let text = http
+        .get(sfu.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let value = |name: &str| -> u64 {
         text.lines()
             .find(|l| l.starts_with(name))

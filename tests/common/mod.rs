@@ -54,7 +54,10 @@ impl Sfu {
         let banner = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("deadsfu printed its banner");
-        assert!(banner.contains("listening on"), "unexpected banner {banner}");
+        assert!(
+            banner.contains("listening on"),
+            "unexpected banner {banner}"
+        );
         let stderr = child.stderr.take().expect("stderr");
         let (ltx, logs) = mpsc::channel();
         std::thread::spawn(move || {

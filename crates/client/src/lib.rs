@@ -10,7 +10,7 @@ pub mod peer;
 pub mod signaling;
 pub mod synthetic;
 
-pub use peer::{CandidateMode, Peer, PeerOptions, Role, TrackStats, PeerStats};
+pub use peer::{CandidateMode, Peer, PeerOptions, PeerStats, Role, TrackStats};
 pub use synthetic::{StreamSpec, VideoCodec};
 
 /// Why a client operation failed.

@@ -158,10 +158,16 @@ impl Peer {
         let mut api = rtc.sdp_api();
         let mut mids = Vec::new();
         if opts.audio {
-            mids.push((MediaKind::Audio, api.add_media(MediaKind::Audio, dir, None, None, None)));
+            mids.push((
+                MediaKind::Audio,
+                api.add_media(MediaKind::Audio, dir, None, None, None),
+            ));
         }
         if opts.video {
-            mids.push((MediaKind::Video, api.add_media(MediaKind::Video, dir, None, None, None)));
+            mids.push((
+                MediaKind::Video,
+                api.add_media(MediaKind::Video, dir, None, None, None),
+            ));
         }
         let (offer, pending) = api
             .apply()
@@ -181,7 +187,12 @@ impl Peer {
         if opts.candidates == CandidateMode::Trickle {
             let creds = rtc.direct_api().local_ice_credentials();
             let status = signaling
-                .patch_candidates(&session, &creds.ufrag, &creds.pass, &[candidate.to_sdp_string()])
+                .patch_candidates(
+                    &session,
+                    &creds.ufrag,
+                    &creds.pass,
+                    &[candidate.to_sdp_string()],
+                )
                 .await?;
             if status != 204 {
                 return Err(ClientError::Status {
@@ -437,7 +448,11 @@ impl Driver {
                 let seq = *p.seq_no;
                 let ssrc = *p.header.ssrc;
                 self.update(|s| {
-                    let track = if codec.is_audio() { &mut s.audio } else { &mut s.video };
+                    let track = if codec.is_audio() {
+                        &mut s.audio
+                    } else {
+                        &mut s.video
+                    };
                     track.packets += 1;
                     track.seqs.insert(seq);
                     if keyframe {
@@ -474,9 +489,15 @@ impl Sender {
                 for pkt in self.spec.video_frame(self.frame) {
                     if let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, None) {
                         tx.write_rtp(
-                            RtpWrite::new(pt, self.video_seq.into(), self.video_ts, now, pkt.payload)
-                                .marker(pkt.marker)
-                                .nackable(true),
+                            RtpWrite::new(
+                                pt,
+                                self.video_seq.into(),
+                                self.video_ts,
+                                now,
+                                pkt.payload,
+                            )
+                            .marker(pkt.marker)
+                            .nackable(true),
                         );
                         sent += 1;
                     }
@@ -492,8 +513,14 @@ impl Sender {
                 && let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, None)
             {
                 tx.write_rtp(
-                    RtpWrite::new(pt, self.audio_seq.into(), self.audio_ts, now, audio_payload())
-                        .marker(true),
+                    RtpWrite::new(
+                        pt,
+                        self.audio_seq.into(),
+                        self.audio_ts,
+                        now,
+                        audio_payload(),
+                    )
+                    .marker(true),
                 );
                 sent += 1;
             }

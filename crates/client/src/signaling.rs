@@ -34,7 +34,11 @@ impl Signaling {
         }
     }
 
-    pub async fn post_offer(&self, url: &str, offer: String) -> Result<SessionResource, ClientError> {
+    pub async fn post_offer(
+        &self,
+        url: &str,
+        offer: String,
+    ) -> Result<SessionResource, ClientError> {
         let res = self
             .auth(self.http.post(url))
             .header(header::CONTENT_TYPE, "application/sdp")
@@ -81,7 +85,9 @@ impl Signaling {
         pwd: &str,
         candidates: &[String],
     ) -> Result<u16, ClientError> {
-        let mut frag = format!("a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\n");
+        let mut frag = format!(
+            "a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\n"
+        );
         for c in candidates {
             frag.push_str(&format!("a={c}\r\n"));
         }

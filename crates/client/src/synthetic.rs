@@ -51,7 +51,7 @@ impl StreamSpec {
 
     /// The packets of frame number `n`.
     pub fn video_frame(&self, n: u64) -> Vec<VideoPacket> {
-        let keyframe = n % self.keyframe_interval.max(1) as u64 == 0;
+        let keyframe = n.is_multiple_of(self.keyframe_interval.max(1) as u64);
         let mut size = (self.bitrate_bps / 8 / self.fps.max(1)) as usize;
         if keyframe {
             size *= 3;

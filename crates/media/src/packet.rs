@@ -16,7 +16,9 @@ pub enum MediaKind {
 pub enum Codec {
     /// H264 with packetization-mode 1; `profile` is the profile_idc and constraint byte
     /// (the first two bytes of profile-level-id), used to prefer an exact match.
-    H264 { profile: u16 },
+    H264 {
+        profile: u16,
+    },
     Vp8,
     Vp9,
     Av1,

@@ -144,9 +144,21 @@ mod tests {
         assert_eq!(track.rewrite(&pkt(1, 40, 900, false, t0)), None);
         assert!(track.is_waiting());
         let first = track.rewrite(&pkt(1, 41, 3000, true, t0)).unwrap();
-        assert_eq!(first, Rewritten { seq: 100, timestamp: 5000 });
+        assert_eq!(
+            first,
+            Rewritten {
+                seq: 100,
+                timestamp: 5000
+            }
+        );
         let next = track.rewrite(&pkt(1, 42, 6000, false, t0)).unwrap();
-        assert_eq!(next, Rewritten { seq: 101, timestamp: 8000 });
+        assert_eq!(
+            next,
+            Rewritten {
+                seq: 101,
+                timestamp: 8000
+            }
+        );
         // A late packet from before the segment began is not sent.
         assert_eq!(track.rewrite(&pkt(1, 39, 0, false, t0)), None);
     }
@@ -179,14 +191,20 @@ mod tests {
         a.codec = Codec::Opus;
         assert_eq!(
             track.rewrite(&a),
-            Some(Rewritten { seq: 65_535, timestamp: u32::MAX - 10 })
+            Some(Rewritten {
+                seq: 65_535,
+                timestamp: u32::MAX - 10
+            })
         );
         let mut b = pkt(7, 2, 960, false, t0);
         b.codec = Codec::Opus;
         // The extended sequence number rolls into the next cycle; the timestamp wraps.
         assert_eq!(
             track.rewrite(&b),
-            Some(Rewritten { seq: 65_536, timestamp: 949 })
+            Some(Rewritten {
+                seq: 65_536,
+                timestamp: 949
+            })
         );
     }
 

@@ -69,7 +69,9 @@ impl Shared {
         let hosts = &self.config.ice_hosts;
         hosts
             .iter()
-            .find(|ip| ip.is_loopback() == from.ip().is_loopback() && ip.is_ipv4() == from.is_ipv4())
+            .find(|ip| {
+                ip.is_loopback() == from.ip().is_loopback() && ip.is_ipv4() == from.is_ipv4()
+            })
             .or_else(|| hosts.iter().find(|ip| ip.is_ipv4() == from.is_ipv4()))
             .or(hosts.first())
             .copied()
@@ -203,7 +205,8 @@ impl MediaEngine {
                 None
             }
         };
-        let sdp = SdpOffer::from_sdp_string(offer).map_err(|e| SessionError::BadSdp(e.to_string()))?;
+        let sdp =
+            SdpOffer::from_sdp_string(offer).map_err(|e| SessionError::BadSdp(e.to_string()))?;
 
         let inner = &self.inner;
         let serial = inner.next_serial.fetch_add(1, Ordering::Relaxed);
@@ -442,13 +445,8 @@ impl MediaEngine {
         for w in self.inner.workers.iter() {
             let _ = w.commands.send(Command::Shutdown);
         }
-        let threads = std::mem::take(
-            &mut *self
-                .inner
-                .threads
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        let threads =
+            std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {
             let _ = t.join();
         }

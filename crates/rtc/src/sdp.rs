@@ -127,7 +127,12 @@ impl OfferSummary {
             };
             match key {
                 "m" => {
-                    finish(&mut sections, section_direction.take(), session_direction, &mut fmtps);
+                    finish(
+                        &mut sections,
+                        section_direction.take(),
+                        session_direction,
+                        &mut fmtps,
+                    );
                     let mut parts = value.split_ascii_whitespace();
                     let kind = match parts.next() {
                         Some("audio") => SectionKind::Audio,
@@ -172,9 +177,9 @@ impl OfferSummary {
                         let (pt, enc) = arg.split_once(' ').ok_or_else(|| {
                             SessionError::BadSdp(format!("bad rtpmap: {:.40}", arg))
                         })?;
-                        let pt = pt
-                            .parse::<u8>()
-                            .map_err(|_| SessionError::BadSdp(format!("bad rtpmap: {:.40}", arg)))?;
+                        let pt = pt.parse::<u8>().map_err(|_| {
+                            SessionError::BadSdp(format!("bad rtpmap: {:.40}", arg))
+                        })?;
                         let name = enc.split('/').next().unwrap_or("").to_ascii_uppercase();
                         section.codecs.push(OfferedCodec {
                             pt,
@@ -191,7 +196,12 @@ impl OfferSummary {
                 _ => {}
             }
         }
-        finish(&mut sections, section_direction, session_direction, &mut fmtps);
+        finish(
+            &mut sections,
+            section_direction,
+            session_direction,
+            &mut fmtps,
+        );
         if sections.is_empty() {
             return Err(SessionError::BadSdp("no m= sections".into()));
         }
@@ -211,13 +221,19 @@ impl OfferSummary {
     /// Checks a WHIP offer: something is sent, and in a codec we forward. Returns the video
     /// family the answer should be limited to (`None`: audio only).
     pub fn check_publish(&self) -> Result<Option<VideoFamily>, SessionError> {
-        let sending: Vec<_> = self.media().filter(|s| s.direction.offerer_sends()).collect();
+        let sending: Vec<_> = self
+            .media()
+            .filter(|s| s.direction.offerer_sends())
+            .collect();
         if sending.is_empty() {
             return Err(SessionError::Unsupported(
                 "a WHIP offer must have a sendonly or sendrecv audio or video section".into(),
             ));
         }
-        if !sending.iter().any(|s| s.codecs.iter().any(OfferedCodec::supported)) {
+        if !sending
+            .iter()
+            .any(|s| s.codecs.iter().any(OfferedCodec::supported))
+        {
             return Err(SessionError::Unsupported(
                 "no common codec: deadsfu takes H264 (packetization-mode=1), VP8, VP9, AV1 and Opus"
                     .into(),
@@ -338,22 +354,35 @@ mod tests {
     fn recvonly_is_not_a_publisher() {
         let offer = OBS_OFFER.replace("a=sendonly", "a=recvonly");
         let s = OfferSummary::parse(&offer).unwrap();
-        assert!(matches!(s.check_publish(), Err(SessionError::Unsupported(_))));
+        assert!(matches!(
+            s.check_publish(),
+            Err(SessionError::Unsupported(_))
+        ));
         s.check_view().unwrap();
         assert_eq!(s.receivable_codecs(), vec!["OPUS", "VP8", "H264"]);
     }
 
     #[test]
     fn no_common_codec() {
-        let offer = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 98\r\na=sendonly\r\na=rtpmap:98 H265/90000\r\n";
+        let offer =
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 98\r\na=sendonly\r\na=rtpmap:98 H265/90000\r\n";
         let s = OfferSummary::parse(offer).unwrap();
-        assert!(matches!(s.check_publish(), Err(SessionError::Unsupported(_))));
+        assert!(matches!(
+            s.check_publish(),
+            Err(SessionError::Unsupported(_))
+        ));
     }
 
     #[test]
     fn malformed() {
-        assert!(matches!(OfferSummary::parse("hello"), Err(SessionError::BadSdp(_))));
-        assert!(matches!(OfferSummary::parse("v=0\r\ns=-\r\n"), Err(SessionError::BadSdp(_))));
+        assert!(matches!(
+            OfferSummary::parse("hello"),
+            Err(SessionError::BadSdp(_))
+        ));
+        assert!(matches!(
+            OfferSummary::parse("v=0\r\ns=-\r\n"),
+            Err(SessionError::BadSdp(_))
+        ));
         assert!(matches!(
             OfferSummary::parse("v=0\r\nm=audio\r\n"),
             Err(SessionError::BadSdp(_))

@@ -132,7 +132,11 @@ impl Viewer {
             if pts.is_empty() {
                 continue;
             }
-            let Some(ssrc) = rtc.direct_api().stream_tx_by_mid(mid, None).map(|s| s.ssrc()) else {
+            let Some(ssrc) = rtc
+                .direct_api()
+                .stream_tx_by_mid(mid, None)
+                .map(|s| s.ssrc())
+            else {
                 continue;
             };
             *slot = Some(TrackOut {
@@ -210,9 +214,15 @@ impl Session {
             return false;
         };
         stream.write_rtp(
-            RtpWrite::new(pt, rw.seq.into(), rw.timestamp, pkt.arrival, pkt.payload.clone())
-                .marker(pkt.marker)
-                .nackable(pkt.kind() == MediaKind::Video),
+            RtpWrite::new(
+                pt,
+                rw.seq.into(),
+                rw.timestamp,
+                pkt.arrival,
+                pkt.payload.clone(),
+            )
+            .marker(pkt.marker)
+            .nackable(pkt.kind() == MediaKind::Video),
         );
         // str0m moves queued packets to the wire when time advances.
         if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {

@@ -371,7 +371,8 @@ impl Worker {
             Some(s) => *s,
             None => {
                 // A new flow: only a STUN check carrying a ufrag we issued may open it.
-                let Some(serial) = stun::local_ufrag(buf).and_then(|u| self.by_ufrag.get(u).copied())
+                let Some(serial) =
+                    stun::local_ufrag(buf).and_then(|u| self.by_ufrag.get(u).copied())
                 else {
                     return;
                 };
@@ -515,7 +516,9 @@ impl Worker {
             Some(w) if w == self.index => self.keyframe_request_local(room.id, now, socket),
             Some(w) => {
                 if let Some(peer) = self.peers.get(w) {
-                    let _ = peer.commands.send(Command::KeyframeRequest { room: room.id });
+                    let _ = peer
+                        .commands
+                        .send(Command::KeyframeRequest { room: room.id });
                 }
             }
             None => {}

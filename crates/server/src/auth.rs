@@ -19,10 +19,9 @@ pub(crate) fn check(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<
             let (scheme, token) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         });
-    let from_query = uri.query().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("access_token="))
-    });
+    let from_query = uri
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=")));
     let Some(given) = from_header.or(from_query) else {
         return Err(Problem::new(
             StatusCode::UNAUTHORIZED,

@@ -36,7 +36,15 @@ pub(crate) async fn whip(
     uri: Uri,
     body: Body,
 ) -> Result<Response, Problem> {
-    session::create(&state, SessionKind::Publisher, q.room(), &headers, &uri, body).await
+    session::create(
+        &state,
+        SessionKind::Publisher,
+        q.room(),
+        &headers,
+        &uri,
+        body,
+    )
+    .await
 }
 
 pub(crate) async fn whap(

@@ -17,7 +17,11 @@ pub(crate) fn content_type_is(headers: &HeaderMap, expected: &str) -> bool {
 }
 
 /// Checks the content type, then reads at most [`MAX_BODY`] bytes of UTF-8.
-pub(crate) async fn read(headers: &HeaderMap, body: Body, expected: &str) -> Result<String, Problem> {
+pub(crate) async fn read(
+    headers: &HeaderMap,
+    body: Body,
+    expected: &str,
+) -> Result<String, Problem> {
     if !content_type_is(headers, expected) {
         return Err(Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -35,7 +35,10 @@ pub(crate) async fn create(
         .inspect_err(|e| tracing::info!(room, ?kind, error = %e, "session refused"))?;
     let mut res = (StatusCode::CREATED, created.answer).into_response();
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
     if let Ok(v) = HeaderValue::from_str(&format!("{SESSION_PATH}/{}", created.id)) {
         h.insert(header::LOCATION, v);
     }
