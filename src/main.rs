@@ -1,5 +1,6 @@
 //! The `deadsfu` binary: command line, configuration, start-up and shutdown of the parts.
 
+mod cluster_mode;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -22,19 +23,30 @@ struct Cli {
 enum Command {
     /// Run an SFU node (the default).
     Serve(serve::ServeArgs),
+    /// Operate a cluster: make its CA and Redis config, issue credential bundles, serve them,
+    /// show its state, manage FTL stream keys.
+    #[command(subcommand)]
+    Cluster(deadsfu_cluster::ClusterCommand),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Serve(args)) => args,
-        None => cli.serve,
-    };
-    serve::init_logging(args.log_format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("control")
         .worker_threads(2)
         .build()?;
+    match cli.command {
+        Some(Command::Cluster(cmd)) => {
+            serve::init_logging(serve::LogFormat::Human)?;
+            runtime.block_on(deadsfu_cluster::run(cmd))
+        }
+        Some(Command::Serve(args)) => run_serve(&runtime, args),
+        None => run_serve(&runtime, cli.serve),
+    }
+}
+
+fn run_serve(runtime: &tokio::runtime::Runtime, args: serve::ServeArgs) -> anyhow::Result<()> {
+    serve::init_logging(args.log_format)?;
     runtime.block_on(serve::run(args))
 }

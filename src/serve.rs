@@ -50,6 +50,9 @@ pub struct ServeArgs {
     /// session is ended and its resources freed.
     #[arg(long, env = "DEADSFU_IDLE_TIMEOUT", default_value_t = 15)]
     pub idle_timeout: u64,
+    /// Cluster identity (used when DEADSFU_CLUSTER_URL puts the node in cluster mode).
+    #[command(flatten)]
+    pub node: deadsfu_cluster::NodeArgs,
     /// Log format; filter with RUST_LOG (e.g. RUST_LOG=deadsfu=debug).
     #[arg(long, env = "DEADSFU_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
@@ -58,7 +61,12 @@ pub struct ServeArgs {
 pub fn init_logging(format: LogFormat) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    use std::io::IsTerminal;
+    // Logs go to stderr (stdout carries the start-up banner); colours only on a terminal.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none());
     let result = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -131,13 +139,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     print_urls(local, &ice_hosts, engine.udp_ports());
 
+    let cluster = crate::cluster_mode::join(&args, local, &ice_hosts, &engine).await?;
+
     let app = deadsfu_server::router(state);
+    let draining = cluster.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Tell routing first, so no new sessions are sent here while we close.
+            if let Some(c) = draining {
+                c.drain().await;
+            }
+        })
         .await
         .context("HTTP server")?;
     tracing::info!("shutting down: closing sessions");
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
+    if let Some(c) = cluster {
+        c.leave().await;
+    }
     Ok(())
 }
 

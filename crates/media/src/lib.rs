@@ -15,4 +15,4 @@ pub mod room;
 
 pub use packet::{Codec, MediaKind, MediaPacket, SourceId};
 pub use rewrite::ViewerTrack;
-pub use room::{Room, RoomId, Rooms};
+pub use room::{Room, RoomChange, RoomId, RoomObserver, Rooms};

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Most media workers a process may run: viewer presence is a bit per worker in a `u64`.
 pub const MAX_WORKERS: usize = 64;
@@ -109,17 +109,46 @@ impl Room {
     }
 }
 
+/// A room came into use on this node, or went out of use (cluster mode leases rooms on these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomChange {
+    Opened(String),
+    Closed(String),
+}
+
+/// Told of every [`RoomChange`], in order, while the directory's lock is held: keep it short
+/// (hand the change to a channel).
+pub type RoomObserver = Box<dyn Fn(RoomChange) + Send + Sync>;
+
 /// Rooms by name. Holders of an `Arc<Room>` (sessions) keep a room alive; [`Rooms::release`]
 /// forgets a room once nothing else holds it.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Rooms {
     by_name: Mutex<HashMap<String, Arc<Room>>>,
     next_id: AtomicU64,
+    observer: OnceLock<RoomObserver>,
+}
+
+impl std::fmt::Debug for Rooms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rooms").field("by_name", &self.by_name).finish()
+    }
 }
 
 impl Rooms {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets the observer of rooms opening and closing (once; later calls are ignored).
+    pub fn set_observer(&self, observer: RoomObserver) {
+        let _ = self.observer.set(observer);
+    }
+
+    fn notify(&self, change: RoomChange) {
+        if let Some(o) = self.observer.get() {
+            o(change);
+        }
     }
 
     pub fn get_or_create(&self, name: &str) -> Arc<Room> {
@@ -130,6 +159,7 @@ impl Rooms {
         let id = RoomId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1);
         let room = Arc::new(Room::new(id, name.to_owned()));
         map.insert(name.to_owned(), room.clone());
+        self.notify(RoomChange::Opened(name.to_owned()));
         room
     }
 
@@ -145,6 +175,7 @@ impl Rooms {
         drop(room);
         if map.get(&name).is_some_and(|r| Arc::strong_count(r) == 1) {
             map.remove(&name);
+            self.notify(RoomChange::Closed(name));
         }
     }
 
@@ -187,6 +218,22 @@ mod tests {
         rooms.release(a2);
         assert!(rooms.get("a").is_none());
         assert_ne!(rooms.get_or_create("a").id, RoomId(1));
+    }
+
+    #[test]
+    fn observer_sees_rooms_open_and_close() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let rooms = Rooms::new();
+        let log = seen.clone();
+        rooms.set_observer(Box::new(move |c| log.lock().unwrap().push(c)));
+        let a = rooms.get_or_create("a");
+        let a2 = rooms.get_or_create("a");
+        rooms.release(a);
+        rooms.release(a2);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![RoomChange::Opened("a".into()), RoomChange::Closed("a".into())]
+        );
     }
 
     #[test]

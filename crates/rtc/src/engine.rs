@@ -184,6 +184,11 @@ impl MediaEngine {
         })
     }
 
+    /// Calls `observer` whenever a room opens or closes on this node.
+    pub fn set_room_observer(&self, observer: deadsfu_media::RoomObserver) {
+        self.inner.shared.rooms.set_observer(observer);
+    }
+
     /// UDP ports the workers listen on, in worker order.
     pub fn udp_ports(&self) -> &[u16] {
         &self.inner.ports

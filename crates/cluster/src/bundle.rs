@@ -1,0 +1,262 @@
+//! The credential bundle: a zip holding `ca.crt`, `client.crt`, `client.key` and
+//! `cluster.toml`. Written by `cluster issue`, unpacked in memory by a joining node.
+
+use std::io::{Cursor, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::role::Role;
+use crate::secret::Secret;
+
+/// Largest bundle accepted over the network, and largest single entry inside it.
+pub const MAX_BUNDLE_BYTES: usize = 256 * 1024;
+pub const MAX_ENTRY_BYTES: u64 = 64 * 1024;
+
+const CA_CERT: &str = "ca.crt";
+const CLIENT_CERT: &str = "client.crt";
+const CLIENT_KEY: &str = "client.key";
+const CLUSTER_TOML: &str = "cluster.toml";
+const ENTRY_NAMES: [&str; 4] = [CA_CERT, CLIENT_CERT, CLIENT_KEY, CLUSTER_TOML];
+
+/// `cluster.toml` inside a bundle.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct BundleSettings {
+    /// The name the bundle was issued to.
+    pub name: String,
+    pub role: Role,
+    /// `host:port` of Redis (TLS). The first that answers is used.
+    pub redis_addrs: Vec<String>,
+    /// Redis ACL user (the role's user).
+    pub user: String,
+    /// Redis ACL password, this name's own.
+    pub password: String,
+    pub key_prefix: String,
+}
+
+impl std::fmt::Debug for BundleSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BundleSettings")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("redis_addrs", &self.redis_addrs)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+/// An unpacked bundle: everything a node needs to reach Redis.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub ca_cert_pem: String,
+    pub client_cert_pem: String,
+    pub client_key_pem: Secret,
+    pub settings: BundleSettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("bundle is larger than {MAX_BUNDLE_BYTES} bytes")]
+    TooLarge,
+    #[error("bundle is not a valid zip archive: {0}")]
+    NotZip(String),
+    #[error("bundle holds an unexpected entry {0:?}")]
+    UnexpectedEntry(String),
+    #[error("bundle entry {0:?} appears twice")]
+    DuplicateEntry(String),
+    #[error("bundle entry {0:?} is larger than {MAX_ENTRY_BYTES} bytes")]
+    EntryTooLarge(String),
+    #[error("bundle lacks entry {0:?}")]
+    MissingEntry(&'static str),
+    #[error("bundle entry {0:?} is not UTF-8")]
+    NotUtf8(&'static str),
+    #[error("bundle cluster.toml is invalid: {0}")]
+    BadSettings(String),
+    #[error("bundle holds no Redis address")]
+    NoRedisAddress,
+    #[error("cannot write bundle: {0}")]
+    Write(String),
+}
+
+impl Bundle {
+    /// Packs the bundle as a zip (entries stored uncompressed: they are small).
+    pub fn to_zip(&self) -> Result<Vec<u8>, BundleError> {
+        let settings =
+            toml::to_string(&self.settings).map_err(|e| BundleError::Write(e.to_string()))?;
+        let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .unix_permissions(0o600);
+        let entries: [(&str, &[u8]); 4] = [
+            (CA_CERT, self.ca_cert_pem.as_bytes()),
+            (CLIENT_CERT, self.client_cert_pem.as_bytes()),
+            (CLIENT_KEY, self.client_key_pem.expose().as_bytes()),
+            (CLUSTER_TOML, settings.as_bytes()),
+        ];
+        for (name, data) in entries {
+            writer
+                .start_file(name, options)
+                .map_err(|e| BundleError::Write(e.to_string()))?;
+            writer
+                .write_all(data)
+                .map_err(|e| BundleError::Write(e.to_string()))?;
+        }
+        let cursor = writer
+            .finish()
+            .map_err(|e| BundleError::Write(e.to_string()))?;
+        Ok(cursor.into_inner())
+    }
+
+    /// Unpacks a bundle in memory, accepting only the four expected entry names, each once
+    /// and each at most [`MAX_ENTRY_BYTES`].
+    pub fn from_zip(bytes: &[u8]) -> Result<Self, BundleError> {
+        if bytes.len() > MAX_BUNDLE_BYTES {
+            return Err(BundleError::TooLarge);
+        }
+        let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
+            .map_err(|e| BundleError::NotZip(e.to_string()))?;
+        let mut contents: [Option<String>; 4] = Default::default();
+        for index in 0..archive.len() {
+            let entry = archive
+                .by_index(index)
+                .map_err(|e| BundleError::NotZip(e.to_string()))?;
+            let name = entry
+                .name()
+                .map_err(|e| BundleError::NotZip(e.to_string()))?
+                .to_string();
+            let Some(slot) = ENTRY_NAMES.iter().position(|n| *n == name) else {
+                return Err(BundleError::UnexpectedEntry(name));
+            };
+            if contents[slot].is_some() {
+                return Err(BundleError::DuplicateEntry(name));
+            }
+            if entry.size() > MAX_ENTRY_BYTES {
+                return Err(BundleError::EntryTooLarge(name));
+            }
+            // The declared size may lie: read at most one byte past the limit.
+            let mut data = Vec::new();
+            entry
+                .take(MAX_ENTRY_BYTES + 1)
+                .read_to_end(&mut data)
+                .map_err(|e| BundleError::NotZip(e.to_string()))?;
+            if data.len() as u64 > MAX_ENTRY_BYTES {
+                return Err(BundleError::EntryTooLarge(name));
+            }
+            contents[slot] =
+                Some(String::from_utf8(data).map_err(|_| BundleError::NotUtf8(ENTRY_NAMES[slot]))?);
+        }
+        let mut take = |slot: usize| {
+            contents[slot]
+                .take()
+                .ok_or(BundleError::MissingEntry(ENTRY_NAMES[slot]))
+        };
+        let ca_cert_pem = take(0)?;
+        let client_cert_pem = take(1)?;
+        let client_key_pem = Secret::new(take(2)?);
+        // toml's error text quotes the offending line, which may be the password: keep only
+        // its position-free message.
+        let settings: BundleSettings = toml::from_str(&take(3)?)
+            .map_err(|e| BundleError::BadSettings(e.message().to_string()))?;
+        if settings.redis_addrs.is_empty() {
+            return Err(BundleError::NoRedisAddress);
+        }
+        Ok(Self {
+            ca_cert_pem,
+            client_cert_pem,
+            client_key_pem,
+            settings,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Bundle {
+        Bundle {
+            ca_cert_pem: "CA".into(),
+            client_cert_pem: "CERT".into(),
+            client_key_pem: Secret::new("KEY"),
+            settings: BundleSettings {
+                name: "sfu-1".into(),
+                role: Role::Sfu,
+                redis_addrs: vec!["127.0.0.1:6379".into()],
+                user: "sfu".into(),
+                password: "pw".into(),
+                key_prefix: "deadsfu:".into(),
+            },
+        }
+    }
+
+    fn zip_of(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        for (name, data) in entries {
+            writer.start_file(*name, options).unwrap();
+            writer.write_all(data).unwrap();
+        }
+        writer.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn round_trip() {
+        let zip = sample().to_zip().unwrap();
+        let back = Bundle::from_zip(&zip).unwrap();
+        assert_eq!(back.client_key_pem.expose(), "KEY");
+        assert_eq!(back.settings.password, "pw");
+        assert_eq!(back.settings.role, Role::Sfu);
+    }
+
+    #[test]
+    fn unexpected_entry_is_refused() {
+        let zip = zip_of(&[("ca.crt", b"x".to_vec()), ("../evil", b"x".to_vec())]);
+        assert!(matches!(
+            Bundle::from_zip(&zip),
+            Err(BundleError::UnexpectedEntry(n)) if n == "../evil"
+        ));
+    }
+
+    #[test]
+    fn oversized_entry_is_refused() {
+        // Compresses to almost nothing, so only the unpacked size can catch it.
+        let zip = zip_of(&[("ca.crt", vec![b'a'; 10 * 1024 * 1024])]);
+        assert!(zip.len() < MAX_BUNDLE_BYTES);
+        assert!(matches!(
+            Bundle::from_zip(&zip),
+            Err(BundleError::EntryTooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn oversized_archive_is_refused() {
+        let big = vec![0u8; MAX_BUNDLE_BYTES + 1];
+        assert!(matches!(Bundle::from_zip(&big), Err(BundleError::TooLarge)));
+    }
+
+    #[test]
+    fn missing_entry_is_refused() {
+        let zip = zip_of(&[("ca.crt", b"x".to_vec())]);
+        assert!(matches!(
+            Bundle::from_zip(&zip),
+            Err(BundleError::MissingEntry(_))
+        ));
+    }
+
+    #[test]
+    fn errors_do_not_quote_the_password() {
+        let zip = zip_of(&[
+            ("ca.crt", b"x".to_vec()),
+            ("client.crt", b"x".to_vec()),
+            ("client.key", b"x".to_vec()),
+            (
+                "cluster.toml",
+                b"password = \"s3cr3t-pw\"\nrole = 17\n".to_vec(),
+            ),
+        ]);
+        let err = Bundle::from_zip(&zip).unwrap_err().to_string();
+        assert!(!err.contains("s3cr3t-pw"), "{err}");
+    }
+}

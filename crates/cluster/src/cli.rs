@@ -1,0 +1,219 @@
+//! `deadsfu cluster ...`: clap types the binary embeds, and the glue that runs them.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+
+use crate::bootstrap_server::BootstrapServer;
+use crate::bundle_fetch::fetch_bundle;
+use crate::init::{InitOptions, init};
+use crate::issue::{AclReload, issue, revoke};
+use crate::join_url::{JoinUrl, URL_ENV, URL_FILE_ENV};
+use crate::keys::DEFAULT_KEY_PREFIX;
+use crate::redis_conn::RedisConn;
+use crate::role::Role;
+use crate::status::{read_status, render};
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ClusterCommand {
+    /// Create a cluster directory: CA, certificates, redis.conf and ACL file.
+    Init {
+        #[arg(long, env = "DEADSFU_CLUSTER_DIR")]
+        dir: PathBuf,
+        /// Where Redis will listen (TLS), as nodes will reach it.
+        #[arg(long, env = "DEADSFU_CLUSTER_REDIS_ADDR", value_name = "HOST:PORT")]
+        redis_addr: String,
+        /// Where `cluster serve` will listen, as nodes will reach it.
+        #[arg(long, env = "DEADSFU_CLUSTER_BOOTSTRAP_ADDR", value_name = "HOST:PORT")]
+        bootstrap_addr: String,
+        /// Prefix of every Redis key.
+        #[arg(long, env = "DEADSFU_CLUSTER_KEY_PREFIX", default_value = DEFAULT_KEY_PREFIX)]
+        key_prefix: String,
+    },
+    /// Issue a credential bundle for one node or operator; prints its URL last.
+    Issue {
+        #[arg(long, env = "DEADSFU_CLUSTER_DIR")]
+        dir: PathBuf,
+        #[arg(long, value_enum)]
+        role: Role,
+        #[arg(long)]
+        name: String,
+    },
+    /// Make a name's access token useless and drop its Redis password.
+    Revoke {
+        #[arg(long, env = "DEADSFU_CLUSTER_DIR")]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// Run the bootstrap HTTPS server that hands bundles out.
+    Serve {
+        #[arg(long, env = "DEADSFU_CLUSTER_DIR")]
+        dir: PathBuf,
+        /// Default: the bootstrap address given to `init`.
+        #[arg(long, env = "DEADSFU_CLUSTER_LISTEN", value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Show nodes, room owners and FTL channel owners (needs an admin bundle's
+    /// DEADSFU_CLUSTER_URL).
+    Status,
+    /// Manage FTL stream keys (needs an admin bundle's DEADSFU_CLUSTER_URL).
+    FtlKey {
+        #[command(subcommand)]
+        action: FtlKeyCommand,
+    },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum FtlKeyCommand {
+    /// Store CHANNEL's stream secret (`-` reads it from standard input).
+    Set { channel: String, secret: String },
+    /// Remove CHANNEL's stream secret.
+    Rm { channel: String },
+}
+
+/// The node identity flags of `deadsfu serve` in cluster mode, for the binary to flatten.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// This node's own public hostname (its certificate name, target of redirects).
+    #[arg(long, env = "DEADSFU_HOSTNAME")]
+    pub hostname: Option<String>,
+    /// Region label shown to routing and operators.
+    #[arg(long, env = "DEADSFU_REGION", default_value = "default")]
+    pub region: String,
+    /// Unique node id (default: the hostname).
+    #[arg(long, env = "DEADSFU_NODE_ID")]
+    pub node_id: Option<String>,
+}
+
+pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCommand::Init {
+            dir,
+            redis_addr,
+            bootstrap_addr,
+            key_prefix,
+        } => {
+            let dir = init(
+                &dir,
+                &InitOptions {
+                    redis_addr,
+                    bootstrap_addr,
+                    key_prefix,
+                },
+            )?;
+            println!("Cluster directory ready: {}", dir.root().display());
+            println!(
+                "Start Redis:      redis-server {}",
+                dir.redis_conf().display()
+            );
+            println!(
+                "Start bootstrap:  deadsfu cluster serve --dir {}",
+                dir.root().display()
+            );
+            println!(
+                "Issue bundles:    deadsfu cluster issue --dir {} --role sfu --name NAME",
+                dir.root().display()
+            );
+        }
+        ClusterCommand::Issue { dir, role, name } => {
+            let issued = issue(&dir, role, &name).await?;
+            match &issued.acl_reloaded {
+                AclReload::Reloaded => eprintln!("Redis ACL reloaded."),
+                AclReload::RedisNotReachable(reason) => eprintln!(
+                    "Redis not reachable ({reason}); it reads the new password when it starts \
+                     (or run ACL LOAD)."
+                ),
+            }
+            eprintln!(
+                "Bundle for {} ({}). Give this URL to the node as {URL_ENV} (or in a file named by {URL_FILE_ENV}):",
+                issued.name, issued.role
+            );
+            println!("{}", issued.url.expose());
+        }
+        ClusterCommand::Revoke { dir, name } => {
+            let reload = revoke(&dir, &name).await?;
+            println!("Revoked {name}: its access token no longer works.");
+            if let AclReload::RedisNotReachable(reason) = reload {
+                println!(
+                    "Redis not reachable ({reason}); run ACL LOAD once it is up to drop the password."
+                );
+            }
+        }
+        ClusterCommand::Serve { dir, listen } => {
+            let server = BootstrapServer::bind(&dir, listen.as_deref()).await?;
+            eprintln!("Bootstrap server on https://{}", server.local_addr()?);
+            server.run(shutdown_signal()).await;
+        }
+        ClusterCommand::Status => {
+            let conn = admin_connection().await?;
+            print!("{}", render(&read_status(&conn).await?));
+        }
+        ClusterCommand::FtlKey { action } => {
+            let conn = admin_connection().await?;
+            let mut manager = conn.manager();
+            match action {
+                FtlKeyCommand::Set { channel, secret } => {
+                    let secret = if secret == "-" {
+                        let mut text = String::new();
+                        std::io::stdin()
+                            .take(4096)
+                            .read_to_string(&mut text)
+                            .context("reading the secret from standard input")?;
+                        text.trim().to_string()
+                    } else {
+                        secret
+                    };
+                    if secret.is_empty() {
+                        bail!("empty stream secret");
+                    }
+                    let () = redis::cmd("SET")
+                        .arg(conn.keys().ftl_key(&channel))
+                        .arg(&secret)
+                        .query_async(&mut manager)
+                        .await
+                        .context("storing the stream key")?;
+                    println!("Stream key for channel {channel} stored.");
+                }
+                FtlKeyCommand::Rm { channel } => {
+                    let removed: i64 = redis::cmd("DEL")
+                        .arg(conn.keys().ftl_key(&channel))
+                        .query_async(&mut manager)
+                        .await
+                        .context("removing the stream key")?;
+                    if removed == 0 {
+                        bail!("no stream key stored for channel {channel}");
+                    }
+                    println!("Stream key for channel {channel} removed.");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn admin_connection() -> anyhow::Result<RedisConn> {
+    let Some(url) = JoinUrl::from_env()? else {
+        bail!("set {URL_ENV} (or {URL_FILE_ENV}) to an admin bundle's URL");
+    };
+    let bundle = fetch_bundle(&url).await?;
+    if bundle.settings.role != Role::Admin {
+        bail!(
+            "the bundle in {URL_ENV} has role {}; this command needs an admin bundle",
+            bundle.settings.role
+        );
+    }
+    Ok(RedisConn::connect(&bundle).await?)
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

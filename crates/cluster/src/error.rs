@@ -1,0 +1,35 @@
+//! Errors of a node's cluster membership (joining, registry, leases).
+
+use crate::bundle_fetch::FetchError;
+use crate::join_url::JoinUrlError;
+use crate::redis_conn::RedisConnError;
+use crate::role::Role;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    JoinUrl(#[from] JoinUrlError),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Connect(#[from] RedisConnError),
+    /// Redis did not answer the last heartbeat; the request was not sent.
+    #[error("Redis is unreachable; will retry in the background")]
+    Unavailable,
+    #[error("Redis command failed: {0}")]
+    Redis(String),
+    #[error("a {0} bundle cannot do this (it needs an sfu or admin bundle)")]
+    WrongRole(Role),
+    #[error("node id {0:?} is registered by another running process")]
+    NodeIdInUse(String),
+    #[error("hostname {hostname:?} is already served by node {owner:?}")]
+    HostnameTaken { hostname: String, owner: String },
+    #[error("bad {what} {value:?}")]
+    BadName { what: &'static str, value: String },
+}
+
+impl From<redis::RedisError> for ClusterError {
+    fn from(err: redis::RedisError) -> Self {
+        ClusterError::Redis(crate::redis_conn::describe(&err))
+    }
+}

@@ -1,0 +1,40 @@
+//! deadsfu's cluster layer (DESIGN.md §2, §6): credential bundles and the bootstrap server,
+//! Redis over mutual TLS, the node registry and ownership leases, and the operator's
+//! `deadsfu cluster ...` commands.
+//!
+//! An SFU joins with [`ClusterNode::join_from_env`], which is `None` when no
+//! `DEADSFU_CLUSTER_URL` is set (standalone mode).
+
+mod acl;
+pub mod bootstrap_server;
+pub mod bundle;
+pub mod bundle_fetch;
+pub mod cli;
+mod cluster_dir;
+mod error;
+pub mod events;
+pub mod init;
+pub mod issue;
+pub mod join_url;
+pub mod keys;
+pub mod lease;
+pub mod node_record;
+mod pinned_tls;
+mod pki;
+pub mod redis_conn;
+pub mod registry;
+pub mod role;
+pub mod secret;
+pub mod status;
+
+pub use bundle::{Bundle, BundleError, BundleSettings};
+pub use cli::{ClusterCommand, NodeArgs, run};
+pub use cluster_dir::{ClusterDir, ClusterSettings};
+pub use error::ClusterError;
+pub use events::{ClusterEvent, LeaseKind, subscribe_events};
+pub use join_url::JoinUrl;
+pub use keys::Keys;
+pub use node_record::{FtlOwner, NodeConfig, NodeLoad, NodeRecord, NodeState};
+pub use redis_conn::RedisConn;
+pub use registry::{Claim, ClusterNode, LeaseEvent};
+pub use role::Role;

@@ -1,0 +1,95 @@
+//! What a node publishes about itself (`node:{id}`) and what the FTL lease holds.
+
+use serde::{Deserialize, Serialize};
+
+/// A node's identity and addresses, fixed for its lifetime.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeConfig {
+    /// Unique in the cluster; by convention the hostname.
+    pub node_id: String,
+    /// The node's own public hostname (its TLS certificate's name; target of 307 redirects).
+    pub hostname: String,
+    pub https_port: u16,
+    /// Public IP addresses (media candidates).
+    pub public_addrs: Vec<String>,
+    /// Where this node ingests FTL (`host:port`), if it does.
+    pub ftl_addr: Option<String>,
+    pub region: String,
+    pub version: String,
+}
+
+/// Load figures, reported by the SFU as often as it likes (they are read once a heartbeat).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeLoad {
+    pub rooms: u32,
+    pub viewers: u32,
+    pub publishers: u32,
+    pub egress_bps: u64,
+    /// Whole-process CPU use, 0–100 per core.
+    pub cpu_percent: f32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    Serving,
+    /// Shutting down: keeps its sessions, takes no new ones.
+    Draining,
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeState::Serving => "serving",
+            NodeState::Draining => "draining",
+        })
+    }
+}
+
+/// The JSON value of `node:{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    #[serde(flatten)]
+    pub config: NodeConfig,
+    pub state: NodeState,
+    pub load: NodeLoad,
+    /// Wall-clock time of the write, for "last heartbeat" ages.
+    pub heartbeat_unix_ms: u64,
+    /// Random per process: tells this process's record from a previous or rival one with
+    /// the same node id.
+    pub instance: String,
+}
+
+impl NodeRecord {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("node records serialise")
+    }
+
+    pub fn from_json(text: &str) -> Option<Self> {
+        serde_json::from_str(text).ok()
+    }
+}
+
+/// The JSON value of `ftl:{channel}`: who ingests the channel, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FtlOwner {
+    pub node: String,
+    pub addr: String,
+}
+
+impl FtlOwner {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("FTL owners serialise")
+    }
+
+    pub fn from_json(text: &str) -> Option<Self> {
+        serde_json::from_str(text).ok()
+    }
+}
+
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

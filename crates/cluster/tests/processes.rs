@@ -1,0 +1,294 @@
+//! Process-level tests: the operator commands and nodes as separate processes (the
+//! `deadsfu-cluster-node` binary runs `cluster ...` exactly as `deadsfu cluster ...` does),
+//! against a real TLS redis-server.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use deadsfu_cluster::bundle_fetch::fetch_bundle;
+use deadsfu_cluster::{JoinUrl, RedisConn};
+use support::{RedisProcess, assert_no_secrets, eventually, free_port, try_get};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_deadsfu-cluster-node");
+
+/// A child killed on drop, its stderr going to a file.
+struct Proc {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn spawn(args: &[&str], env: &[(&str, &str)], stderr: &Path) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env_remove("DEADSFU_CLUSTER_URL")
+            .env_remove("DEADSFU_CLUSTER_URL_FILE")
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(stderr).unwrap())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self {
+            child: cmd.spawn().expect("spawn deadsfu-cluster-node"),
+            stderr: stderr.to_path_buf(),
+        }
+    }
+
+    /// Stdout lines up to and including `last`, within 15 s.
+    async fn lines_until(&mut self, last: &str) -> Vec<String> {
+        let stdout = self.child.stdout.as_mut().unwrap();
+        let mut reader = BufReader::new(stdout).lines();
+        let mut lines = Vec::new();
+        let read = async {
+            while let Some(line) = reader.next_line().await.unwrap() {
+                let done = line == last;
+                lines.push(line);
+                if done {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(15), read)
+            .await
+            .is_err()
+        {
+            panic!(
+                "no {last:?} line; got {lines:?}; stderr:\n{}",
+                std::fs::read_to_string(&self.stderr).unwrap_or_default()
+            );
+        }
+        lines
+    }
+
+    fn signal(&self, signal: &str) {
+        support::unsafe_kill(self.child.id().expect("running"), signal);
+    }
+}
+
+/// Runs `deadsfu-cluster-node cluster ...` to completion; returns stdout, stderr.
+async fn cluster_cmd(args: &[&str], env: &[(&str, &str)]) -> (String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("cluster")
+        .args(args)
+        .env_remove("DEADSFU_CLUSTER_URL")
+        .env_remove("DEADSFU_CLUSTER_URL_FILE")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("command finishes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "cluster {args:?} failed: {stdout}\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
+fn token_of(url: &str) -> String {
+    url.split("access_token=")
+        .nth(1)
+        .unwrap()
+        .split('#')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn operator_commands_and_node_processes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cluster");
+    let dir_s = dir.to_str().unwrap();
+    let redis_addr = format!("127.0.0.1:{}", free_port());
+    let bootstrap_addr = format!("127.0.0.1:{}", free_port());
+    cluster_cmd(
+        &[
+            "init",
+            "--dir",
+            dir_s,
+            "--redis-addr",
+            &redis_addr,
+            "--bootstrap-addr",
+            &bootstrap_addr,
+        ],
+        &[],
+    )
+    .await;
+    // Secrets in the directory are private.
+    use std::os::unix::fs::PermissionsExt;
+    for secret in [
+        "ca/ca.key",
+        "redis/redis.key",
+        "bootstrap/server.key",
+        "redis/users.acl",
+    ] {
+        let mode = std::fs::metadata(dir.join(secret))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{secret} is mode {mode:o}");
+    }
+    let mut redis =
+        RedisProcess::start(&dir.join("redis/redis.conf"), &tmp.path().join("redis.log"));
+    redis.wait_ready().await;
+    let serve_log = tmp.path().join("serve.log");
+    let _serve = Proc::spawn(&["cluster", "serve", "--dir", dir_s], &[], &serve_log);
+
+    let mut secrets = Vec::new();
+    let mut issue = async |role: &str, name: &str| -> String {
+        let (stdout, _) = cluster_cmd(
+            &["issue", "--dir", dir_s, "--role", role, "--name", name],
+            &[],
+        )
+        .await;
+        let url = stdout.lines().last().unwrap().to_string();
+        assert!(
+            url.starts_with("https://") && url.contains("#sha256="),
+            "{url}"
+        );
+        secrets.push(token_of(&url));
+        url
+    };
+    let url_a = issue("sfu", "sfu-a").await;
+    let url_b = issue("sfu", "sfu-b").await;
+    let url_ops = issue("admin", "ops").await;
+    // Passwords, to check logs for them too.
+    for name in ["sfu-a", "sfu-b", "ops"] {
+        let zip = std::fs::read(dir.join("names").join(name).join("bundle.zip")).unwrap();
+        secrets.push(
+            deadsfu_cluster::Bundle::from_zip(&zip)
+                .unwrap()
+                .settings
+                .password,
+        );
+    }
+    let admin_bundle = eventually(Duration::from_secs(10), "bootstrap server answers", || {
+        let url = url_ops.clone();
+        async move { fetch_bundle(&JoinUrl::parse(&url).unwrap()).await.ok() }
+    })
+    .await;
+    let admin = RedisConn::connect(&admin_bundle).await.unwrap();
+
+    // Node b gets its URL through the secret-file form.
+    let url_file = tmp.path().join("url-b");
+    std::fs::write(&url_file, format!("{url_b}\n")).unwrap();
+    let a_log = tmp.path().join("a.log");
+    let b_log = tmp.path().join("b.log");
+    let mut a = Proc::spawn(
+        &["node", "--node-id", "sfu-a", "--room", "same"],
+        &[("DEADSFU_CLUSTER_URL", &url_a)],
+        &a_log,
+    );
+    let mut b = Proc::spawn(
+        &["node", "--node-id", "sfu-b", "--room", "same"],
+        &[("DEADSFU_CLUSTER_URL_FILE", url_file.to_str().unwrap())],
+        &b_log,
+    );
+    let (lines_a, lines_b) = tokio::join!(a.lines_until("ready"), b.lines_until("ready"));
+    let won: Vec<&str> = [&lines_a, &lines_b]
+        .iter()
+        .filter(|l| l.iter().any(|x| x == "room same won"))
+        .map(|l| {
+            if std::ptr::eq(*l, &lines_a) {
+                "sfu-a"
+            } else {
+                "sfu-b"
+            }
+        })
+        .collect();
+    assert_eq!(won.len(), 1, "exactly one winner: {lines_a:?} {lines_b:?}");
+    let winner = won[0];
+    let loser_line = format!("room same held-by {winner}");
+    assert!(lines_a.contains(&loser_line) || lines_b.contains(&loser_line));
+
+    // Both visible in `cluster status`, with the room's owner.
+    let status = eventually(Duration::from_secs(5), "status lists both nodes", || {
+        let url = url_ops.clone();
+        async move {
+            let (out, _) = cluster_cmd(&["status"], &[("DEADSFU_CLUSTER_URL", &url)]).await;
+            (out.contains("sfu-a") && out.contains("sfu-b")).then_some(out)
+        }
+    })
+    .await;
+    assert!(status.contains("Nodes (2)"), "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["same", winner]),
+        "{status}"
+    );
+
+    // Stream keys through the admin command.
+    cluster_cmd(
+        &["ftl-key", "set", "chan1", "streamsecret123"],
+        &[("DEADSFU_CLUSTER_URL", &url_ops)],
+    )
+    .await;
+    assert_eq!(
+        try_get(&admin, "deadsfu:ftlkey:chan1").await.as_deref(),
+        Some("streamsecret123")
+    );
+    cluster_cmd(
+        &["ftl-key", "rm", "chan1"],
+        &[("DEADSFU_CLUSTER_URL", &url_ops)],
+    )
+    .await;
+    assert_eq!(try_get(&admin, "deadsfu:ftlkey:chan1").await, None);
+
+    // SIGKILL the winner: its record and lease are gone within 5 s.
+    let (dead, survivor) = if winner == "sfu-a" { (a, b) } else { (b, a) };
+    dead.signal("KILL");
+    let killed_at = std::time::Instant::now();
+    eventually(Duration::from_secs(5), "killed node's keys expire", || {
+        let admin = admin.clone();
+        let node_key = format!("deadsfu:node:{winner}");
+        async move {
+            (try_get(&admin, &node_key).await.is_none()
+                && try_get(&admin, "deadsfu:room:same").await.is_none())
+            .then_some(())
+        }
+    })
+    .await;
+    assert!(killed_at.elapsed() < Duration::from_secs(5));
+
+    // SIGTERM the survivor: it drains and deregisters.
+    let survivor_id = if winner == "sfu-a" { "sfu-b" } else { "sfu-a" };
+    survivor.signal("TERM");
+    eventually(Duration::from_secs(5), "survivor deregisters", || {
+        let admin = admin.clone();
+        let node_key = format!("deadsfu:node:{survivor_id}");
+        async move { try_get(&admin, &node_key).await.is_none().then_some(()) }
+    })
+    .await;
+
+    // Revoked tokens stop working for new fetches.
+    cluster_cmd(&["revoke", "--dir", dir_s, "--name", "sfu-a"], &[]).await;
+    assert!(
+        fetch_bundle(&JoinUrl::parse(&url_a).unwrap())
+            .await
+            .is_err()
+    );
+
+    // No process logged a token or password.
+    drop(dead);
+    drop(survivor);
+    for log in [&serve_log, &a_log, &b_log] {
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(!text.is_empty(), "{} is empty", log.display());
+        assert_no_secrets(&text, &secrets, &log.display().to_string());
+    }
+}

@@ -1,0 +1,136 @@
+//! Cluster mode of `deadsfu serve`: join the cluster named by `DEADSFU_CLUSTER_URL`, lease the
+//! rooms this node serves, report load, drain on shutdown.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use deadsfu_cluster::{Claim, ClusterNode, NodeConfig, NodeLoad};
+use deadsfu_media::RoomChange;
+use deadsfu_rtc::MediaEngine;
+use tokio::sync::mpsc;
+
+use crate::serve::ServeArgs;
+
+/// This node's membership; cheap to clone.
+#[derive(Clone)]
+pub struct Membership {
+    node: Arc<ClusterNode>,
+}
+
+/// Joins the cluster when the environment names one; `None` runs standalone.
+pub async fn join(
+    args: &ServeArgs,
+    http: SocketAddr,
+    ice_hosts: &[IpAddr],
+    engine: &MediaEngine,
+) -> anyhow::Result<Option<Membership>> {
+    let hostname = match &args.node.hostname {
+        Some(h) => h.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into()),
+    };
+    let config = NodeConfig {
+        node_id: args.node.node_id.clone().unwrap_or_else(|| hostname.clone()),
+        hostname,
+        https_port: http.port(),
+        public_addrs: ice_hosts.iter().map(IpAddr::to_string).collect(),
+        ftl_addr: None,
+        region: args.node.region.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let Some(node) = ClusterNode::join_from_env(config)
+        .await
+        .context("joining the cluster")?
+    else {
+        return Ok(None);
+    };
+    let node = Arc::new(node);
+    tracing::info!(node = node.node_id(), "joined the cluster");
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    engine.set_room_observer(Box::new(move |change| {
+        let _ = tx.send(change);
+    }));
+    tokio::spawn(lease_rooms(node.clone(), rx));
+    tokio::spawn(report_load(node.clone(), engine.clone()));
+    Ok(Some(Membership { node }))
+}
+
+impl Membership {
+    /// Marks the node draining, so routing stops choosing it.
+    pub async fn drain(&self) {
+        if let Err(e) = self.node.set_draining().await {
+            tracing::warn!(error = %e, "could not mark the node draining");
+        }
+    }
+
+    /// Releases every lease and removes the node record.
+    pub async fn leave(self) {
+        match Arc::try_unwrap(self.node) {
+            Ok(node) => node.leave().await,
+            // Background tasks still hold it: dropping stops the heartbeat; leases expire.
+            Err(node) => drop(node),
+        }
+    }
+}
+
+/// Takes a room's lease when it opens here and gives it back when it closes.
+async fn lease_rooms(node: Arc<ClusterNode>, mut changes: mpsc::UnboundedReceiver<RoomChange>) {
+    while let Some(change) = changes.recv().await {
+        match change {
+            RoomChange::Opened(room) => match node.claim_room(&room).await {
+                Ok(Claim::Won) => tracing::debug!(room, "room lease taken"),
+                Ok(Claim::HeldBy(owner)) => {
+                    tracing::warn!(room, owner, "room is owned by another node")
+                }
+                // Redis is away: the heartbeat takes the lease when it returns.
+                Err(e) => tracing::debug!(room, error = %e, "room lease deferred"),
+            },
+            RoomChange::Closed(room) => {
+                if let Err(e) = node.release_room(&room).await {
+                    tracing::debug!(room, error = %e, "room lease release deferred");
+                }
+            }
+        }
+    }
+}
+
+/// Reports rooms, sessions, egress bitrate and CPU once a second.
+async fn report_load(node: Arc<ClusterNode>, engine: MediaEngine) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = (Instant::now(), engine.metrics().bytes_out, cpu_ticks());
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let bytes = engine.metrics().bytes_out;
+        let cpu = cpu_ticks();
+        let secs = now.duration_since(last.0).as_secs_f64().max(0.001);
+        let (publishers, viewers) = engine.session_counts();
+        node.report_load(NodeLoad {
+            rooms: engine.rooms().len() as u32,
+            viewers: viewers as u32,
+            publishers: publishers as u32,
+            egress_bps: ((bytes.saturating_sub(last.1)) as f64 * 8.0 / secs) as u64,
+            // /proc counts in USER_HZ, 100 per second on Linux.
+            cpu_percent: (cpu.saturating_sub(last.2) as f64 / secs) as f32,
+        });
+        last = (now, bytes, cpu);
+    }
+}
+
+/// User plus system CPU time of this process, in clock ticks.
+fn cpu_ticks() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
+}

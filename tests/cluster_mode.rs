@@ -1,0 +1,174 @@
+//! `deadsfu serve` in cluster mode, with the real binary, a real TLS redis-server and the
+//! operator commands: a node joins through its bundle URL, leases the rooms it serves, shows in
+//! `deadsfu cluster status`, and leaves on SIGTERM.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use deadsfu_client::{Peer, PeerOptions, Role};
+
+const BIN: &str = env!("CARGO_BIN_EXE_deadsfu");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn deadsfu(args: &[&str], env: &[(&str, &str)], log: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("DEADSFU_CLUSTER_URL")
+        .env_remove("DEADSFU_CLUSTER_URL_FILE")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Runs an operator command to completion; returns its stdout.
+fn run(args: &[&str], env: &[(&str, &str)], log: &Path) -> String {
+    let out = deadsfu(args, env, log).output().expect("run deadsfu");
+    assert!(
+        out.status.success(),
+        "deadsfu {args:?} failed: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Polls `check` until it returns Some, failing after `timeout`.
+async fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_joins_leases_rooms_and_leaves() {
+    let dir = std::env::temp_dir().join(format!("deadsfu-cluster-mode-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cdir = dir.join("cluster");
+    let cdir_s = cdir.to_str().unwrap();
+    let log = |name: &str| dir.join(name);
+    let redis_addr = format!("127.0.0.1:{}", free_port());
+    let boot_addr = format!("127.0.0.1:{}", free_port());
+
+    run(
+        &["cluster", "init", "--dir", cdir_s, "--redis-addr", &redis_addr, "--bootstrap-addr", &boot_addr],
+        &[],
+        &log("init.log"),
+    );
+    let _redis = Proc(
+        Command::new("redis-server")
+            .arg(cdir.join("redis/redis.conf"))
+            .stdout(std::fs::File::create(log("redis.log")).unwrap())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)"),
+    );
+    let _boot = Proc(
+        deadsfu(&["cluster", "serve", "--dir", cdir_s], &[], &log("bootstrap.log"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let last_line = |s: String| s.lines().last().unwrap_or_default().to_owned();
+    let sfu_url = last_line(run(
+        &["cluster", "issue", "--dir", cdir_s, "--role", "sfu", "--name", "sfu-a"],
+        &[],
+        &log("issue-sfu.log"),
+    ));
+    let admin_url = last_line(run(
+        &["cluster", "issue", "--dir", cdir_s, "--role", "admin", "--name", "ops"],
+        &[],
+        &log("issue-admin.log"),
+    ));
+    assert!(sfu_url.starts_with("https://") && sfu_url.contains("#sha256="), "{sfu_url}");
+
+    // The bootstrap server and Redis come up on their own time: the node retries until both
+    // answer (a start that fails is restarted, as a supervisor would).
+    let http = free_port();
+    let url_file = dir.join("sfu.url");
+    std::fs::write(&url_file, &sfu_url).unwrap();
+    let serve_args = [
+        "serve", "--http", &format!("127.0.0.1:{http}"), "--udp-port", "0", "--workers", "1",
+        "--ice-candidate-host", "127.0.0.1", "--hostname", "sfu-a.test", "--region", "test",
+    ];
+    let start_node = || {
+        deadsfu(
+            &serve_args,
+            &[("DEADSFU_CLUSTER_URL_FILE", url_file.to_str().unwrap())],
+            &log("node.log"),
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+    };
+    let mut node = Proc(start_node());
+    let status = |dir: &Path| {
+        let out = deadsfu(&["cluster", "status"], &[("DEADSFU_CLUSTER_URL", &admin_url)], &dir.join("status.log"))
+            .stdout(Stdio::piped())
+            .output()
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    eventually("the node in cluster status", Duration::from_secs(30), || {
+        if let Ok(Some(_)) = node.0.try_wait() {
+            node = Proc(start_node());
+            return None;
+        }
+        status(&dir).filter(|s| s.contains("sfu-a.test") && s.contains("serving"))
+    })
+    .await;
+
+    // A viewer opens room "lobby" on the node: the node takes its lease.
+    let viewer = Peer::connect(&format!("http://127.0.0.1:{http}/whep/lobby"), Role::View, PeerOptions::default())
+        .await
+        .expect("viewer");
+    eventually("the lobby lease", Duration::from_secs(10), || {
+        status(&dir).filter(|s| s.lines().any(|l| l.starts_with("lobby") && l.contains("sfu-a.test")))
+    })
+    .await;
+    assert_eq!(viewer.delete().await.unwrap(), 200);
+    eventually("the lobby lease released", Duration::from_secs(10), || {
+        status(&dir).filter(|s| !s.lines().any(|l| l.starts_with("lobby")))
+    })
+    .await;
+
+    // SIGTERM: the node drains and leaves the registry.
+    let _ = Command::new("kill").args(["-TERM", &node.0.id().to_string()]).status();
+    eventually("the node gone from status", Duration::from_secs(10), || {
+        status(&dir).filter(|s| !s.contains("sfu-a.test"))
+    })
+    .await;
+
+    // Secrets never reach the logs.
+    let token = sfu_url.split("access_token=").nth(1).unwrap().split(['&', '#']).next().unwrap();
+    for name in ["node.log", "bootstrap.log", "status.log"] {
+        let text = std::fs::read_to_string(log(name)).unwrap_or_default();
+        assert!(!text.contains(token), "{name} contains the access token");
+    }
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}
