@@ -33,7 +33,11 @@ pub async fn join(
             .unwrap_or_else(|_| "localhost".into()),
     };
     let config = NodeConfig {
-        node_id: args.node.node_id.clone().unwrap_or_else(|| hostname.clone()),
+        node_id: args
+            .node
+            .node_id
+            .clone()
+            .unwrap_or_else(|| hostname.clone()),
         hostname,
         https_port: http.port(),
         public_addrs: ice_hosts.iter().map(IpAddr::to_string).collect(),
@@ -59,7 +63,57 @@ pub async fn join(
     Ok(Some(Membership { node }))
 }
 
+/// This node's `ftl:{channel}` lease while a stream is live here; released when dropped.
+pub struct FtlLease {
+    node: Arc<ClusterNode>,
+    channel: String,
+}
+
+impl Drop for FtlLease {
+    fn drop(&mut self) {
+        let node = self.node.clone();
+        let channel = std::mem::take(&mut self.channel);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = node.release_ftl(&channel).await {
+                    tracing::debug!(channel, error = %e, "FTL lease release deferred");
+                }
+            });
+        }
+    }
+}
+
 impl Membership {
+    /// A channel's stream secret from the cluster's key store.
+    pub async fn ftl_key(
+        &self,
+        channel: u32,
+    ) -> Result<Option<String>, deadsfu_cluster::ClusterError> {
+        self.node.ftl_key(&channel.to_string()).await
+    }
+
+    /// Takes the channel's lease for this node. Another node streaming the channel is a 406 for
+    /// the client; Redis being away is not a reason to refuse (the lease is taken on its return).
+    pub async fn claim_ftl(
+        &self,
+        channel: u32,
+        ftl_addr: &str,
+    ) -> Result<FtlLease, deadsfu_ftl::net::ClaimError> {
+        let name = channel.to_string();
+        match self.node.claim_ftl(&name, ftl_addr).await {
+            Ok(Claim::Won) => {}
+            Ok(Claim::HeldBy(owner)) => {
+                tracing::warn!(channel, owner, "FTL channel is live on another node");
+                return Err(deadsfu_ftl::net::ClaimError::InUse);
+            }
+            Err(e) => tracing::warn!(channel, error = %e, "FTL lease deferred"),
+        }
+        Ok(FtlLease {
+            node: self.node.clone(),
+            channel: name,
+        })
+    }
+
     /// Marks the node draining, so routing stops choosing it.
     pub async fn drain(&self) {
         if let Err(e) = self.node.set_draining().await {
@@ -131,6 +185,11 @@ fn cpu_ticks() -> u64 {
         return 0;
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     field(11) + field(12)
 }

@@ -1,6 +1,7 @@
 //! The `deadsfu` binary: command line, configuration, start-up and shutdown of the parts.
 
 mod cluster_mode;
+mod ftl_ingest;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -22,11 +23,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run an SFU node (the default).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Operate a cluster: make its CA and Redis config, issue credential bundles, serve them,
     /// show its state, manage FTL stream keys.
     #[command(subcommand)]
     Cluster(deadsfu_cluster::ClusterCommand),
+    /// Stream an H264 Annex-B file and an Ogg Opus file to an FTL server, as OBS would.
+    FtlPush(deadsfu_ftl::net::PushArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,9 +44,26 @@ fn main() -> anyhow::Result<()> {
             serve::init_logging(serve::LogFormat::Human)?;
             runtime.block_on(deadsfu_cluster::run(cmd))
         }
-        Some(Command::Serve(args)) => run_serve(&runtime, args),
+        Some(Command::FtlPush(args)) => {
+            serve::init_logging(serve::LogFormat::Human)?;
+            runtime.block_on(ftl_push(args))
+        }
+        Some(Command::Serve(args)) => run_serve(&runtime, *args),
         None => run_serve(&runtime, cli.serve),
     }
+}
+
+async fn ftl_push(args: deadsfu_ftl::net::PushArgs) -> anyhow::Result<()> {
+    let config = deadsfu_ftl::net::PushConfig::from(args);
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let report = deadsfu_ftl::net::push(config, stop).await?;
+    println!(
+        "sent {} video frames ({} packets), {} audio packets; {} dropped on purpose",
+        report.video_frames, report.video_packets, report.audio_packets, report.dropped
+    );
+    Ok(())
 }
 
 fn run_serve(runtime: &tokio::runtime::Runtime, args: serve::ServeArgs) -> anyhow::Result<()> {

@@ -50,6 +50,8 @@ pub struct ServeArgs {
     /// session is ended and its resources freed.
     #[arg(long, env = "DEADSFU_IDLE_TIMEOUT", default_value_t = 15)]
     pub idle_timeout: u64,
+    #[command(flatten)]
+    pub ftl: crate::ftl_ingest::FtlArgs,
     /// Cluster identity (used when DEADSFU_CLUSTER_URL puts the node in cluster mode).
     #[command(flatten)]
     pub node: deadsfu_cluster::NodeArgs,
@@ -140,19 +142,54 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     print_urls(local, &ice_hosts, engine.udp_ports());
 
     let cluster = crate::cluster_mode::join(&args, local, &ice_hosts, &engine).await?;
+    let ftl = crate::ftl_ingest::start(&args.ftl, &engine, cluster.clone()).await?;
+
+    // One shutdown signal for every listener; the cluster hears it first.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let draining = cluster.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        // Tell routing first, so no new sessions are sent here while we close.
+        if let Some(c) = draining {
+            c.drain().await;
+        }
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let ftl_task = match ftl {
+        Some((addr, server, channels)) => {
+            let host = if addr.ip().is_unspecified() {
+                "localhost".to_string()
+            } else {
+                addr.ip().to_string()
+            };
+            println!(
+                "  publish (FTL):   server {host}:{} , stream key CHANNEL-SECRET; channels {channels:?} go to rooms named after them",
+                addr.port()
+            );
+            let stop = stopped();
+            Some(tokio::spawn(async move { server.run(stop).await }))
+        }
+        None => None,
+    };
 
     let app = deadsfu_server::router(state);
-    let draining = cluster.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // Tell routing first, so no new sessions are sent here while we close.
-            if let Some(c) = draining {
-                c.drain().await;
-            }
-        })
+        .with_graceful_shutdown(stopped())
         .await
         .context("HTTP server")?;
+    if let Some(t) = ftl_task {
+        match t.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "FTL server"),
+            Err(e) => tracing::warn!(error = %e, "FTL server task"),
+            Ok(Ok(())) => {}
+        }
+    }
     tracing::info!("shutting down: closing sessions");
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     if let Some(c) = cluster {

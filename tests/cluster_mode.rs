@@ -14,7 +14,11 @@ use deadsfu_client::{Peer, PeerOptions, Role};
 const BIN: &str = env!("CARGO_BIN_EXE_deadsfu");
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A child process killed when dropped.
@@ -76,7 +80,16 @@ async fn node_joins_leases_rooms_and_leaves() {
     let boot_addr = format!("127.0.0.1:{}", free_port());
 
     run(
-        &["cluster", "init", "--dir", cdir_s, "--redis-addr", &redis_addr, "--bootstrap-addr", &boot_addr],
+        &[
+            "cluster",
+            "init",
+            "--dir",
+            cdir_s,
+            "--redis-addr",
+            &redis_addr,
+            "--bootstrap-addr",
+            &boot_addr,
+        ],
         &[],
         &log("init.log"),
     );
@@ -88,23 +101,34 @@ async fn node_joins_leases_rooms_and_leaves() {
             .expect("redis-server (apt-get install redis-server)"),
     );
     let _boot = Proc(
-        deadsfu(&["cluster", "serve", "--dir", cdir_s], &[], &log("bootstrap.log"))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
+        deadsfu(
+            &["cluster", "serve", "--dir", cdir_s],
+            &[],
+            &log("bootstrap.log"),
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap(),
     );
     let last_line = |s: String| s.lines().last().unwrap_or_default().to_owned();
     let sfu_url = last_line(run(
-        &["cluster", "issue", "--dir", cdir_s, "--role", "sfu", "--name", "sfu-a"],
+        &[
+            "cluster", "issue", "--dir", cdir_s, "--role", "sfu", "--name", "sfu-a",
+        ],
         &[],
         &log("issue-sfu.log"),
     ));
     let admin_url = last_line(run(
-        &["cluster", "issue", "--dir", cdir_s, "--role", "admin", "--name", "ops"],
+        &[
+            "cluster", "issue", "--dir", cdir_s, "--role", "admin", "--name", "ops",
+        ],
         &[],
         &log("issue-admin.log"),
     ));
-    assert!(sfu_url.starts_with("https://") && sfu_url.contains("#sha256="), "{sfu_url}");
+    assert!(
+        sfu_url.starts_with("https://") && sfu_url.contains("#sha256="),
+        "{sfu_url}"
+    );
 
     // The bootstrap server and Redis come up on their own time: the node retries until both
     // answer (a start that fails is restarted, as a supervisor would).
@@ -112,8 +136,21 @@ async fn node_joins_leases_rooms_and_leaves() {
     let url_file = dir.join("sfu.url");
     std::fs::write(&url_file, &sfu_url).unwrap();
     let serve_args = [
-        "serve", "--http", &format!("127.0.0.1:{http}"), "--udp-port", "0", "--workers", "1",
-        "--ice-candidate-host", "127.0.0.1", "--hostname", "sfu-a.test", "--region", "test",
+        "serve",
+        "--http",
+        &format!("127.0.0.1:{http}"),
+        "--udp-port",
+        "0",
+        "--workers",
+        "1",
+        "--ice-candidate-host",
+        "127.0.0.1",
+        "--hostname",
+        "sfu-a.test",
+        "--region",
+        "test",
+        "--ftl-listen",
+        "",
     ];
     let start_node = || {
         deadsfu(
@@ -127,27 +164,44 @@ async fn node_joins_leases_rooms_and_leaves() {
     };
     let mut node = Proc(start_node());
     let status = |dir: &Path| {
-        let out = deadsfu(&["cluster", "status"], &[("DEADSFU_CLUSTER_URL", &admin_url)], &dir.join("status.log"))
-            .stdout(Stdio::piped())
-            .output()
-            .ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        let out = deadsfu(
+            &["cluster", "status"],
+            &[("DEADSFU_CLUSTER_URL", &admin_url)],
+            &dir.join("status.log"),
+        )
+        .stdout(Stdio::piped())
+        .output()
+        .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     };
-    eventually("the node in cluster status", Duration::from_secs(30), || {
-        if let Ok(Some(_)) = node.0.try_wait() {
-            node = Proc(start_node());
-            return None;
-        }
-        status(&dir).filter(|s| s.contains("sfu-a.test") && s.contains("serving"))
-    })
+    eventually(
+        "the node in cluster status",
+        Duration::from_secs(30),
+        || {
+            if let Ok(Some(_)) = node.0.try_wait() {
+                node = Proc(start_node());
+                return None;
+            }
+            status(&dir).filter(|s| s.contains("sfu-a.test") && s.contains("serving"))
+        },
+    )
     .await;
 
     // A viewer opens room "lobby" on the node: the node takes its lease.
-    let viewer = Peer::connect(&format!("http://127.0.0.1:{http}/whep/lobby"), Role::View, PeerOptions::default())
-        .await
-        .expect("viewer");
+    let viewer = Peer::connect(
+        &format!("http://127.0.0.1:{http}/whep/lobby"),
+        Role::View,
+        PeerOptions::default(),
+    )
+    .await
+    .expect("viewer");
     eventually("the lobby lease", Duration::from_secs(10), || {
-        status(&dir).filter(|s| s.lines().any(|l| l.starts_with("lobby") && l.contains("sfu-a.test")))
+        status(&dir).filter(|s| {
+            s.lines()
+                .any(|l| l.starts_with("lobby") && l.contains("sfu-a.test"))
+        })
     })
     .await;
     assert_eq!(viewer.delete().await.unwrap(), 200);
@@ -157,14 +211,22 @@ async fn node_joins_leases_rooms_and_leaves() {
     .await;
 
     // SIGTERM: the node drains and leaves the registry.
-    let _ = Command::new("kill").args(["-TERM", &node.0.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &node.0.id().to_string()])
+        .status();
     eventually("the node gone from status", Duration::from_secs(10), || {
         status(&dir).filter(|s| !s.contains("sfu-a.test"))
     })
     .await;
 
     // Secrets never reach the logs.
-    let token = sfu_url.split("access_token=").nth(1).unwrap().split(['&', '#']).next().unwrap();
+    let token = sfu_url
+        .split("access_token=")
+        .nth(1)
+        .unwrap()
+        .split(['&', '#'])
+        .next()
+        .unwrap();
     for name in ["node.log", "bootstrap.log", "status.log"] {
         let text = std::fs::read_to_string(log(name)).unwrap_or_default();
         assert!(!text.contains(token), "{name} contains the access token");

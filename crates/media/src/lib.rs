@@ -5,6 +5,7 @@
 //! - [`rewrite`]: per-viewer rewriting of sequence numbers and timestamps so that a change of
 //!   source (publisher leaves, another arrives) is seamless to the receiver.
 //! - [`keyframe_request`]: merging and rate-limiting viewers' PLI/FIR toward a publisher.
+//! - [`seq`]: extending 16-bit sequence numbers of sources that give us only those.
 //! - [`room`]: the room directory shared by workers: who publishes, which workers have viewers.
 
 pub mod keyframe;
@@ -12,6 +13,7 @@ pub mod keyframe_request;
 pub mod packet;
 pub mod rewrite;
 pub mod room;
+pub mod seq;
 
 pub use packet::{Codec, MediaKind, MediaPacket, SourceId};
 pub use rewrite::ViewerTrack;

@@ -44,15 +44,17 @@ impl Room {
         }
     }
 
-    /// Makes `session` (a non-zero serial) the room's publisher if it has none.
-    pub fn try_claim_publisher(&self, session: u64, worker: usize) -> bool {
+    /// Makes `session` (a non-zero serial) the room's publisher if it has none. `worker` is the
+    /// media worker hosting it (`None` for publishers outside the workers, such as FTL).
+    pub fn try_claim_publisher(&self, session: u64, worker: Option<usize>) -> bool {
         debug_assert_ne!(session, NO_PUBLISHER);
         let won = self
             .publisher
             .compare_exchange(NO_PUBLISHER, session, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if won {
-            self.publisher_worker.store(worker, Ordering::Release);
+            self.publisher_worker
+                .store(worker.unwrap_or(NO_WORKER), Ordering::Release);
         }
         won
     }
@@ -131,7 +133,9 @@ pub struct Rooms {
 
 impl std::fmt::Debug for Rooms {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rooms").field("by_name", &self.by_name).finish()
+        f.debug_struct("Rooms")
+            .field("by_name", &self.by_name)
+            .finish()
     }
 }
 
@@ -196,15 +200,15 @@ mod tests {
     fn one_publisher_per_room() {
         let rooms = Rooms::new();
         let room = rooms.get_or_create("a");
-        assert!(room.try_claim_publisher(1, 0));
-        assert!(!room.try_claim_publisher(2, 1));
+        assert!(room.try_claim_publisher(1, Some(0)));
+        assert!(!room.try_claim_publisher(2, Some(1)));
         assert_eq!(room.publisher_worker(), Some(0));
         room.release_publisher(2); // not the holder: no effect
         assert!(room.has_publisher());
         room.release_publisher(1);
         assert!(!room.has_publisher());
         assert_eq!(room.publisher_worker(), None);
-        assert!(room.try_claim_publisher(2, 1));
+        assert!(room.try_claim_publisher(2, Some(1)));
     }
 
     #[test]
@@ -232,7 +236,10 @@ mod tests {
         rooms.release(a2);
         assert_eq!(
             *seen.lock().unwrap(),
-            vec![RoomChange::Opened("a".into()), RoomChange::Closed("a".into())]
+            vec![
+                RoomChange::Opened("a".into()),
+                RoomChange::Closed("a".into())
+            ]
         );
     }
 

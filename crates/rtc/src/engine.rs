@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::EngineConfig;
 use crate::error::SessionError;
+use crate::ingest::Ingest;
 use crate::metrics::{Counters, MetricsSnapshot};
 use crate::sdp::{OfferSummary, TrickleFragment, VideoFamily};
 use crate::session::SessionKind;
@@ -52,6 +53,9 @@ struct SessionEntry {
 pub(crate) struct Shared {
     pub config: EngineConfig,
     pub rooms: Rooms,
+    /// Live non-WebRTC publishers, and packets of theirs dropped at a full worker inbox.
+    pub ingests: AtomicUsize,
+    pub ingest_drops: AtomicU64,
     sessions: Mutex<HashMap<Arc<str>, SessionEntry>>,
 }
 
@@ -145,6 +149,8 @@ impl MediaEngine {
         let shared = Arc::new(Shared {
             config,
             rooms: Rooms::new(),
+            ingests: AtomicUsize::new(0),
+            ingest_drops: AtomicU64::new(0),
             sessions: Mutex::new(HashMap::new()),
         });
         let mut handles = Vec::new();
@@ -217,7 +223,7 @@ impl MediaEngine {
         let serial = inner.next_serial.fetch_add(1, Ordering::Relaxed);
         let worker = inner.next_worker.fetch_add(1, Ordering::Relaxed) % inner.workers.len();
         let room_arc = inner.shared.rooms.get_or_create(room);
-        if kind == SessionKind::Publisher && !room_arc.try_claim_publisher(serial, worker) {
+        if kind == SessionKind::Publisher && !room_arc.try_claim_publisher(serial, Some(worker)) {
             inner.shared.rooms.release(room_arc);
             return Err(SessionError::RoomBusy(room.to_owned()));
         }
@@ -274,6 +280,27 @@ impl MediaEngine {
                 Err(e)
             }
         }
+    }
+
+    /// Makes a non-WebRTC publisher (FTL) the live publisher of `room`.
+    pub fn open_ingest(&self, room: &str) -> Result<Ingest, SessionError> {
+        let inner = &self.inner;
+        let serial = inner.next_serial.fetch_add(1, Ordering::Relaxed);
+        let room_arc = inner.shared.rooms.get_or_create(room);
+        if !room_arc.try_claim_publisher(serial, None) {
+            inner.shared.rooms.release(room_arc);
+            return Err(SessionError::RoomBusy(room.to_owned()));
+        }
+        inner.shared.ingests.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(room, "ingest started");
+        Ok(Ingest {
+            shared: inner.shared.clone(),
+            workers: inner.workers.clone(),
+            room: Some(room_arc),
+            serial,
+            video_seq: Default::default(),
+            audio_seq: Default::default(),
+        })
     }
 
     /// A viewer must be able to receive what the room's live publisher sends.
@@ -418,6 +445,7 @@ impl MediaEngine {
         for c in &self.inner.counters {
             snap.add(c);
         }
+        snap.fanout_drops += self.inner.shared.ingest_drops.load(Ordering::Relaxed);
         snap
     }
 
@@ -428,7 +456,8 @@ impl MediaEngine {
             .values()
             .filter(|e| e.kind == SessionKind::Publisher)
             .count();
-        (publishers, sessions.len() - publishers)
+        let ingests = self.inner.shared.ingests.load(Ordering::Relaxed);
+        (publishers + ingests, sessions.len() - publishers)
     }
 
     pub fn rooms(&self) -> Vec<RoomSummary> {

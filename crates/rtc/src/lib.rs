@@ -3,12 +3,14 @@
 //! - [`MediaEngine`] (`engine.rs`): starts the workers; creates, patches and closes sessions.
 //! - `worker.rs`: one thread per worker owning a UDP socket and its sessions; fan-out.
 //! - `session.rs`: one peer connection as publisher or viewer.
+//! - [`Ingest`] (`ingest.rs`): non-WebRTC publishers (FTL) feeding a room's fan-out.
 //! - [`sdp`]: checks on offers and trickle fragments that str0m leaves to us.
 
 mod codec;
 pub mod config;
 mod engine;
 pub mod error;
+mod ingest;
 pub mod metrics;
 pub mod sdp;
 mod session;
@@ -18,5 +20,6 @@ mod worker;
 pub use config::EngineConfig;
 pub use engine::{EngineError, MediaEngine, RoomSummary, SessionCreated, TrickleOutcome};
 pub use error::SessionError;
+pub use ingest::{Ingest, IngestPacket};
 pub use metrics::MetricsSnapshot;
 pub use session::SessionKind;

@@ -1,0 +1,210 @@
+//! FTL ingest wired into the SFU: which channels exist (keys from flags, a file, or the cluster),
+//! which room a channel publishes into, and the bridge from FTL packets to the room's fan-out.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use deadsfu_ftl::net::{
+    BoxFuture, ChannelDirectory, ClaimError, DirectoryError, FtlPublisher, FtlServer,
+    FtlServerConfig,
+};
+use deadsfu_ftl::{ChannelSecret, FtlMedia, MediaKind, StreamKey};
+use deadsfu_media::Codec;
+use deadsfu_rtc::{Ingest, IngestPacket, MediaEngine, SessionError};
+
+use crate::cluster_mode::Membership;
+
+#[derive(Debug, Clone, Args)]
+pub struct FtlArgs {
+    /// FTL control listen address (OBS and ftl-sdk always use port 8084); empty disables FTL.
+    #[arg(long, env = "DEADSFU_FTL_LISTEN", default_value = "0.0.0.0:8084")]
+    pub ftl_listen: String,
+    /// The one UDP port all FTL sessions send media to (0: ephemeral).
+    #[arg(long, env = "DEADSFU_FTL_UDP_PORT", default_value_t = 8084)]
+    pub ftl_udp_port: u16,
+    /// A stream key as typed into OBS, CHANNEL-SECRET (repeatable). Prefer the environment
+    /// (DEADSFU_FTL_KEY, comma-separated, or DEADSFU_FTL_KEYS) or a keys file: flags show in `ps`.
+    #[arg(
+        long = "ftl-key",
+        env = "DEADSFU_FTL_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub ftl_key: Vec<StreamKey>,
+    /// File with one stream key per line (`#` starts a comment).
+    #[arg(long, env = "DEADSFU_FTL_KEYS_FILE")]
+    pub ftl_keys_file: Option<PathBuf>,
+    /// Publish channel CHANNEL into room ROOM instead of the room named after the channel id
+    /// (repeatable): CHANNEL=ROOM.
+    #[arg(long = "ftl-room", env = "DEADSFU_FTL_ROOM", value_delimiter = ',', value_parser = parse_room_map)]
+    pub ftl_room: Vec<(u32, String)>,
+}
+
+fn parse_room_map(text: &str) -> Result<(u32, String), String> {
+    let (channel, room) = text
+        .split_once('=')
+        .ok_or_else(|| "expected CHANNEL=ROOM".to_string())?;
+    let channel = channel
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| "CHANNEL must be a number".to_string())?;
+    let room = room.trim();
+    if room.is_empty() {
+        return Err("ROOM must not be empty".into());
+    }
+    Ok((channel, room.to_owned()))
+}
+
+impl FtlArgs {
+    /// Stream keys from the flag, `DEADSFU_FTL_KEYS` and the keys file.
+    fn keys(&self) -> anyhow::Result<HashMap<u32, ChannelSecret>> {
+        let mut keys: Vec<StreamKey> = self.ftl_key.clone();
+        let mut parse_list = |text: &str, origin: &str| -> anyhow::Result<()> {
+            for (n, line) in text.lines().enumerate() {
+                let line = line.split('#').next().unwrap_or("");
+                for word in line.split([',', ' ', '\t']).filter(|w| !w.is_empty()) {
+                    // The error names the place, never the key itself.
+                    let key = word
+                        .parse::<StreamKey>()
+                        .map_err(|e| anyhow::anyhow!("{origin} line {}: {e}", n + 1))?;
+                    keys.push(key);
+                }
+            }
+            Ok(())
+        };
+        if let Ok(list) = std::env::var("DEADSFU_FTL_KEYS") {
+            parse_list(&list, "DEADSFU_FTL_KEYS")?;
+        }
+        if let Some(path) = &self.ftl_keys_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading FTL keys file {}", path.display()))?;
+            parse_list(&text, &path.display().to_string())?;
+        }
+        Ok(keys.into_iter().map(|k| (k.channel_id, k.secret)).collect())
+    }
+}
+
+/// Starts the FTL server when enabled. Returns its control address and a future that runs it
+/// until `shutdown` resolves (every live stream then gets FTL's 410).
+pub async fn start(
+    args: &FtlArgs,
+    engine: &MediaEngine,
+    cluster: Option<Membership>,
+) -> anyhow::Result<Option<(SocketAddr, FtlServer, Vec<u32>)>> {
+    if args.ftl_listen.trim().is_empty() {
+        return Ok(None);
+    }
+    let control: SocketAddr = args
+        .ftl_listen
+        .parse()
+        .with_context(|| format!("--ftl-listen {:?} is not an address", args.ftl_listen))?;
+    let keys = args.keys()?;
+    let mut channels: Vec<u32> = keys.keys().copied().collect();
+    channels.sort_unstable();
+    let directory = Arc::new(FtlChannels {
+        keys,
+        rooms: args.ftl_room.iter().cloned().collect(),
+        engine: engine.clone(),
+        cluster,
+        ftl_addr: control.to_string(),
+    });
+    let udp = SocketAddr::new(control.ip(), args.ftl_udp_port);
+    let server = FtlServer::bind(FtlServerConfig::new(control, udp), directory)
+        .await
+        .with_context(|| format!("binding FTL on {control} (TCP) and {udp} (UDP)"))?;
+    let bound = server.control_addr()?;
+    Ok(Some((bound, server, channels)))
+}
+
+struct FtlChannels {
+    keys: HashMap<u32, ChannelSecret>,
+    rooms: HashMap<u32, String>,
+    engine: MediaEngine,
+    cluster: Option<Membership>,
+    ftl_addr: String,
+}
+
+impl ChannelDirectory for FtlChannels {
+    fn secret(
+        &self,
+        channel_id: u32,
+    ) -> BoxFuture<'_, Result<Option<ChannelSecret>, DirectoryError>> {
+        Box::pin(async move {
+            if let Some(secret) = self.keys.get(&channel_id) {
+                return Ok(Some(secret.clone()));
+            }
+            match &self.cluster {
+                Some(c) => c
+                    .ftl_key(channel_id)
+                    .await
+                    .map(|k| k.map(ChannelSecret::new))
+                    .map_err(|e| DirectoryError(e.to_string())),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn claim(&self, channel_id: u32) -> BoxFuture<'_, Result<Box<dyn FtlPublisher>, ClaimError>> {
+        Box::pin(async move {
+            let room = self
+                .rooms
+                .get(&channel_id)
+                .cloned()
+                .unwrap_or_else(|| channel_id.to_string());
+            let ingest = match self.engine.open_ingest(&room) {
+                Ok(i) => i,
+                Err(SessionError::RoomBusy(_)) => return Err(ClaimError::InUse),
+                Err(e) => return Err(ClaimError::Failed(e.to_string())),
+            };
+            let lease = match &self.cluster {
+                Some(c) => Some(c.claim_ftl(channel_id, &self.ftl_addr).await?),
+                None => None,
+            };
+            tracing::info!(channel = channel_id, room, "FTL stream live");
+            Ok(Box::new(FtlRoomPublisher {
+                ingest,
+                channel_id,
+                _lease: lease,
+            }) as Box<dyn FtlPublisher>)
+        })
+    }
+}
+
+/// Feeds one FTL session's packets into its room.
+struct FtlRoomPublisher {
+    ingest: Ingest,
+    channel_id: u32,
+    /// Held while the stream is live; releases the cluster's `ftl:{channel}` lease on drop.
+    _lease: Option<crate::cluster_mode::FtlLease>,
+}
+
+impl FtlPublisher for FtlRoomPublisher {
+    fn media(&mut self, media: FtlMedia) {
+        let codec = match media.kind {
+            // FTL is H264 constrained baseline, packetization-mode 1.
+            MediaKind::Video => Codec::H264 { profile: 0x42e0 },
+            MediaKind::Audio => Codec::Opus,
+        };
+        self.ingest.push(IngestPacket {
+            codec,
+            sequence: media.sequence,
+            timestamp: media.timestamp,
+            marker: media.marker,
+            payload: Arc::from(&media.payload[..]),
+            arrival: media.received_at,
+        });
+    }
+
+    fn ended(&mut self, reason: deadsfu_ftl::server::EndReason) {
+        tracing::info!(
+            channel = self.channel_id,
+            room = self.ingest.room_name(),
+            ?reason,
+            "FTL stream ended"
+        );
+    }
+}
