@@ -46,6 +46,13 @@ pub struct ServeArgs {
     /// ICE server URL (stun: or turn:) advertised to clients (repeatable).
     #[arg(long = "ice-server", env = "DEADSFU_ICE_SERVER", value_delimiter = ',')]
     pub ice_server: Vec<String>,
+    /// Web pages: `internal` (built in), `none`, or a directory to serve them from.
+    #[arg(long, env = "DEADSFU_HTML", default_value = "internal")]
+    pub html: deadsfu_server::HtmlSource,
+    /// "No signal" clip looped to viewers of rooms nobody publishes to: `builtin`, `none`, or
+    /// an H264 Annex-B file (one slice per frame, starting with a keyframe) played at 10 fps.
+    #[arg(long, env = "DEADSFU_IDLE_CLIP", default_value = "builtin")]
+    pub idle_clip: String,
     /// Seconds without any packet from a connected peer (ICE consent, RTCP, media) before its
     /// session is ended and its resources freed.
     #[arg(long, env = "DEADSFU_IDLE_TIMEOUT", default_value_t = 15)]
@@ -108,7 +115,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "no IPv4 address to advertise as an ICE candidate; pass --ice-candidate-host IP"
         );
     }
+    let idle_clip = match args.idle_clip.as_str() {
+        "builtin" => Some(Arc::new(deadsfu_media::IdleClip::builtin())),
+        "none" => None,
+        path => {
+            let data =
+                std::fs::read(path).with_context(|| format!("reading --idle-clip {path}"))?;
+            let clip = deadsfu_media::IdleClip::from_annex_b(&data, 10)
+                .with_context(|| format!("--idle-clip {path}"))?;
+            Some(Arc::new(clip))
+        }
+    };
     let engine = MediaEngine::start(EngineConfig {
+        idle_clip,
         udp_port: args.udp_port,
         workers,
         ice_hosts: ice_hosts.clone(),
@@ -134,6 +153,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         engine: engine.clone(),
         bearer_token: args.bearer_token.as_deref().map(Arc::from),
         ice_servers: ice_servers.into(),
+        html: args.html.clone(),
+        rooms: deadsfu_server::room_feed(engine.clone()),
     };
     let listener = tokio::net::TcpListener::bind(args.http)
         .await
@@ -208,6 +229,7 @@ fn print_urls(http: SocketAddr, ice_hosts: &[IpAddr], udp_ports: &[u16]) {
     println!("deadsfu {} listening on {http}", env!("CARGO_PKG_VERSION"));
     println!("  publish (WHIP):  {base}/whip/{{room}}     e.g. {base}/whip/mainroom");
     println!("  watch (WHEP):    {base}/whep/{{room}}     e.g. {base}/whep/mainroom");
+    println!("  web player:      {base}/?room=mainroom      browser publisher: {base}/send");
     println!("  metrics:         {base}/metrics");
     println!(
         "  media: UDP ports {:?}, ICE candidates {:?}",

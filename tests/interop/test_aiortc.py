@@ -1,4 +1,5 @@
-"""Interop test: aiortc publishes over WHIP and watches over WHEP through a real deadsfu.
+"""Interop test: aiortc publishes over WHIP and watches over WHEP through a real deadsfu;
+and `deadsfu ftl-push` publishes over FTL (as OBS does) to an aiortc WHEP viewer.
 
 Run with the binary to test in DEADSFU_BIN, e.g.
 
@@ -6,7 +7,8 @@ Run with the binary to test in DEADSFU_BIN, e.g.
 
 deadsfu's log level follows RUST_LOG (default "info"); its whole output is written to
 deadsfu.log in the test's tmp dir and its tail is printed when a test fails, with the SDP
-offers and answers exchanged.
+offers and answers exchanged. The FTL test makes its media with ffmpeg (libx264 and
+libopus; FFMPEG names another binary) and keeps ftl-push's output in ftl-push.log.
 """
 
 import asyncio
@@ -14,6 +16,7 @@ import collections
 import os
 import queue
 import re
+import signal
 import socket
 import subprocess
 import threading
@@ -43,6 +46,8 @@ CONNECT_TIMEOUT = 20.0
 BANNER_TIMEOUT = 20.0
 HTTP_TIMEOUT = 10.0
 LOG_TAIL = 150
+FTL_CHANNEL = 4242
+FTL_KEY = f"{FTL_CHANNEL}-interopsecret"
 
 
 def free_tcp_port() -> int:
@@ -61,7 +66,13 @@ class Sfu:
 
     def __init__(self, binary: str, log_path):
         port = free_tcp_port()
+        ftl_port = free_tcp_port()
+        while ftl_port == port:
+            ftl_port = free_tcp_port()
+        self.binary = binary
         self.base = f"http://127.0.0.1:{port}"
+        # FTL control (TCP) port on loopback, never the fixed default 8084.
+        self.ftl_port = ftl_port
         self.log_path = log_path
         self.tail = collections.deque(maxlen=LOG_TAIL)
         env = dict(os.environ)
@@ -79,6 +90,12 @@ class Sfu:
                 "2",
                 "--ice-candidate-host",
                 "127.0.0.1",
+                "--ftl-listen",
+                f"127.0.0.1:{ftl_port}",
+                "--ftl-udp-port",
+                "0",
+                "--ftl-key",
+                FTL_KEY,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -184,6 +201,128 @@ def decoders(monkeypatch):
 
     monkeypatch.setattr(aiortc.rtcrtpreceiver, "get_decoder", recording_get_decoder)
     return created
+
+
+# --- FTL ---------------------------------------------------------------------------
+
+
+FTL_STREAMING_TIMEOUT = 20.0
+FFMPEG = os.environ.get("FFMPEG", "ffmpeg")
+
+
+def make_ftl_media(directory, timeout: float):
+    """~4 s of H264 constrained baseline (Annex-B, no B-frames, keyframe every 30 frames,
+    WIDTHxHEIGHT at 30 fps) and of Opus in Ogg, as ftl-push reads them."""
+    video, audio = directory / "v.h264", directory / "a.ogg"
+    commands = [
+        [FFMPEG, "-y", "-loglevel", "error", "-f", "lavfi",
+         "-i", f"testsrc=size={WIDTH}x{HEIGHT}:rate=30", "-t", "4",
+         "-c:v", "libx264", "-profile:v", "baseline", "-bf", "0", "-g", "30",
+         "-pix_fmt", "yuv420p", "-f", "h264", str(video)],
+        [FFMPEG, "-y", "-loglevel", "error", "-f", "lavfi",
+         "-i", "sine=frequency=440:sample_rate=48000", "-t", "4",
+         "-c:a", "libopus", "-b:a", "64k", "-f", "ogg", str(audio)],
+    ]  # fmt: skip
+    for command in commands:
+        done = subprocess.run(command, capture_output=True, timeout=timeout)
+        assert done.returncode == 0, (
+            f"{' '.join(command)} failed ({done.returncode}): "
+            + done.stderr.decode("utf-8", "replace")
+        )
+        assert os.path.getsize(command[-1]) > 0, f"ffmpeg wrote an empty {command[-1]}"
+    return video, audio
+
+
+class FtlPush:
+    """A `deadsfu ftl-push --loop` process streaming files to the Sfu's FTL port, as OBS
+    would. Its output (logs and final report, on stdout and stderr) is kept."""
+
+    def __init__(self, binary: str, sfu: Sfu, video, audio, log_path):
+        self.log_path = log_path
+        self.tail = collections.deque(maxlen=LOG_TAIL)
+        env = dict(os.environ)
+        # Its "FTL streaming" info line is what start() waits for.
+        env["RUST_LOG"] = os.environ.get("RUST_LOG", "info") + ",deadsfu_ftl::net::client=debug"
+        env.setdefault("NO_COLOR", "1")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "ftl-push",
+                "--server",
+                f"127.0.0.1:{sfu.ftl_port}",
+                "--key",
+                FTL_KEY,
+                "--video",
+                str(video),
+                "--audio",
+                str(audio),
+                "--loop",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        self._lines = queue.Queue()
+        self._log_file = open(log_path, "w", encoding="utf-8")
+        self._log_lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for raw in self.proc.stdout:
+            line = ANSI_ESCAPE.sub("", raw.decode("utf-8", "replace").rstrip("\n"))
+            with self._log_lock:
+                self.tail.append(line)
+                if not self._log_file.closed:
+                    self._log_file.write(line + "\n")
+                    self._log_file.flush()
+            self._lines.put(line)
+        self._lines.put(None)  # EOF: the process has exited
+
+    def wait_streaming(self, timeout: float):
+        """Until the client logs "FTL streaming": deadsfu accepted the key and the channel's
+        room has its publisher (deadsfu claims the room before answering the handshake)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                line = self._lines.get(timeout=max(remaining, 0.001))
+            except queue.Empty:
+                raise AssertionError(f"ftl-push was not streaming after {timeout}s") from None
+            if line is None:
+                self.proc.wait(timeout=10)
+                raise AssertionError(
+                    f"ftl-push exited with status {self.proc.returncode} before streaming"
+                )
+            if "FTL streaming" in line:
+                return
+
+    def diagnostics(self) -> str:
+        with self._log_lock:
+            tail = list(self.tail)
+        exited = self.proc.poll()
+        state = "running" if exited is None else f"exited with status {exited}"
+        return (
+            f"--- ftl-push ({state}) output, last {len(tail)} lines "
+            f"(full log: {self.log_path}) ---\n" + "\n".join(tail)
+        )
+
+    def stop(self):
+        """SIGINT (it then ends the FTL session and prints its report), kill if it lingers."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self._reader.join(timeout=2)
+        with self._log_lock:
+            self._log_file.close()
 
 
 # --- media sources -------------------------------------------------------------------
@@ -320,7 +459,36 @@ def media_codecs(sdp: str, kind: str):
     return names
 
 
-# --- the test -------------------------------------------------------------------------
+async def expect_frames(transceiver, decoders: list, mime: str, trace: Trace, state):
+    """FRAMES_WANTED WIDTHxHEIGHT video frames decoded, all by a `mime` decoder.
+
+    `state()` describes the connections for the failure message."""
+    track = transceiver.receiver.track
+    assert track is not None and track.kind == "video"
+    received = 0
+    sizes = collections.Counter()
+
+    async def receive():
+        nonlocal received
+        while received < FRAMES_WANTED:
+            frame = await track.recv()
+            sizes[(frame.width, frame.height)] += 1
+            received += 1
+
+    try:
+        await asyncio.wait_for(receive(), 30)
+    except asyncio.TimeoutError:
+        raise AssertionError(
+            f"viewer decoded only {received} of {FRAMES_WANTED} video frames in 30s "
+            f"(sizes {dict(sizes)}); {state()}"
+        ) from None
+    assert set(sizes) == {(WIDTH, HEIGHT)}, f"decoded frame sizes {dict(sizes)}"
+    video_decoders = {m for m in decoders if m.lower().startswith("video/")}
+    assert video_decoders == {mime}, f"viewer decoded {video_decoders}, wanted {mime}"
+    trace.add("received", f"{received} frames, sizes {dict(sizes)}")
+
+
+# --- the tests ------------------------------------------------------------------------
 
 
 async def publish_and_watch(sfu: Sfu, mime: str, trace: Trace, decoders: list):
@@ -351,30 +519,11 @@ async def publish_and_watch(sfu: Sfu, mime: str, trace: Trace, decoders: list):
         )
         await wait_connected(viewer, "viewer")
 
-        track = viewer_video.receiver.track
-        assert track is not None and track.kind == "video"
-        received = 0
-        sizes = collections.Counter()
-
-        async def receive():
-            nonlocal received
-            while received < FRAMES_WANTED:
-                frame = await track.recv()
-                sizes[(frame.width, frame.height)] += 1
-                received += 1
-
-        try:
-            await asyncio.wait_for(receive(), 30)
-        except asyncio.TimeoutError:
-            raise AssertionError(
-                f"viewer decoded only {received} of {FRAMES_WANTED} video frames in 30s "
-                f"(sizes {dict(sizes)}); publisher connection {publisher.connectionState}, "
-                f"viewer connection {viewer.connectionState}"
-            ) from None
-        assert set(sizes) == {(WIDTH, HEIGHT)}, f"decoded frame sizes {dict(sizes)}"
-        video_decoders = {m for m in decoders if m.lower().startswith("video/")}
-        assert video_decoders == {mime}, f"viewer decoded {video_decoders}, wanted {mime}"
-        trace.add("received", f"{received} frames, sizes {dict(sizes)}")
+        await expect_frames(
+            viewer_video, decoders, mime, trace,
+            lambda: f"publisher connection {publisher.connectionState}, "
+            f"viewer connection {viewer.connectionState}",
+        )  # fmt: skip
 
         status, _, body = await http("DELETE", view_session)
         assert status == 200, f"DELETE {view_session} (viewer) answered {status}: {body}"
@@ -385,24 +534,81 @@ async def publish_and_watch(sfu: Sfu, mime: str, trace: Trace, decoders: list):
         await publisher.close()
 
 
-def run_test(sfu: Sfu, decoders: list, mime: str):
-    trace = Trace()
+async def ftl_watch(sfu: Sfu, trace: Trace, decoders: list):
+    """A WHEP viewer of the room an FTL stream is being pushed into."""
+    viewer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:
-        asyncio.run(asyncio.wait_for(publish_and_watch(sfu, mime, trace, decoders), TEST_TIMEOUT))
+        viewer.addTransceiver("audio", direction="recvonly")
+        viewer_video = viewer.addTransceiver("video", direction="recvonly")
+        view_session = await negotiate(sfu, viewer, f"/whep/{FTL_CHANNEL}", trace, "viewer")
+        answered = media_codecs(viewer.remoteDescription.sdp, "video")
+        assert "h264" in [c.lower() for c in answered], (
+            f"WHEP answer's video codecs {answered}, wanted H264 (FTL carries H264)"
+        )
+        await wait_connected(viewer, "viewer")
+        await expect_frames(
+            viewer_video, decoders, "video/H264", trace,
+            lambda: f"viewer connection {viewer.connectionState}",
+        )  # fmt: skip
+        status, _, body = await http("DELETE", view_session)
+        assert status == 200, f"DELETE {view_session} (viewer) answered {status}: {body}"
+    finally:
+        await viewer.close()
+
+
+def run_test(coro, trace: Trace, timeout: float, *processes):
+    """Runs `coro` within `timeout`; on failure prints the trace and the processes' output
+    (pytest shows the captured stdout of failing tests)."""
+    try:
+        asyncio.run(asyncio.wait_for(coro, timeout))
     except asyncio.TimeoutError:
-        # pytest shows the captured stdout of failing tests.
         print(trace)
-        print(sfu.diagnostics())
+        for process in processes:
+            print(process.diagnostics())
         raise AssertionError(f"test did not finish within {TEST_TIMEOUT}s") from None
     except BaseException:
         print(trace)
-        print(sfu.diagnostics())
+        for process in processes:
+            print(process.diagnostics())
         raise
 
 
 def test_h264_whip_to_whep(sfu, decoders):
-    run_test(sfu, decoders, "video/H264")
+    trace = Trace()
+    run_test(publish_and_watch(sfu, "video/H264", trace, decoders), trace, TEST_TIMEOUT, sfu)
 
 
 def test_vp8_whip_to_whep(sfu, decoders):
-    run_test(sfu, decoders, "video/VP8")
+    trace = Trace()
+    run_test(publish_and_watch(sfu, "video/VP8", trace, decoders), trace, TEST_TIMEOUT, sfu)
+
+
+def test_ftl_to_aiortc_viewer(sfu, decoders, tmp_path):
+    """`deadsfu ftl-push` streams H264 + Opus over FTL (as OBS does) into channel
+    FTL_CHANNEL's room; an aiortc WHEP viewer of that room decodes the H264."""
+    deadline = time.monotonic() + TEST_TIMEOUT
+    trace = Trace()
+    try:
+        video, audio = make_ftl_media(tmp_path, timeout=TEST_TIMEOUT / 2)
+    except BaseException:
+        print(sfu.diagnostics())
+        raise
+    pusher = FtlPush(sfu.binary, sfu, video, audio, tmp_path / "ftl-push.log")
+    try:
+        try:
+            pusher.wait_streaming(min(FTL_STREAMING_TIMEOUT, deadline - time.monotonic()))
+        except BaseException:
+            print(pusher.diagnostics())
+            print(sfu.diagnostics())
+            raise
+        run_test(ftl_watch(sfu, trace, decoders), trace, deadline - time.monotonic(), sfu, pusher)
+        assert pusher.proc.poll() is None, (
+            f"ftl-push exited ({pusher.proc.returncode}) while looping\n" + pusher.diagnostics()
+        )
+        pusher.stop()
+        assert pusher.proc.returncode == 0, (
+            f"ftl-push ended with status {pusher.proc.returncode} on SIGINT\n"
+            + pusher.diagnostics()
+        )
+    finally:
+        pusher.stop()

@@ -75,7 +75,14 @@ impl Default for PeerOptions {
 #[derive(Debug, Clone, Default)]
 pub struct TrackStats {
     pub packets: u64,
+    /// Packets whose sequence number had been received before.
+    pub duplicates: u64,
     pub keyframes: u64,
+    /// Last byte of the last payload (synthetic streams fill payloads with one byte value).
+    pub last_fill: u8,
+    /// When the first packet and the first keyframe arrived.
+    pub first_packet_at: Option<Instant>,
+    pub first_keyframe_at: Option<Instant>,
     pub ssrcs: Vec<u32>,
     pub payload_types: Vec<u8>,
     seqs: BTreeSet<u64>,
@@ -447,6 +454,7 @@ impl Driver {
                 };
                 let seq = *p.seq_no;
                 let ssrc = *p.header.ssrc;
+                let fill = p.payload.last().copied().unwrap_or(0);
                 self.update(|s| {
                     let track = if codec.is_audio() {
                         &mut s.audio
@@ -454,10 +462,16 @@ impl Driver {
                         &mut s.video
                     };
                     track.packets += 1;
-                    track.seqs.insert(seq);
+                    if !track.seqs.insert(seq) {
+                        track.duplicates += 1;
+                    }
+                    let now = Instant::now();
+                    track.first_packet_at.get_or_insert(now);
                     if keyframe {
                         track.keyframes += 1;
+                        track.first_keyframe_at.get_or_insert(now);
                     }
+                    track.last_fill = fill;
                     if !track.ssrcs.contains(&ssrc) {
                         track.ssrcs.push(ssrc);
                     }

@@ -19,6 +19,8 @@ pub struct StreamSpec {
     pub keyframe_interval: u32,
     /// Largest RTP payload.
     pub max_payload: usize,
+    /// Byte the payloads are filled with, so a viewer can tell streams apart.
+    pub fill: u8,
 }
 
 impl Default for StreamSpec {
@@ -29,6 +31,7 @@ impl Default for StreamSpec {
             fps: 30,
             keyframe_interval: 30,
             max_payload: 1100,
+            fill: 0xab,
         }
     }
 }
@@ -85,7 +88,7 @@ impl StreamSpec {
         let pieces = size.div_ceil(chunk);
         if pieces <= 1 {
             let mut p = vec![nal_header];
-            p.resize(size, 0xab);
+            p.resize(size, self.fill);
             out.push(VideoPacket {
                 payload: p.into(),
                 marker: true,
@@ -99,7 +102,7 @@ impl StreamSpec {
             let mut p = Vec::with_capacity(len + 2);
             p.push(0x60 | 28); // FU-A indicator
             p.push((if start { 0x80 } else { 0 }) | (if end { 0x40 } else { 0 }) | nal_type);
-            p.resize(len + 2, 0xab);
+            p.resize(len + 2, self.fill);
             out.push(VideoPacket {
                 payload: p.into(),
                 marker: end,
@@ -122,7 +125,7 @@ impl StreamSpec {
                     p.push(if keyframe { 0x50 } else { 0x51 });
                 }
                 let len = if end { size - chunk * i } else { chunk };
-                p.resize(len.max(2) + 1, 0xab);
+                p.resize(len.max(2) + 1, self.fill);
                 VideoPacket {
                     payload: p.into(),
                     marker: end,

@@ -53,6 +53,29 @@ impl Codec {
         )
     }
 
+    /// A small number for the codec, for keeping it in an atomic (0 is "none").
+    pub fn code(self) -> u8 {
+        match self {
+            Codec::H264 { .. } => 1,
+            Codec::Vp8 => 2,
+            Codec::Vp9 => 3,
+            Codec::Av1 => 4,
+            Codec::Opus => 5,
+        }
+    }
+
+    /// The name of the codec with this [`Codec::code`].
+    pub fn name_of_code(code: u8) -> Option<&'static str> {
+        Some(match code {
+            1 => "H264",
+            2 => "VP8",
+            3 => "VP9",
+            4 => "AV1",
+            5 => "opus",
+            _ => return None,
+        })
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Codec::H264 { .. } => "H264",
@@ -68,6 +91,15 @@ impl Codec {
 /// publisher changed and re-anchors its rewriting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SourceId(pub u64);
+
+impl SourceId {
+    /// The "no signal" clip a room shows while nobody publishes.
+    pub const IDLE: SourceId = SourceId(0);
+
+    pub fn is_idle(self) -> bool {
+        self == SourceId::IDLE
+    }
+}
 
 /// One RTP packet as received from a publisher, immutable and shared (`Arc`) by all viewers.
 #[derive(Debug)]

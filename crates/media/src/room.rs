@@ -6,10 +6,10 @@
 //! the publisher?" are answered from atomics in [`Room`], without a lock.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// Most media workers a process may run: viewer presence is a bit per worker in a `u64`.
+/// Most media workers a process may run.
 pub const MAX_WORKERS: usize = 64;
 
 const NO_PUBLISHER: u64 = 0;
@@ -27,9 +27,11 @@ pub struct Room {
     /// Session serial of the live publisher, or 0.
     publisher: AtomicU64,
     publisher_worker: AtomicUsize,
-    /// Bit N set: worker N has at least one viewer of this room.
-    viewer_workers: AtomicU64,
     viewers: AtomicUsize,
+    /// [`crate::Codec::code`] of the live video, 0 when none has been seen.
+    video_codec: AtomicU8,
+    /// Payload bytes received from publishers, for the room's bitrate.
+    bytes_in: AtomicU64,
 }
 
 impl Room {
@@ -39,8 +41,9 @@ impl Room {
             name,
             publisher: AtomicU64::new(NO_PUBLISHER),
             publisher_worker: AtomicUsize::new(NO_WORKER),
-            viewer_workers: AtomicU64::new(0),
             viewers: AtomicUsize::new(0),
+            video_codec: AtomicU8::new(0),
+            bytes_in: AtomicU64::new(0),
         }
     }
 
@@ -82,20 +85,26 @@ impl Room {
         }
     }
 
-    /// Called by worker `worker` when its local viewer count of this room goes 0 -> 1 (`true`)
-    /// or 1 -> 0 (`false`).
-    pub fn set_worker_has_viewers(&self, worker: usize, has: bool) {
-        let bit = 1u64 << worker;
-        if has {
-            self.viewer_workers.fetch_or(bit, Ordering::AcqRel);
-        } else {
-            self.viewer_workers.fetch_and(!bit, Ordering::AcqRel);
+    /// Counts a received packet. Only the publisher's thread calls this, so a load and a store
+    /// do (cheaper than an atomic read-modify-write on the media path).
+    pub fn record_ingress(&self, codec: crate::Codec, bytes: usize) {
+        let n = self.bytes_in.load(Ordering::Relaxed);
+        self.bytes_in.store(n + bytes as u64, Ordering::Relaxed);
+        if codec.kind() == crate::MediaKind::Video
+            && self.video_codec.load(Ordering::Relaxed) != codec.code()
+        {
+            self.video_codec.store(codec.code(), Ordering::Relaxed);
         }
     }
 
-    /// Bit set of workers with viewers of this room.
-    pub fn viewer_workers(&self) -> u64 {
-        self.viewer_workers.load(Ordering::Acquire)
+    /// Payload bytes received from publishers so far.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+
+    /// Name of the last video codec published here.
+    pub fn video_codec(&self) -> Option<&'static str> {
+        crate::Codec::name_of_code(self.video_codec.load(Ordering::Relaxed))
     }
 
     pub fn viewer_joined(&self) {
@@ -241,16 +250,5 @@ mod tests {
                 RoomChange::Closed("a".into())
             ]
         );
-    }
-
-    #[test]
-    fn viewer_worker_bits() {
-        let rooms = Rooms::new();
-        let a = rooms.get_or_create("a");
-        a.set_worker_has_viewers(0, true);
-        a.set_worker_has_viewers(3, true);
-        assert_eq!(a.viewer_workers(), 0b1001);
-        a.set_worker_has_viewers(0, false);
-        assert_eq!(a.viewer_workers(), 0b1000);
     }
 }

@@ -1,6 +1,7 @@
 //! Configuration of the media engine.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -18,6 +19,8 @@ pub struct EngineConfig {
     pub idle_timeout: Duration,
     /// Least time between two keyframe requests sent to one publisher.
     pub keyframe_request_interval: Duration,
+    /// Looped to viewers of rooms without live video; `None` leaves them on the last picture.
+    pub idle_clip: Option<Arc<deadsfu_media::IdleClip>>,
 }
 
 impl Default for EngineConfig {
@@ -30,6 +33,7 @@ impl Default for EngineConfig {
             connect_timeout: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(15),
             keyframe_request_interval: Duration::from_millis(500),
+            idle_clip: Some(Arc::new(deadsfu_media::IdleClip::builtin())),
         }
     }
 }

@@ -47,6 +47,8 @@ struct SessionEntry {
     etag: String,
     remote_ufrag: Option<String>,
     video_family: Option<VideoFamily>,
+    /// Video codecs a viewer can receive (to refuse switching into a room it cannot play).
+    receivable: Option<Vec<String>>,
 }
 
 /// State shared by the engine handle and the workers (touched off the media path only).
@@ -107,6 +109,10 @@ pub struct RoomSummary {
     pub name: String,
     pub live: bool,
     pub viewers: usize,
+    /// The last video codec published to the room.
+    pub codec: Option<&'static str>,
+    /// Payload bytes received from publishers so far (the API derives a bitrate).
+    pub bytes_in: u64,
 }
 
 /// Handle to the media workers. Cheap to clone.
@@ -240,6 +246,7 @@ impl MediaEngine {
                 etag: etag.clone(),
                 remote_ufrag: summary.ice_ufrag.clone(),
                 video_family,
+                receivable: (kind == SessionKind::Viewer).then(|| summary.receivable_codecs()),
             },
         );
         let (reply, rx) = oneshot::channel();
@@ -305,22 +312,10 @@ impl MediaEngine {
 
     /// A viewer must be able to receive what the room's live publisher sends.
     fn check_viewer_codecs(&self, room: &str, summary: &OfferSummary) -> Result<(), SessionError> {
-        let family = self
-            .inner
-            .shared
-            .lock_sessions()
-            .values()
-            .find(|e| e.kind == SessionKind::Publisher && e.room == room)
-            .and_then(|e| e.video_family);
-        let Some(family) = family else {
+        let Some(family) = self.live_video_family(room) else {
             return Ok(());
         };
-        let name = match family {
-            VideoFamily::H264 => "H264",
-            VideoFamily::Vp8 => "VP8",
-            VideoFamily::Vp9 => "VP9",
-            VideoFamily::Av1 => "AV1",
-        };
+        let name = family_name(family);
         if summary.receivable_codecs().iter().any(|c| c == name) {
             Ok(())
         } else {
@@ -328,6 +323,16 @@ impl MediaEngine {
                 "room {room:?} is live in {name}, which this offer cannot receive"
             )))
         }
+    }
+
+    /// The video codec family of the room's live WHIP publisher, if any.
+    fn live_video_family(&self, room: &str) -> Option<VideoFamily> {
+        self.inner
+            .shared
+            .lock_sessions()
+            .values()
+            .find(|e| e.kind == SessionKind::Publisher && e.room == room)
+            .and_then(|e| e.video_family)
     }
 
     fn entry(&self, id: &str) -> Result<SessionEntry, SessionError> {
@@ -421,6 +426,42 @@ impl MediaEngine {
         Ok(TrickleOutcome::Added)
     }
 
+    /// Moves a viewer to another room without renegotiation.
+    pub async fn switch_room(&self, id: &str, room: &str) -> Result<(), SessionError> {
+        let entry = self.entry(id)?;
+        if entry.kind != SessionKind::Viewer {
+            return Err(SessionError::Unsupported(
+                "only viewers can switch rooms".into(),
+            ));
+        }
+        let summary_codec = self.live_video_family(room);
+        if let (Some(family), Some(codecs)) = (summary_codec, entry.receivable.as_ref())
+            && !codecs.iter().any(|c| c == family_name(family))
+        {
+            return Err(SessionError::Unsupported(format!(
+                "room {room:?} is live in {}, which this viewer cannot receive",
+                family_name(family)
+            )));
+        }
+        let room_arc = self.inner.shared.rooms.get_or_create(room);
+        let (reply, rx) = oneshot::channel();
+        let sent = self.inner.workers[entry.worker]
+            .commands
+            .send(Command::SwitchRoom {
+                serial: entry.serial,
+                room: room_arc,
+                reply,
+            });
+        if sent.is_err() {
+            return Err(SessionError::Unavailable);
+        }
+        rx.await.map_err(|_| SessionError::Unavailable)??;
+        if let Some(e) = self.inner.shared.lock_sessions().get_mut(id) {
+            e.room = room.to_owned();
+        }
+        Ok(())
+    }
+
     /// Ends a session (DELETE).
     pub async fn close_session(&self, id: &str) -> Result<(), SessionError> {
         let entry = self.entry(id)?;
@@ -470,6 +511,8 @@ impl MediaEngine {
                 name: r.name.clone(),
                 live: r.has_publisher(),
                 viewers: r.viewer_count(),
+                codec: r.video_codec(),
+                bytes_in: r.bytes_in(),
             })
             .collect()
     }
@@ -484,6 +527,15 @@ impl MediaEngine {
         for t in threads {
             let _ = t.join();
         }
+    }
+}
+
+fn family_name(family: VideoFamily) -> &'static str {
+    match family {
+        VideoFamily::H264 => "H264",
+        VideoFamily::Vp8 => "VP8",
+        VideoFamily::Vp9 => "VP9",
+        VideoFamily::Av1 => "AV1",
     }
 }
 

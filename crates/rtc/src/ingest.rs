@@ -57,18 +57,15 @@ impl Ingest {
             arrival: pkt.arrival,
             payload: pkt.payload,
         });
-        let mut bits = room.viewer_workers();
-        while bits != 0 {
-            let w = bits.trailing_zeros() as usize;
-            bits &= bits - 1;
-            if let Some(worker) = self.workers.get(w) {
-                let msg = RoomPacket {
-                    room: room.id,
-                    packet: packet.clone(),
-                };
-                if worker.inbox.try_send(msg).is_err() {
-                    self.shared.ingest_drops.fetch_add(1, Ordering::Relaxed);
-                }
+        room.record_ingress(packet.codec, packet.payload.len());
+        // Every worker gets it: those with viewers forward it, all keep the room's GOP.
+        for worker in self.workers.iter() {
+            let msg = RoomPacket {
+                room: room.id,
+                packet: packet.clone(),
+            };
+            if worker.inbox.try_send(msg).is_err() {
+                self.shared.ingest_drops.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

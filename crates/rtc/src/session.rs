@@ -73,6 +73,8 @@ pub(crate) struct Outbox {
     pub packets: Vec<Arc<MediaPacket>>,
     /// A viewer needs a keyframe.
     pub keyframe_request: bool,
+    /// A viewer just connected: it gets the room's GOP.
+    pub viewer_connected: bool,
     /// The session is over.
     pub ended: Option<&'static str>,
 }
@@ -231,12 +233,54 @@ impl Session {
         true
     }
 
+    /// Sends a cached GOP to this viewer at once. Returns false when nothing was queued.
+    pub fn replay(&mut self, gop: &[Arc<MediaPacket>], now: Instant) -> bool {
+        let Role::Viewer(viewer) = &mut self.role else {
+            return false;
+        };
+        let (Some(out), Some(first)) = (&mut viewer.video, gop.first()) else {
+            return false;
+        };
+        if !self.connected {
+            return false;
+        }
+        let Some(pt) = viewer_pt(&out.pts, first.codec) else {
+            return false;
+        };
+        let mapped = out.track.replay(gop, now);
+        let mut api = self.rtc.direct_api();
+        let Some(stream) = api.stream_tx(&out.ssrc) else {
+            return false;
+        };
+        for (pkt, rw) in gop.iter().zip(&mapped) {
+            stream.write_rtp(
+                RtpWrite::new(pt, rw.seq.into(), rw.timestamp, now, pkt.payload.clone())
+                    .marker(pkt.marker)
+                    .nackable(true),
+            );
+        }
+        if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+            tracing::debug!(session = %self.id, error = %e, "viewer rejected timeout input");
+        }
+        !mapped.is_empty()
+    }
+
+    /// Ends the current segments: the viewer restarts at the next keyframe (room switch).
+    pub fn resync(&mut self) {
+        if let Role::Viewer(viewer) = &mut self.role {
+            for t in [&mut viewer.video, &mut viewer.audio].into_iter().flatten() {
+                t.track.resync();
+            }
+        }
+    }
+
     pub fn handle_event(&mut self, event: Event, out: &mut Outbox, counters: &Counters) {
         match event {
             Event::Connected => {
                 self.connected = true;
                 tracing::info!(session = %self.id, room = %self.room.name, kind = ?self.kind(), "connected");
                 if matches!(self.role, Role::Viewer(_)) {
+                    out.viewer_connected = true;
                     out.keyframe_request = true;
                 }
             }

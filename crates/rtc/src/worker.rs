@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadsfu_media::{MediaKind, MediaPacket, Room, RoomId};
+use deadsfu_media::rewrite::IDLE_AFTER;
+use deadsfu_media::{GopCache, IdlePlayer, MediaKind, MediaPacket, Room, RoomId};
 use str0m::media::Mid;
 use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::{Candidate, IceCreds, Input, Output, Rtc};
@@ -66,6 +67,11 @@ pub(crate) enum Command {
     KeyframeRequest {
         room: RoomId,
     },
+    SwitchRoom {
+        serial: u64,
+        room: Arc<Room>,
+        reply: oneshot::Sender<Result<(), SessionError>>,
+    },
     Shutdown,
 }
 
@@ -82,10 +88,35 @@ pub(crate) struct WorkerHandle {
     pub inbox: mpsc::Sender<RoomPacket>,
 }
 
-#[derive(Default)]
+/// A worker's view of one room: its sessions here, and the room's recent video (every worker
+/// gets every packet of every live room, so each can start its viewers from the GOP cache).
 struct LocalRoom {
     publisher: Option<u64>,
     viewers: Vec<u64>,
+    gop: GopCache,
+    /// When live video last passed through; the idle clip plays after [`IDLE_AFTER`] without.
+    last_live_video: Option<Instant>,
+    idle: IdlePlayer,
+    idle_playing: bool,
+}
+
+/// GOP cache bounds per room: a 4 s GOP at 8 Mbit/s fits.
+const GOP_MAX_BYTES: usize = 4 << 20;
+const GOP_MAX_PACKETS: usize = 4096;
+/// A room this worker neither hosts sessions of nor has heard from for this long is forgotten.
+const LOCAL_ROOM_LINGER: Duration = Duration::from_secs(10);
+
+impl Default for LocalRoom {
+    fn default() -> Self {
+        LocalRoom {
+            publisher: None,
+            viewers: Vec::new(),
+            gop: GopCache::new(GOP_MAX_BYTES, GOP_MAX_PACKETS),
+            last_live_video: None,
+            idle: IdlePlayer::default(),
+            idle_playing: false,
+        }
+    }
 }
 
 pub(crate) struct Worker {
@@ -101,6 +132,9 @@ pub(crate) struct Worker {
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     outbox: Outbox,
     followups: Vec<(u64, bool, Option<&'static str>)>,
+    /// Next frame time of the idle clip (when there is one).
+    next_idle_frame: Option<Instant>,
+    idle_packets: Vec<Arc<MediaPacket>>,
 }
 
 impl Worker {
@@ -124,6 +158,8 @@ impl Worker {
             timers: BinaryHeap::new(),
             outbox: Outbox::default(),
             followups: Vec::new(),
+            next_idle_frame: None,
+            idle_packets: Vec::new(),
         }
     }
 
@@ -182,7 +218,10 @@ impl Worker {
                             self.fanout_local(p.room, &p.packet, &socket);
                         }
                     }
-                    _ = tokio::time::sleep_until(deadline.into()) => self.handle_timers(&socket),
+                    _ = tokio::time::sleep_until(deadline.into()) => {
+                        self.handle_timers(&socket);
+                        self.play_idle(&socket);
+                    }
                 }
                 self.process_followups(&socket);
             }
@@ -190,11 +229,14 @@ impl Worker {
     }
 
     fn next_deadline(&self) -> Instant {
-        let fallback = Instant::now() + MAX_TIMER_GAP;
-        match self.timers.peek() {
-            Some(Reverse((t, _))) => (*t).min(fallback),
-            None => fallback,
+        let mut deadline = Instant::now() + MAX_TIMER_GAP;
+        if let Some(Reverse((t, _))) = self.timers.peek() {
+            deadline = deadline.min(*t);
         }
+        if let Some(t) = self.next_idle_frame {
+            deadline = deadline.min(t);
+        }
+        deadline
     }
 
     fn handle_command(&mut self, cmd: Command, socket: &UdpSocket) {
@@ -250,6 +292,14 @@ impl Worker {
                 let _ = reply.send(found);
             }
             Command::KeyframeRequest { room } => self.keyframe_request_local(room, now, socket),
+            Command::SwitchRoom {
+                serial,
+                room,
+                reply,
+            } => {
+                let result = self.switch_room(serial, room, now, socket);
+                let _ = reply.send(result);
+            }
             Command::Shutdown => {}
         }
     }
@@ -342,15 +392,15 @@ impl Worker {
         match req.kind {
             SessionKind::Publisher => local.publisher = Some(req.serial),
             SessionKind::Viewer => {
-                if local.viewers.is_empty() {
-                    req.room.set_worker_has_viewers(self.index, true);
-                }
                 local.viewers.push(req.serial);
                 req.room.viewer_joined();
             }
         }
         self.by_ufrag.insert(local_ufrag.clone(), req.serial);
         self.sessions.insert(req.serial, session);
+        if self.next_idle_frame.is_none() && self.shared.config.idle_clip.is_some() {
+            self.next_idle_frame = Some(now);
+        }
         Counters::add(&self.counters.sessions_started, 1);
         tracing::info!(
             session = %req.id,
@@ -430,6 +480,9 @@ impl Worker {
             // Hand the (empty) vector back so its capacity is reused.
             self.outbox.packets = packets;
         }
+        if std::mem::take(&mut self.outbox.viewer_connected) {
+            self.replay_gop(serial, room.id, now, socket);
+        }
         if std::mem::take(&mut self.outbox.keyframe_request) {
             self.request_keyframe(&room, now, socket);
         }
@@ -438,20 +491,79 @@ impl Worker {
         }
     }
 
-    /// Sends a publisher's packet to every worker with viewers of its room.
+    /// Gives a viewer the room's current GOP at once, so its first picture needs no keyframe
+    /// from the publisher.
+    fn replay_gop(&mut self, serial: u64, room: RoomId, now: Instant, socket: &UdpSocket) {
+        let Some(local) = self.rooms.get(&room) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&serial) else {
+            return;
+        };
+        if local.gop.packets().is_empty() || !session.replay(local.gop.packets(), now) {
+            return;
+        }
+        drain_session(
+            session,
+            &mut self.outbox,
+            &mut self.timers,
+            socket,
+            &self.counters,
+            now,
+        );
+        // What a burst of sending can report (end, keyframe need) is handled on the next turn.
+        let kf = std::mem::take(&mut self.outbox.keyframe_request);
+        let ended = self.outbox.ended.take();
+        if kf || ended.is_some() {
+            self.followups.push((serial, kf, ended));
+        }
+    }
+
+    /// Moves a viewer to another room without renegotiation: its tracks restart at the new
+    /// room's GOP (or next keyframe), with SSRC, sequence numbers and timestamps continuing.
+    fn switch_room(
+        &mut self,
+        serial: u64,
+        room: Arc<Room>,
+        now: Instant,
+        socket: &UdpSocket,
+    ) -> Result<(), SessionError> {
+        let Some(session) = self.sessions.get_mut(&serial) else {
+            self.shared.rooms.release(room);
+            return Err(SessionError::NotFound);
+        };
+        if session.kind() != SessionKind::Viewer {
+            self.shared.rooms.release(room);
+            return Err(SessionError::Unsupported(
+                "only viewers can switch rooms".into(),
+            ));
+        }
+        let old = std::mem::replace(&mut session.room, room.clone());
+        session.resync();
+        let old_empty = self.rooms.get_mut(&old.id).is_some_and(|local| {
+            local.viewers.retain(|s| *s != serial);
+            local.viewers.is_empty() && local.publisher.is_none()
+        });
+        old.viewer_left();
+        if old_empty && old.id != room.id {
+            self.rooms.remove(&old.id);
+        }
+        self.rooms.entry(room.id).or_default().viewers.push(serial);
+        room.viewer_joined();
+        tracing::info!(session = %session.id, from = %old.name, to = %room.name, "viewer switched rooms");
+        self.shared.rooms.release(old);
+        self.replay_gop(serial, room.id, now, socket);
+        self.request_keyframe(&room, now, socket);
+        Ok(())
+    }
+
+    /// Sends a publisher's packet to every worker (each keeps the room's GOP for its viewers).
     fn route(&mut self, room: &Arc<Room>, pkt: Arc<MediaPacket>, socket: &UdpSocket) {
-        let mut bits = room.viewer_workers();
-        let mut local = false;
-        while bits != 0 {
-            let w = bits.trailing_zeros() as usize;
-            bits &= bits - 1;
+        room.record_ingress(pkt.codec, pkt.payload.len());
+        for (w, peer) in self.peers.iter().enumerate() {
             if w == self.index {
-                local = true;
                 continue;
             }
-            let Some(peer) = self.peers.get(w) else {
-                continue;
-            };
             let msg = RoomPacket {
                 room: room.id,
                 packet: pkt.clone(),
@@ -460,16 +572,16 @@ impl Worker {
                 Counters::add(&self.counters.fanout_drops, 1);
             }
         }
-        if local {
-            self.fanout_local(room.id, &pkt, socket);
-        }
+        self.fanout_local(room.id, &pkt, socket);
     }
 
     /// Forwards one packet to this worker's viewers of `room`.
-    fn fanout_local(&mut self, room: RoomId, pkt: &MediaPacket, socket: &UdpSocket) {
-        let Some(local) = self.rooms.get(&room) else {
-            return;
-        };
+    fn fanout_local(&mut self, room: RoomId, pkt: &Arc<MediaPacket>, socket: &UdpSocket) {
+        let local = self.rooms.entry(room).or_default();
+        if pkt.kind() == MediaKind::Video && !pkt.source.is_idle() {
+            local.gop.push(pkt);
+            local.last_live_video = Some(pkt.arrival);
+        }
         let now = Instant::now();
         for serial in &local.viewers {
             let Some(session) = self.sessions.get_mut(serial) else {
@@ -579,6 +691,63 @@ impl Worker {
         }
     }
 
+    /// Sends the next idle-clip frame to viewers of rooms without live video, and forgets
+    /// rooms that nothing here uses any more.
+    fn play_idle(&mut self, socket: &UdpSocket) {
+        let now = Instant::now();
+        let Some(next) = self.next_idle_frame else {
+            return;
+        };
+        if now < next {
+            return;
+        }
+        let Some(clip) = self.shared.config.idle_clip.clone() else {
+            self.next_idle_frame = None;
+            return;
+        };
+        self.next_idle_frame = Some(next.max(now - clip.frame_interval()) + clip.frame_interval());
+        let mut due = Vec::new();
+        self.rooms.retain(|id, local| {
+            let live_recently = local
+                .last_live_video
+                .is_some_and(|t| now.saturating_duration_since(t) < IDLE_AFTER);
+            if local.viewers.is_empty() {
+                local.idle_playing = false;
+                // Keep rooms with sessions here or recent live video (their GOP).
+                return local.publisher.is_some()
+                    || local
+                        .last_live_video
+                        .is_some_and(|t| now.saturating_duration_since(t) < LOCAL_ROOM_LINGER);
+            }
+            if live_recently {
+                local.idle_playing = false;
+            } else {
+                if !local.idle_playing {
+                    // Start at the clip's keyframe so viewers get a picture at once.
+                    local.idle.restart();
+                    local.idle_playing = true;
+                }
+                due.push(*id);
+            }
+            true
+        });
+        for id in due {
+            let mut packets = std::mem::take(&mut self.idle_packets);
+            if let Some(local) = self.rooms.get_mut(&id) {
+                local.idle.next_frame(&clip, now, &mut packets);
+            }
+            for pkt in &packets {
+                self.fanout_local(id, pkt, socket);
+            }
+            packets.clear();
+            self.idle_packets = packets;
+        }
+        if self.sessions.is_empty() {
+            // Nothing to show the clip to: sleep until a session arrives.
+            self.next_idle_frame = None;
+        }
+    }
+
     fn end_session(&mut self, serial: u64, reason: &str) {
         let Some(session) = self.sessions.remove(&serial) else {
             return;
@@ -600,14 +769,8 @@ impl Worker {
                     if let Some(i) = local.viewers.iter().position(|s| *s == serial) {
                         local.viewers.swap_remove(i);
                         room.viewer_left();
-                        if local.viewers.is_empty() {
-                            room.set_worker_has_viewers(self.index, false);
-                        }
                     }
                 }
-            }
-            if local.publisher.is_none() && local.viewers.is_empty() {
-                self.rooms.remove(&room.id);
             }
         }
         Counters::add(&self.counters.sessions_ended, 1);

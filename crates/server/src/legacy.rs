@@ -1,5 +1,6 @@
-//! The original deadsfu routes, kept for its users: `POST /whip?room=NAME` to publish and
-//! `POST /whap?room=NAME` to watch. An empty or missing room is `mainroom`.
+//! The original deadsfu routes, kept for its users: `POST /whip?room=NAME` to publish,
+//! `POST /whap?room=NAME` to watch (an empty or missing room is `mainroom`), and
+//! `GET /switchRoom?room=NAME&subuuid=SESSION` to move a viewer to another room.
 
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -55,4 +56,27 @@ pub(crate) async fn whap(
     body: Body,
 ) -> Result<Response, Problem> {
     session::create(&state, SessionKind::Viewer, q.room(), &headers, &uri, body).await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SwitchQuery {
+    #[serde(default)]
+    room: String,
+    #[serde(default)]
+    subuuid: String,
+}
+
+pub(crate) async fn switch_room(
+    State(state): State<AppState>,
+    Query(q): Query<SwitchQuery>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, Problem> {
+    crate::auth::check(&state, &headers, &uri)?;
+    let room = if q.room.is_empty() {
+        DEFAULT_ROOM
+    } else {
+        &q.room
+    };
+    session::do_switch(&state, &q.subuuid, room).await
 }

@@ -1,9 +1,12 @@
 //! deadsfu's HTTP surface (axum): WHIP and WHEP (RFC 9725 and its WHEP sibling), the session
 //! resources they create, the original deadsfu routes, `/metrics` and `/healthz`.
 //!
-//! One concept per file: `whip.rs`, `whep.rs`, `session.rs` (PATCH/DELETE on a session),
-//! `legacy.rs`, `metrics.rs`, and the shared pieces `auth.rs`, `cors.rs`, `problem.rs`, `sdp_body.rs`.
+//! One concept per file: `whip.rs`, `whep.rs`, `session.rs` (PATCH/DELETE on a session, room
+//! switching), `legacy.rs`, `api.rs` (rooms as JSON and server-sent events), `web.rs` (the
+//! player and publisher pages), `metrics.rs`, and the shared pieces `auth.rs`, `cors.rs`,
+//! `problem.rs`, `sdp_body.rs`.
 
+mod api;
 mod auth;
 mod cors;
 mod legacy;
@@ -11,6 +14,7 @@ mod metrics;
 mod problem;
 mod sdp_body;
 mod session;
+mod web;
 mod whep;
 mod whip;
 
@@ -20,7 +24,9 @@ use axum::Router;
 use axum::routing::{get, post};
 use deadsfu_rtc::MediaEngine;
 
+pub use api::{RoomInfo, RoomsSnapshot, room_feed};
 pub use problem::Problem;
+pub use web::HtmlSource;
 
 /// What the HTTP side needs to serve requests.
 #[derive(Clone)]
@@ -30,6 +36,10 @@ pub struct AppState {
     pub bearer_token: Option<Arc<str>>,
     /// STUN/TURN URLs advertised in `Link: <url>; rel="ice-server"` headers.
     pub ice_servers: Arc<[String]>,
+    /// Where the web pages come from.
+    pub html: HtmlSource,
+    /// The rooms of this node, refreshed by [`room_feed`].
+    pub rooms: tokio::sync::watch::Receiver<RoomsSnapshot>,
 }
 
 /// Path prefix of session resources (`Location` of a WHIP/WHEP session).
@@ -45,8 +55,15 @@ pub fn router(state: AppState) -> Router {
                 .delete(session::delete)
                 .options(session::options),
         )
+        .route("/session/{id}/room", post(session::switch_room))
         .route("/whip", post(legacy::whip).options(whip::options))
         .route("/whap", post(legacy::whap).options(whep::options))
+        .route("/switchRoom", get(legacy::switch_room))
+        .route("/api/rooms", get(api::rooms))
+        .route("/api/rooms/events", get(api::room_events))
+        .route("/", get(web::index))
+        .route("/send", get(web::send))
+        .route("/web/{*file}", get(web::asset))
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(metrics::healthz))
         .fallback(problem::not_found)

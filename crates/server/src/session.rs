@@ -104,3 +104,53 @@ pub(crate) async fn options() -> Response {
         ("accept-patch", "application/trickle-ice-sdpfrag"),
     )
 }
+
+#[derive(serde::Deserialize)]
+pub(crate) struct SwitchRoomBody {
+    room: String,
+}
+
+/// `POST {session}/room` with `{"room": "NAME"}`: moves a viewer to another room.
+pub(crate) async fn switch_room(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Result<Response, Problem> {
+    auth::check(&state, &headers, &uri)?;
+    if !sdp_body::content_type_is(&headers, "application/json") {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Wrong content type",
+            "the body must be application/json",
+        ));
+    }
+    let bytes = axum::body::to_bytes(body, 4096).await.map_err(|_| {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Body too large",
+            "at most 4096 bytes",
+        )
+    })?;
+    let req: SwitchRoomBody = serde_json::from_slice(&bytes).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "Malformed JSON",
+            format!("expected {{\"room\": \"NAME\"}}: {e}"),
+        )
+    })?;
+    do_switch(&state, &id, &req.room).await
+}
+
+pub(crate) async fn do_switch(state: &AppState, id: &str, room: &str) -> Result<Response, Problem> {
+    if !valid_room_name(room) {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "Invalid room name",
+            "room names are 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' and '.'",
+        ));
+    }
+    state.engine.switch_room(id, room).await?;
+    Ok(axum::Json(serde_json::json!({ "room": room })).into_response())
+}

@@ -1,0 +1,114 @@
+//! `/api`: the rooms of this node as JSON, and the same as a live server-sent-event stream.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, Uri};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use deadsfu_rtc::MediaEngine;
+use futures_util::Stream;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::WatchStream;
+
+use crate::problem::Problem;
+use crate::{AppState, auth};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RoomInfo {
+    pub name: String,
+    pub live: bool,
+    pub codec: Option<&'static str>,
+    pub viewers: usize,
+    pub bitrate_bps: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RoomsSnapshot {
+    pub rooms: Vec<RoomInfo>,
+}
+
+/// How often the room list (and its bitrates) is refreshed.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Starts sampling the engine's rooms once a second; subscribers see each changed snapshot.
+pub fn room_feed(engine: MediaEngine) -> watch::Receiver<RoomsSnapshot> {
+    let (tx, rx) = watch::channel(RoomsSnapshot::default());
+    tokio::spawn(async move {
+        let mut last: HashMap<String, (u64, Instant)> = HashMap::new();
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            let mut next = HashMap::new();
+            let rooms = engine
+                .rooms()
+                .into_iter()
+                .map(|r| {
+                    let bitrate_bps = match last.get(&r.name) {
+                        Some((bytes, at)) if r.live => {
+                            let secs = now.duration_since(*at).as_secs_f64().max(0.001);
+                            // Rounded to kbit/s so that jitter alone does not make an event.
+                            let bps =
+                                (r.bytes_in.saturating_sub(*bytes) as f64 * 8.0 / secs) as u64;
+                            bps / 1000 * 1000
+                        }
+                        _ => 0,
+                    };
+                    next.insert(r.name.clone(), (r.bytes_in, now));
+                    RoomInfo {
+                        name: r.name,
+                        live: r.live,
+                        codec: r.codec,
+                        viewers: r.viewers,
+                        bitrate_bps,
+                    }
+                })
+                .collect();
+            last = next;
+            tx.send_if_modified(|cur| {
+                let snapshot = RoomsSnapshot { rooms };
+                if *cur == snapshot {
+                    false
+                } else {
+                    *cur = snapshot;
+                    true
+                }
+            });
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+pub(crate) async fn rooms(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, Problem> {
+    auth::check(&state, &headers, &uri)?;
+    let snapshot = state.rooms.borrow().clone();
+    Ok(Json(snapshot).into_response())
+}
+
+pub(crate) async fn room_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
+    auth::check(&state, &headers, &uri)?;
+    let stream = WatchStream::new(state.rooms.clone()).map(|snapshot| {
+        Ok(Event::default()
+            .event("rooms")
+            .data(serde_json::to_string(&snapshot).unwrap_or_default()))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
