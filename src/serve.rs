@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// Web pages: `internal` (built in), `none`, or a directory to serve them from.
     #[arg(long, env = "DEADSFU_HTML", default_value = "internal")]
     pub html: deadsfu_server::HtmlSource,
+    /// Start new viewers from the room's current GOP (instant start); `false` makes them wait
+    /// for the publisher's next keyframe.
+    #[arg(long, env = "DEADSFU_GOP_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub gop_cache: bool,
     /// "No signal" clip looped to viewers of rooms nobody publishes to: `builtin`, `none`, or
     /// an H264 Annex-B file (one slice per frame, starting with a keyframe) played at 10 fps.
     #[arg(long, env = "DEADSFU_IDLE_CLIP", default_value = "builtin")]
@@ -128,6 +132,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let engine = MediaEngine::start(EngineConfig {
         idle_clip,
+        gop_cache: args.gop_cache,
         udp_port: args.udp_port,
         workers,
         ice_hosts: ice_hosts.clone(),

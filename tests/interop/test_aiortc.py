@@ -210,14 +210,15 @@ FTL_STREAMING_TIMEOUT = 20.0
 FFMPEG = os.environ.get("FFMPEG", "ffmpeg")
 
 
-def make_ftl_media(directory, timeout: float):
-    """~4 s of H264 constrained baseline (Annex-B, no B-frames, keyframe every 30 frames,
+def make_ftl_media(directory, timeout: float, gop: int = 30):
+    """~4 s of H264 constrained baseline (Annex-B, no B-frames, keyframe every `gop` frames,
     WIDTHxHEIGHT at 30 fps) and of Opus in Ogg, as ftl-push reads them."""
-    video, audio = directory / "v.h264", directory / "a.ogg"
+    video, audio = directory / f"v-g{gop}.h264", directory / "a.ogg"
     commands = [
         [FFMPEG, "-y", "-loglevel", "error", "-f", "lavfi",
          "-i", f"testsrc=size={WIDTH}x{HEIGHT}:rate=30", "-t", "4",
-         "-c:v", "libx264", "-profile:v", "baseline", "-bf", "0", "-g", "30",
+         "-c:v", "libx264", "-profile:v", "baseline", "-bf", "0", "-g", str(gop),
+         "-keyint_min", str(gop), "-sc_threshold", "0",
          "-pix_fmt", "yuv420p", "-f", "h264", str(video)],
         [FFMPEG, "-y", "-loglevel", "error", "-f", "lavfi",
          "-i", "sine=frequency=440:sample_rate=48000", "-t", "4",
@@ -610,5 +611,51 @@ def test_ftl_to_aiortc_viewer(sfu, decoders, tmp_path):
             f"ftl-push ended with status {pusher.proc.returncode} on SIGINT\n"
             + pusher.diagnostics()
         )
+    finally:
+        pusher.stop()
+
+
+async def first_decoded_frame(sfu: Sfu, trace: Trace, decoders: list) -> float:
+    """Seconds from a viewer's WHEP POST to its first decoded video frame."""
+    viewer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        viewer.addTransceiver("audio", direction="recvonly")
+        viewer_video = viewer.addTransceiver("video", direction="recvonly")
+        started = time.monotonic()
+        view_session = await negotiate(sfu, viewer, f"/whep/{FTL_CHANNEL}", trace, "viewer")
+        await wait_connected(viewer, "viewer")
+        frame = await asyncio.wait_for(viewer_video.receiver.track.recv(), 10)
+        elapsed = time.monotonic() - started
+        assert (frame.width, frame.height) == (WIDTH, HEIGHT)
+        status, _, body = await http("DELETE", view_session)
+        assert status == 200, f"DELETE {view_session} (viewer) answered {status}: {body}"
+        return elapsed
+    finally:
+        await viewer.close()
+
+
+def test_first_decoded_frame_with_4s_keyframe_interval(sfu, decoders, tmp_path):
+    """With a keyframe only every 4 s (FTL cannot ask for one), a viewer joining mid-GOP still
+    decodes its first frame within 2 s, thanks to deadsfu's GOP cache."""
+    deadline = time.monotonic() + TEST_TIMEOUT
+    trace = Trace()
+    video, audio = make_ftl_media(tmp_path, timeout=TEST_TIMEOUT / 2, gop=120)
+    pusher = FtlPush(sfu.binary, sfu, video, audio, tmp_path / "ftl-push.log")
+    try:
+        pusher.wait_streaming(min(FTL_STREAMING_TIMEOUT, deadline - time.monotonic()))
+        # The file's one keyframe goes out as streaming starts (and every 4 s on each loop):
+        # joining 1.5 s later puts the viewer in the middle of a GOP. This positions the join;
+        # it does not wait for anything to happen.
+        time.sleep(1.5)
+        result = {}
+
+        async def measure():
+            result["seconds"] = await first_decoded_frame(sfu, trace, decoders)
+
+        run_test(measure(), trace, deadline - time.monotonic(), sfu, pusher)
+        seconds = result["seconds"]
+        print(f"first decoded frame {seconds * 1000:.0f} ms after the WHEP POST "
+              f"(keyframe interval 4 s)")
+        assert seconds < 2.0, f"first decoded frame after {seconds:.2f}s"
     finally:
         pusher.stop()

@@ -31,7 +31,13 @@ impl GopCache {
         if pkt.kind() != MediaKind::Video || pkt.source.is_idle() {
             return;
         }
-        if pkt.keyframe_start {
+        // Parameter sets (SPS/PPS) and the IDR slice all count as a keyframe start; the GOP begins
+        // at the first of them, so later ones of the same picture must not restart it.
+        let same_picture = self
+            .packets
+            .first()
+            .is_some_and(|f| f.source == pkt.source && f.timestamp == pkt.timestamp);
+        if pkt.keyframe_start && !same_picture {
             self.clear();
             self.source = Some(pkt.source);
         } else if self.source != Some(pkt.source) || self.packets.is_empty() {
@@ -45,8 +51,18 @@ impl GopCache {
             self.clear();
             return;
         }
+        // Keep sequence order: retransmissions (NACK repairs) arrive after their neighbours.
+        match self.packets.last() {
+            Some(last) if last.seq >= pkt.seq => {
+                match self.packets.binary_search_by_key(&pkt.seq, |p| p.seq) {
+                    Ok(_) => return,              // a duplicate
+                    Err(0) => return, // from before the keyframe
+                    Err(at) => self.packets.insert(at, pkt.clone()),
+                }
+            }
+            _ => self.packets.push(pkt.clone()),
+        }
         self.bytes += pkt.payload.len();
-        self.packets.push(pkt.clone());
     }
 
     pub fn clear(&mut self) {
@@ -98,6 +114,41 @@ mod tests {
             vec![4]
         );
         assert_eq!(gop.bytes(), 10);
+    }
+
+    #[test]
+    fn parameter_sets_stay_with_their_idr() {
+        let mut gop = GopCache::new(10_000, 100);
+        let at = |seq: u64, ts: u32, key: bool| {
+            let mut p = Arc::try_unwrap(video(1, seq, key, 10)).unwrap();
+            p.timestamp = ts;
+            Arc::new(p)
+        };
+        gop.push(&at(1, 9000, true)); // SPS
+        gop.push(&at(2, 9000, false)); // PPS
+        gop.push(&at(3, 9000, true)); // IDR, first FU-A fragment
+        gop.push(&at(4, 12000, false));
+        assert_eq!(
+            gop.packets().iter().map(|p| p.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        gop.push(&at(5, 15000, true)); // the next keyframe starts a new GOP
+        assert_eq!(gop.packets().len(), 1);
+    }
+
+    #[test]
+    fn repairs_are_put_in_sequence_order_and_duplicates_dropped() {
+        let mut gop = GopCache::new(10_000, 100);
+        gop.push(&video(1, 10, true, 10));
+        gop.push(&video(1, 12, false, 10));
+        gop.push(&video(1, 11, false, 10)); // a NACK repair
+        gop.push(&video(1, 12, false, 10)); // a duplicate
+        gop.push(&video(1, 9, false, 10)); // from before the keyframe
+        assert_eq!(
+            gop.packets().iter().map(|p| p.seq).collect::<Vec<_>>(),
+            vec![10, 11, 12]
+        );
+        assert_eq!(gop.bytes(), 30);
     }
 
     #[test]

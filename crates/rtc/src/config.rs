@@ -19,6 +19,8 @@ pub struct EngineConfig {
     pub idle_timeout: Duration,
     /// Least time between two keyframe requests sent to one publisher.
     pub keyframe_request_interval: Duration,
+    /// Keep each room's current GOP and start new viewers from it (instant start).
+    pub gop_cache: bool,
     /// Looped to viewers of rooms without live video; `None` leaves them on the last picture.
     pub idle_clip: Option<Arc<deadsfu_media::IdleClip>>,
 }
@@ -33,6 +35,7 @@ impl Default for EngineConfig {
             connect_timeout: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(15),
             keyframe_request_interval: Duration::from_millis(500),
+            gop_cache: true,
             idle_clip: Some(Arc::new(deadsfu_media::IdleClip::builtin())),
         }
     }

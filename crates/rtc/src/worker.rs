@@ -579,7 +579,9 @@ impl Worker {
     fn fanout_local(&mut self, room: RoomId, pkt: &Arc<MediaPacket>, socket: &UdpSocket) {
         let local = self.rooms.entry(room).or_default();
         if pkt.kind() == MediaKind::Video && !pkt.source.is_idle() {
-            local.gop.push(pkt);
+            if self.shared.config.gop_cache {
+                local.gop.push(pkt);
+            }
             local.last_live_video = Some(pkt.arrival);
         }
         let now = Instant::now();
