@@ -14,6 +14,7 @@ use deadsfu_ftl::net::{
 };
 use deadsfu_ftl::{ChannelSecret, FtlMedia, MediaKind, StreamKey};
 use deadsfu_media::Codec;
+use deadsfu_media::sender_clock::SenderClock;
 use deadsfu_rtc::{Ingest, IngestPacket, MediaEngine, SessionError};
 
 use crate::cluster_mode::Membership;
@@ -168,6 +169,7 @@ impl ChannelDirectory for FtlChannels {
             Ok(Box::new(FtlRoomPublisher {
                 ingest,
                 channel_id,
+                clock: SenderClock::default(),
                 _lease: lease,
             }) as Box<dyn FtlPublisher>)
         })
@@ -178,17 +180,25 @@ impl ChannelDirectory for FtlChannels {
 struct FtlRoomPublisher {
     ingest: Ingest,
     channel_id: u32,
+    /// The client's media clock from its sender reports, for audio/video sync.
+    clock: SenderClock,
     /// Held while the stream is live; releases the cluster's `ftl:{channel}` lease on drop.
     _lease: Option<crate::cluster_mode::FtlLease>,
 }
 
 impl FtlPublisher for FtlRoomPublisher {
     fn media(&mut self, media: FtlMedia) {
-        let codec = match media.kind {
+        let (codec, kind) = match media.kind {
             // FTL is H264 constrained baseline, packetization-mode 1.
-            MediaKind::Video => Codec::H264 { profile: 0x42e0 },
-            MediaKind::Audio => Codec::Opus,
+            MediaKind::Video => (
+                Codec::H264 { profile: 0x42e0 },
+                deadsfu_media::MediaKind::Video,
+            ),
+            MediaKind::Audio => (Codec::Opus, deadsfu_media::MediaKind::Audio),
         };
+        let capture = self
+            .clock
+            .capture_time(kind, media.timestamp, codec.clock_rate());
         self.ingest.push(IngestPacket {
             codec,
             sequence: media.sequence,
@@ -196,7 +206,21 @@ impl FtlPublisher for FtlRoomPublisher {
             marker: media.marker,
             payload: Arc::from(&media.payload[..]),
             arrival: media.received_at,
+            capture,
         });
+    }
+
+    fn sender_report(&mut self, kind: MediaKind, report: deadsfu_ftl::udp::SenderReport) {
+        let kind = match kind {
+            MediaKind::Video => deadsfu_media::MediaKind::Video,
+            MediaKind::Audio => deadsfu_media::MediaKind::Audio,
+        };
+        self.clock.on_sender_report(
+            kind,
+            report.ntp_time,
+            report.rtp_timestamp,
+            std::time::Instant::now(),
+        );
     }
 
     fn ended(&mut self, reason: deadsfu_ftl::server::EndReason) {

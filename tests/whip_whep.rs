@@ -531,3 +531,55 @@ async fn metrics_health_and_graceful_shutdown() {
     drop((p, v));
     assert!(sfu.terminate(), "deadsfu exits cleanly on SIGTERM");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacks_repair_loss_on_both_legs() {
+    let sfu = Sfu::start(&[]);
+    // 5% of the publisher's RTP is lost on the way in: deadsfu NACKs it from the publisher.
+    let p = publish(
+        &sfu,
+        "lossy",
+        PeerOptions {
+            drop_outgoing_percent: 5.0,
+            ..PeerOptions::default()
+        },
+    )
+    .await;
+    // 5% is lost on the way to the viewer: the viewer's NACKs are served from deadsfu's buffer.
+    let mut v = Peer::connect(
+        &sfu.url("/whep/lossy"),
+        Role::View,
+        PeerOptions {
+            drop_incoming_percent: 5.0,
+            ..PeerOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let s = v
+        .wait_until(
+            "400 video packets, every gap repaired",
+            Duration::from_secs(30),
+            |s| s.video.distinct_seqs() >= 400 && s.video.gaps() == 0,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {:?}", v.stats()));
+    assert!(s.video.packets >= 400);
+    let http = reqwest::Client::new();
+    let text = http
+        .get(sfu.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let nacks: u64 = text
+        .lines()
+        .find(|l| l.starts_with("deadsfu_nacks_received_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    println!("viewer NACKs counted by deadsfu: {nacks}");
+    assert_eq!(v.delete().await.unwrap(), 200);
+    assert_eq!(p.delete().await.unwrap(), 200);
+}

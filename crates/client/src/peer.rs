@@ -54,6 +54,10 @@ pub struct PeerOptions {
     pub video: bool,
     /// Video codecs a viewer offers (a publisher offers its stream's codec).
     pub view_codecs: Vec<VideoCodec>,
+    /// Share (0-100) of incoming RTP datagrams to drop, to make the peer NACK.
+    pub drop_incoming_percent: f64,
+    /// Share (0-100) of outgoing RTP datagrams to drop, to make the far end NACK.
+    pub drop_outgoing_percent: f64,
 }
 
 impl Default for PeerOptions {
@@ -67,6 +71,8 @@ impl Default for PeerOptions {
             audio: true,
             video: true,
             view_codecs: vec![VideoCodec::H264, VideoCodec::Vp8],
+            drop_incoming_percent: 0.0,
+            drop_outgoing_percent: 0.0,
         }
     }
 }
@@ -213,6 +219,8 @@ impl Peer {
         let (changed, changes) = watch::channel(0u64);
         let (stop, stop_rx) = oneshot::channel();
         let driver = Driver {
+            drop_in: opts.drop_incoming_percent / 100.0,
+            drop_out: opts.drop_outgoing_percent / 100.0,
             rtc,
             socket,
             local_addr,
@@ -290,6 +298,8 @@ impl Peer {
 }
 
 struct Driver {
+    drop_in: f64,
+    drop_out: f64,
     rtc: Rtc,
     socket: UdpSocket,
     local_addr: SocketAddr,
@@ -339,6 +349,9 @@ impl Driver {
                 }
                 r = self.socket.recv_from(&mut buf) => {
                     let Ok((n, from)) = r else { continue };
+                    if is_rtp(&buf[..n]) && rand::random::<f64>() < self.drop_in {
+                        continue;
+                    }
                     let Ok(contents) = buf[..n].try_into() else { continue };
                     let input = Input::Receive(Instant::now(), Receive {
                         proto: Protocol::Udp,
@@ -421,6 +434,9 @@ impl Driver {
                     return self.rtc.is_alive().then_some(t);
                 }
                 Ok(Output::Transmit(t)) => {
+                    if is_rtp(&t.contents) && rand::random::<f64>() < self.drop_out {
+                        continue;
+                    }
                     let _ = self.socket.send_to(&t.contents, t.destination).await;
                 }
                 Ok(Output::Event(e)) => self.handle_event(e),
@@ -544,6 +560,11 @@ impl Sender {
         }
         sent
     }
+}
+
+/// An (S)RTP packet, as opposed to STUN, DTLS or RTCP (RFC 7983, RFC 5761).
+fn is_rtp(d: &[u8]) -> bool {
+    d.len() >= 12 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1])
 }
 
 fn h264_keyframe(p: &[u8]) -> bool {

@@ -55,7 +55,7 @@ impl GopCache {
         match self.packets.last() {
             Some(last) if last.seq >= pkt.seq => {
                 match self.packets.binary_search_by_key(&pkt.seq, |p| p.seq) {
-                    Ok(_) => return,              // a duplicate
+                    Ok(_) => return,  // a duplicate
                     Err(0) => return, // from before the keyframe
                     Err(at) => self.packets.insert(at, pkt.clone()),
                 }
@@ -96,6 +96,7 @@ mod tests {
             marker: true,
             keyframe_start: key,
             arrival: Instant::now(),
+            capture: Instant::now(),
             payload: vec![0u8; len].into(),
         })
     }

@@ -170,6 +170,7 @@ impl IdlePlayer {
                 marker: i == last,
                 keyframe_start: frame.keyframe && i == 0,
                 arrival: now,
+                capture: now,
                 payload: payload.clone(),
             }));
             self.seq += 1;

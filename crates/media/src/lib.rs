@@ -7,6 +7,7 @@
 //! - [`rewrite`]: per-viewer rewriting of sequence numbers and timestamps so that a change of
 //!   source (publisher leaves, another arrives) is seamless to the receiver.
 //! - [`keyframe_request`]: merging and rate-limiting viewers' PLI/FIR toward a publisher.
+//! - [`sender_clock`]: a publisher's media clock from its RTCP sender reports (A/V sync).
 //! - [`seq`]: extending 16-bit sequence numbers of sources that give us only those.
 //! - [`room`]: the room directory shared by workers: who publishes, which workers have viewers.
 
@@ -17,6 +18,7 @@ pub mod keyframe_request;
 pub mod packet;
 pub mod rewrite;
 pub mod room;
+pub mod sender_clock;
 pub mod seq;
 
 pub use gop::GopCache;

@@ -113,6 +113,9 @@ pub struct MediaPacket {
     /// First packet of a keyframe: a viewer waiting for a decodable start may begin here.
     pub keyframe_start: bool,
     pub arrival: Instant,
+    /// When the sample was captured, in local time (from the publisher's sender reports when
+    /// it sends them, else `arrival`): the wallclock viewers' sender reports are built from.
+    pub capture: Instant,
     pub payload: Arc<[u8]>,
 }
 

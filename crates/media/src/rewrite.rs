@@ -197,6 +197,7 @@ mod tests {
             marker: false,
             keyframe_start: key,
             arrival: at,
+            capture: at,
             payload: Arc::from(&[0u8][..]),
         }
     }

@@ -31,6 +31,8 @@ pub struct IngestPacket {
     pub marker: bool,
     pub payload: Arc<[u8]>,
     pub arrival: Instant,
+    /// Capture time from the publisher's sender reports, when known.
+    pub capture: Option<Instant>,
 }
 
 impl Ingest {
@@ -55,6 +57,7 @@ impl Ingest {
             marker: pkt.marker,
             keyframe_start,
             arrival: pkt.arrival,
+            capture: pkt.capture.unwrap_or(pkt.arrival),
             payload: pkt.payload,
         });
         room.record_ingress(packet.codec, packet.payload.len());

@@ -318,6 +318,7 @@ impl Session {
                     marker: rtp.header.marker,
                     keyframe_start,
                     arrival: rtp.timestamp,
+                    capture: rtp.timestamp,
                     payload: rtp.payload,
                 }));
             }
