@@ -42,6 +42,9 @@ pub struct AppState {
     pub rooms: tokio::sync::watch::Receiver<RoomsSnapshot>,
 }
 
+/// Longest time a request may take, reading its body included.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Path prefix of session resources (`Location` of a WHIP/WHEP session).
 pub const SESSION_PATH: &str = "/session";
 
@@ -60,13 +63,19 @@ pub fn router(state: AppState) -> Router {
         .route("/whap", post(legacy::whap).options(whep::options))
         .route("/switchRoom", get(legacy::switch_room))
         .route("/api/rooms", get(api::rooms))
-        .route("/api/rooms/events", get(api::room_events))
         .route("/", get(web::index))
         .route("/send", get(web::send))
         .route("/web/{*file}", get(web::asset))
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(metrics::healthz))
         .fallback(problem::not_found)
+        // A request (body included) that takes longer than this is cut off with 408, so slow
+        // clients cannot hold resources. The event stream below is long-lived by design.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .route("/api/rooms/events", get(api::room_events))
         .layer(axum::middleware::from_fn(cors::add_cors_headers))
         .with_state(state)
 }

@@ -44,6 +44,9 @@
     rooms: null, // last room list from the server, null until known
     roomsAvailable: null, // false when the server has no room API
     firstFrameMs: null, // from the start of the connection to the first decoded frame
+    // From a switch request to the next change of picture size (meaningful when the two
+    // rooms send different sizes, as in the tests).
+    lastSwitchMs: null,
     stats: {},
     switchRoom: (name) => switchRoom(name),
   });
@@ -57,6 +60,7 @@
   let connectStartedAt = 0;
   let authFailed = false;
   let switching = false;
+  let switchStartedAt = null;
 
   // ---------------------------------------------------------------- connection
 
@@ -189,6 +193,8 @@
 
     if (S.sessionUrl && pc && pc.connectionState === 'connected') {
       switching = true;
+      switchStartedAt = performance.now();
+      S.lastSwitchMs = null;
       try {
         const res = await fetch(S.sessionUrl + '/room', {
           method: 'POST',
@@ -202,6 +208,7 @@
           render();
           return true;
         }
+        switchStartedAt = null;
         const err = await W.problemFrom(res);
         if (err.status === 401 || err.status === 403) {
           fail(err);
@@ -214,6 +221,7 @@
         // 404/405: the session is gone or the server cannot switch: start a new session.
       } catch (e) {
         // network trouble: fall through to a new session
+        switchStartedAt = null;
       } finally {
         switching = false;
       }
@@ -314,9 +322,9 @@
   }
 
   let roomsRendered = '';
+  const roomItems = new Map(); // room name -> its <li>, kept across updates
   function renderRooms() {
     const list = S.rooms ? S.rooms.slice() : [];
-    // Rebuild only on change, so that a click is never lost to a rebuild under the pointer.
     const sig = JSON.stringify([S.room, list, S.roomsAvailable]);
     if (sig === roomsRendered) return;
     roomsRendered = sig;
@@ -324,39 +332,58 @@
       list.push({ name: S.room, live: S.rooms ? false : null, viewers: null });
       list.sort((a, b) => String(a.name).localeCompare(String(b.name)));
     }
-    const frag = document.createDocumentFragment();
-    for (const r of list) {
-      const li = document.createElement('li');
-      const b = document.createElement('button');
-      b.type = 'button';
-      b.className = 'room';
-      b.dataset.room = r.name;
-      if (r.name === S.room) {
-        b.classList.add('current');
-        b.setAttribute('aria-current', 'true');
+    // Elements are updated in place, not rebuilt, so that a click (or a finger) on a room is
+    // never lost to an update of the viewer counts under it.
+    const keep = new Set(list.map((r) => r.name));
+    for (const [name, li] of roomItems) {
+      if (!keep.has(name)) {
+        li.remove();
+        roomItems.delete(name);
       }
-      const name = document.createElement('span');
-      name.className = 'room-label';
-      name.textContent = r.name;
-      const badge = document.createElement('span');
+    }
+    let prevLi = null;
+    for (const r of list) {
+      let li = roomItems.get(r.name);
+      if (!li) {
+        li = document.createElement('li');
+        const b = document.createElement('button');
+        b.type = 'button';
+        b.className = 'room';
+        b.dataset.room = r.name;
+        const name = document.createElement('span');
+        name.className = 'room-label';
+        name.textContent = r.name;
+        const badge = document.createElement('span');
+        const meta = document.createElement('span');
+        meta.className = 'room-meta';
+        b.append(name, badge, meta);
+        b.addEventListener('click', () => switchRoom(r.name));
+        li.append(b);
+        roomItems.set(r.name, li);
+      }
+      const b = li.firstChild;
+      const [, badge, meta] = b.children;
+      const current = r.name === S.room;
+      b.classList.toggle('current', current);
+      if (current) b.setAttribute('aria-current', 'true');
+      else b.removeAttribute('aria-current');
       badge.className = 'badge ' + (r.live ? 'live' : r.live === false ? 'idle' : 'unknown');
       badge.textContent = r.live ? 'live' : r.live === false ? 'idle' : '?';
-      const meta = document.createElement('span');
-      meta.className = 'room-meta';
       const bits = [];
       if (typeof r.viewers === 'number') bits.push(r.viewers + (r.viewers === 1 ? ' viewer' : ' viewers'));
       if (r.live && r.codec) bits.push(r.codec);
-      if (r.live && typeof r.bitrate_bps === 'number') bits.push(W.formatBitrate(r.bitrate_bps));
+      if (r.live && typeof r.bitrate_bps === 'number' && r.bitrate_bps > 0) {
+        bits.push(W.formatBitrate(r.bitrate_bps));
+      }
       meta.textContent = bits.join(' · ');
-      b.append(name, badge, meta);
-      b.addEventListener('click', () => switchRoom(r.name));
-      li.append(b);
-      frag.append(li);
+      // Keep the order of `list`.
+      const want = prevLi ? prevLi.nextSibling : ui.roomList.firstChild;
+      if (want !== li) ui.roomList.insertBefore(li, want);
+      prevLi = li;
     }
-    ui.roomList.replaceChildren(frag);
     if (S.roomsAvailable === false) {
       if (!ui.roomsNote.textContent) ui.roomsNote.textContent = 'this server has no room list';
-    } else if (S.rooms && S.rooms.length === 0) {
+    } else if (S.rooms && !S.rooms.some((r) => r.live)) {
       ui.roomsNote.textContent = 'nobody is publishing yet';
     } else {
       ui.roomsNote.textContent = '';
@@ -511,6 +538,12 @@
   ui.fullscreen.addEventListener('click', toggleFullscreen);
   video.addEventListener('dblclick', toggleFullscreen);
   video.addEventListener('volumechange', render);
+  video.addEventListener('resize', () => {
+    if (switchStartedAt !== null) {
+      S.lastSwitchMs = Math.round(performance.now() - switchStartedAt);
+      switchStartedAt = null;
+    }
+  });
   ui.reconnect.addEventListener('click', () => {
     attempt = 0;
     S.reconnects++;
