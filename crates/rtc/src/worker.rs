@@ -131,7 +131,7 @@ pub(crate) struct Worker {
     rooms: HashMap<RoomId, LocalRoom>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     outbox: Outbox,
-    followups: Vec<(u64, bool, Option<&'static str>)>,
+    followups: Vec<Followup>,
     /// Next frame time of the idle clip (when there is one).
     next_idle_frame: Option<Instant>,
     idle_packets: Vec<Arc<MediaPacket>>,
@@ -503,20 +503,15 @@ impl Worker {
         if local.gop.packets().is_empty() || !session.replay(local.gop.packets(), now) {
             return;
         }
-        drain_session(
+        drain_viewer(
             session,
             &mut self.outbox,
             &mut self.timers,
+            &mut self.followups,
             socket,
             &self.counters,
             now,
         );
-        // What a burst of sending can report (end, keyframe need) is handled on the next turn.
-        let kf = std::mem::take(&mut self.outbox.keyframe_request);
-        let ended = self.outbox.ended.take();
-        if kf || ended.is_some() {
-            self.followups.push((serial, kf, ended));
-        }
     }
 
     /// Moves a viewer to another room without renegotiation: its tracks restart at the new
@@ -592,19 +587,15 @@ impl Worker {
             if !session.forward(pkt, now) {
                 continue;
             }
-            drain_session(
+            drain_viewer(
                 session,
                 &mut self.outbox,
                 &mut self.timers,
+                &mut self.followups,
                 socket,
                 &self.counters,
                 now,
             );
-            let kf = std::mem::take(&mut self.outbox.keyframe_request);
-            let ended = self.outbox.ended.take();
-            if kf || ended.is_some() {
-                self.followups.push((*serial, kf, ended));
-            }
         }
     }
 
@@ -792,6 +783,28 @@ impl Worker {
             self.drain(serial, now, socket);
             self.end_session(serial, "server shutting down");
         }
+    }
+}
+
+/// What a viewer reports while packets are sent to it (keyframe needed, ended).
+type Followup = (u64, bool, Option<&'static str>);
+
+/// Drains a viewer during a fan-out or replay; what it reports is queued for
+/// [`Worker::process_followups`], since the room is still borrowed.
+fn drain_viewer(
+    session: &mut Session,
+    outbox: &mut Outbox,
+    timers: &mut BinaryHeap<Reverse<(Instant, u64)>>,
+    followups: &mut Vec<Followup>,
+    socket: &UdpSocket,
+    counters: &Counters,
+    now: Instant,
+) {
+    drain_session(session, outbox, timers, socket, counters, now);
+    let keyframe = std::mem::take(&mut outbox.keyframe_request);
+    let ended = outbox.ended.take();
+    if keyframe || ended.is_some() {
+        followups.push((session.serial, keyframe, ended));
     }
 }
 
