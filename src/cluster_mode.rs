@@ -13,6 +13,18 @@ use tokio::sync::mpsc;
 
 use crate::serve::ServeArgs;
 
+/// Where other nodes (the FTL proxy) reach this node's FTL listener: its own address, or the
+/// first advertised media address when it listens on all interfaces.
+fn ftl_address(args: &ServeArgs, ice_hosts: &[IpAddr]) -> Option<String> {
+    let listen: SocketAddr = args.ftl.ftl_listen.trim().parse().ok()?;
+    let ip = if listen.ip().is_unspecified() {
+        *ice_hosts.first()?
+    } else {
+        listen.ip()
+    };
+    Some(SocketAddr::new(ip, listen.port()).to_string())
+}
+
 /// This node's membership; cheap to clone.
 #[derive(Clone)]
 pub struct Membership {
@@ -41,7 +53,7 @@ pub async fn join(
         hostname,
         https_port: http.port(),
         public_addrs: ice_hosts.iter().map(IpAddr::to_string).collect(),
-        ftl_addr: None,
+        ftl_addr: ftl_address(args, ice_hosts),
         region: args.node.region.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };

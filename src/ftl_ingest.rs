@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use deadsfu_ftl::net::{
     BoxFuture, ChannelDirectory, ClaimError, DirectoryError, FtlPublisher, FtlServer,
-    FtlServerConfig,
+    FtlServerConfig, FtlServerHandle,
 };
 use deadsfu_ftl::{ChannelSecret, FtlMedia, MediaKind, StreamKey};
 use deadsfu_media::Codec;
@@ -110,15 +110,40 @@ pub async fn start(
         keys,
         rooms: args.ftl_room.iter().cloned().collect(),
         engine: engine.clone(),
-        cluster,
+        cluster: cluster.clone(),
         ftl_addr: control.to_string(),
     });
     let udp = SocketAddr::new(control.ip(), args.ftl_udp_port);
-    let server = FtlServer::bind(FtlServerConfig::new(control, udp), directory)
+    let server = FtlServer::bind(FtlServerConfig::new(control, udp), directory.clone())
         .await
         .with_context(|| format!("binding FTL on {control} (TCP) and {udp} (UDP)"))?;
     let bound = server.control_addr()?;
+    if cluster.is_some() {
+        tokio::spawn(end_streams_of_removed_keys(
+            server.handle(),
+            directory.clone(),
+        ));
+    }
     Ok(Some((bound, server, channels)))
+}
+
+/// How often live channels' keys are checked against the cluster's key store.
+const KEY_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// In cluster mode keys can be removed while a stream is live (`deadsfu cluster ftl-key rm`):
+/// such a stream is ended with FTL's 410.
+async fn end_streams_of_removed_keys(server: FtlServerHandle, directory: Arc<FtlChannels>) {
+    let mut tick = tokio::time::interval(KEY_CHECK_EVERY);
+    loop {
+        tick.tick().await;
+        for channel in server.live_channels() {
+            // A lookup error (Redis away) is not a removal: the stream goes on.
+            if let Ok(None) = directory.secret(channel).await {
+                tracing::info!(channel, "stream key removed: ending the FTL stream");
+                server.end_channel(channel);
+            }
+        }
+    }
 }
 
 struct FtlChannels {

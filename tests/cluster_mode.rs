@@ -2,14 +2,14 @@
 //! operator commands: a node joins through its bundle URL, leases the rooms it serves, shows in
 //! `deadsfu cluster status`, and leaves on SIGTERM.
 
-mod common;
-
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use deadsfu_client::{Peer, PeerOptions, Role};
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_deadsfu");
 
@@ -19,6 +19,15 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Removes a directory when dropped, even when the test fails.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A child process killed when dropped.
@@ -73,6 +82,7 @@ async fn node_joins_leases_rooms_and_leaves() {
     let dir = std::env::temp_dir().join(format!("deadsfu-cluster-mode-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = RemoveOnDrop(dir.clone());
     let cdir = dir.join("cluster");
     let cdir_s = cdir.to_str().unwrap();
     let log = |name: &str| dir.join(name);
@@ -133,6 +143,8 @@ async fn node_joins_leases_rooms_and_leaves() {
     // The bootstrap server and Redis come up on their own time: the node retries until both
     // answer (a start that fails is restarted, as a supervisor would).
     let http = free_port();
+    let ftl = free_port();
+    let ftl_listen = format!("127.0.0.1:{ftl}");
     let url_file = dir.join("sfu.url");
     std::fs::write(&url_file, &sfu_url).unwrap();
     let serve_args = [
@@ -150,7 +162,9 @@ async fn node_joins_leases_rooms_and_leaves() {
         "--region",
         "test",
         "--ftl-listen",
-        "",
+        &ftl_listen,
+        "--ftl-udp-port",
+        "0",
     ];
     let start_node = || {
         deadsfu(
@@ -210,6 +224,56 @@ async fn node_joins_leases_rooms_and_leaves() {
     })
     .await;
 
+    // FTL stream keys live in the cluster: set one, stream with it, watch it; removing the key
+    // ends the stream with FTL's 410.
+    let admin = [("DEADSFU_CLUSTER_URL", admin_url.as_str())];
+    run(
+        &["cluster", "ftl-key", "set", "777", "clustersecret"],
+        &admin,
+        &log("ftl-key.log"),
+    );
+    let mut push = common::FtlPush::start(ftl, "777-clustersecret", &["--loop"]);
+    let mut ftl_viewer = Peer::connect(
+        &format!("http://127.0.0.1:{http}/whep/777"),
+        Role::View,
+        PeerOptions::default(),
+    )
+    .await
+    .expect("FTL viewer");
+    ftl_viewer
+        .wait_until("the FTL stream", Duration::from_secs(20), |s| {
+            s.video.packets >= 60
+        })
+        .await
+        .unwrap();
+    // The FTL channel's lease names this node's FTL address (the room's lease does not).
+    eventually("the FTL channel lease", Duration::from_secs(10), || {
+        status(&dir).filter(|s| {
+            s.lines().any(|l| {
+                l.starts_with("777") && l.contains("sfu-a.test") && l.contains(&ftl_listen)
+            })
+        })
+    })
+    .await;
+    if !push.is_running() {
+        let (_, log) = push.wait(Duration::from_secs(1));
+        panic!(
+            "the FTL push ended early: {log}\n{}",
+            std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
+        );
+    }
+    run(
+        &["cluster", "ftl-key", "rm", "777"],
+        &admin,
+        &log("ftl-key.log"),
+    );
+    let (ok, push_log) = push.wait(Duration::from_secs(15));
+    assert!(
+        !ok && push_log.contains("410"),
+        "removed key ends the stream: {push_log}"
+    );
+    assert_eq!(ftl_viewer.delete().await.unwrap(), 200);
+
     // SIGTERM: the node drains and leaves the registry.
     let _ = Command::new("kill")
         .args(["-TERM", &node.0.id().to_string()])
@@ -232,5 +296,4 @@ async fn node_joins_leases_rooms_and_leaves() {
         assert!(!text.contains(token), "{name} contains the access token");
     }
     drop(node);
-    let _ = std::fs::remove_dir_all(&dir);
 }
