@@ -420,6 +420,26 @@ async fn every_error_status_has_a_problem_body() {
     for h in ["Location", "ETag", "Link"] {
         assert!(exposed.contains(h), "{exposed}");
     }
+    // The other routes pages on another origin call, with a token header or a JSON body.
+    for (path, method) in [
+        ("/api/rooms", "GET"),
+        ("/api/rooms/events", "GET"),
+        ("/session/abc/room", "POST"),
+    ] {
+        let res = http
+            .request(reqwest::Method::OPTIONS, sfu.url(path))
+            .header("origin", "https://example.org")
+            .header("access-control-request-method", method)
+            .header("access-control-request-headers", "authorization, content-type")
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "OPTIONS {path}: {}", res.status());
+        let allowed = res.headers().get("access-control-allow-methods").unwrap().to_str().unwrap();
+        assert!(allowed.contains(method), "{path}: {allowed}");
+        let headers = res.headers().get("access-control-allow-headers").unwrap().to_str().unwrap();
+        assert!(headers.contains("Authorization") && headers.contains("Content-Type"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,8 +19,21 @@ pub(crate) async fn add_cors_headers(req: Request, next: Next) -> Response {
     res
 }
 
+/// Preflight of `POST {session}/room` (a JSON body, maybe a bearer token).
+pub(crate) async fn preflight_json_post() -> Response {
+    preflight("POST, OPTIONS", Some(("accept-post", "application/json")))
+}
+
+/// Preflight of the `/api` reads (a bearer token in the Authorization header).
+pub(crate) async fn preflight_get() -> Response {
+    preflight("GET, OPTIONS", None)
+}
+
 /// Headers of an OPTIONS answer (CORS preflight and WHIP's discovery of what POST takes).
-pub(crate) fn preflight(methods: &'static str, accept: (&'static str, &'static str)) -> Response {
+pub(crate) fn preflight(
+    methods: &'static str,
+    accept: Option<(&'static str, &'static str)>,
+) -> Response {
     let mut res = Response::new(axum::body::Body::empty());
     *res.status_mut() = axum::http::StatusCode::NO_CONTENT;
     let h = res.headers_mut();
@@ -36,9 +49,11 @@ pub(crate) fn preflight(methods: &'static str, accept: (&'static str, &'static s
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("86400"),
     );
-    h.insert(
-        header::HeaderName::from_static(accept.0),
-        HeaderValue::from_static(accept.1),
-    );
+    if let Some((name, value)) = accept {
+        h.insert(
+            header::HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
     res
 }

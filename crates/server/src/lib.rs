@@ -58,11 +58,14 @@ pub fn router(state: AppState) -> Router {
                 .delete(session::delete)
                 .options(session::options),
         )
-        .route("/session/{id}/room", post(session::switch_room))
+        .route(
+            "/session/{id}/room",
+            post(session::switch_room).options(cors::preflight_json_post),
+        )
         .route("/whip", post(legacy::whip).options(whip::options))
         .route("/whap", post(legacy::whap).options(whep::options))
         .route("/switchRoom", get(legacy::switch_room))
-        .route("/api/rooms", get(api::rooms))
+        .route("/api/rooms", get(api::rooms).options(cors::preflight_get))
         .route("/", get(web::index))
         .route("/send", get(web::send))
         .route("/web/{*file}", get(web::asset))
@@ -75,7 +78,10 @@ pub fn router(state: AppState) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        .route("/api/rooms/events", get(api::room_events))
+        .route(
+            "/api/rooms/events",
+            get(api::room_events).options(cors::preflight_get),
+        )
         .layer(axum::middleware::from_fn(cors::add_cors_headers))
         .with_state(state)
 }

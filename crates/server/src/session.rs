@@ -101,7 +101,7 @@ pub(crate) async fn delete(
 pub(crate) async fn options() -> Response {
     cors::preflight(
         "PATCH, DELETE, OPTIONS",
-        ("accept-patch", "application/trickle-ice-sdpfrag"),
+        Some(("accept-patch", "application/trickle-ice-sdpfrag")),
     )
 }
 

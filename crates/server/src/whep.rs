@@ -20,7 +20,7 @@ pub(crate) async fn create(
 }
 
 pub(crate) async fn options(State(state): State<AppState>) -> Response {
-    let mut res = cors::preflight("POST, OPTIONS", ("accept-post", "application/sdp"));
+    let mut res = cors::preflight("POST, OPTIONS", Some(("accept-post", "application/sdp")));
     session::add_ice_server_links(&state, res.headers_mut());
     res
 }
