@@ -270,7 +270,6 @@ impl MediaEngine {
         };
         match result {
             Ok(created) => {
-                drop(created.local_ufrag);
                 inner.shared.rooms.release(room_arc);
                 Ok(SessionCreated {
                     id: id.to_string(),
@@ -392,9 +391,8 @@ impl MediaEngine {
                 local.ufrag, local.pass
             );
             let port = self.inner.ports[entry.worker];
-            for (i, ip) in self.inner.shared.config.ice_hosts.iter().enumerate() {
+            for ip in &self.inner.shared.config.ice_hosts {
                 if let Ok(c) = Candidate::host(SocketAddr::new(*ip, port), "udp") {
-                    let _ = i;
                     fragment.push_str(&format!("a={}\r\n", c.to_sdp_string()));
                 }
             }

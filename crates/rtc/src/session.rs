@@ -40,7 +40,8 @@ pub(crate) struct Session {
     pub timeout: Instant,
     /// Earliest entry this session has in the worker's timer heap.
     pub scheduled: Option<Instant>,
-    egress_totals: Vec<(Mid, u64, u64)>,
+    /// NACKs str0m has reported per stream so far.
+    nacks_seen: Vec<(Mid, u64)>,
 }
 
 pub(crate) enum Role {
@@ -179,7 +180,7 @@ impl Session {
             addrs: Vec::new(),
             timeout: now,
             scheduled: None,
-            egress_totals: Vec::new(),
+            nacks_seen: Vec::new(),
         }
     }
 
@@ -329,21 +330,16 @@ impl Session {
                 }
             }
             Event::MediaEgressStats(stats) => {
-                // str0m reports running totals per stream; count the increase.
-                let entry = match self.egress_totals.iter_mut().find(|e| e.0 == stats.mid) {
+                // str0m reports running NACK totals per stream; count the increase.
+                let seen = match self.nacks_seen.iter_mut().find(|e| e.0 == stats.mid) {
                     Some(e) => e,
                     None => {
-                        self.egress_totals.push((stats.mid, 0, 0));
-                        self.egress_totals.last_mut().expect("just pushed")
+                        self.nacks_seen.push((stats.mid, 0));
+                        self.nacks_seen.last_mut().expect("just pushed")
                     }
                 };
-                Counters::add(
-                    &counters.nacks_received,
-                    stats.nacks.saturating_sub(entry.1),
-                );
-                entry.1 = entry.1.max(stats.nacks);
-                let kf = stats.plis + stats.firs;
-                entry.2 = entry.2.max(kf);
+                Counters::add(&counters.nacks_received, stats.nacks.saturating_sub(seen.1));
+                seen.1 = seen.1.max(stats.nacks);
             }
             _ => {}
         }

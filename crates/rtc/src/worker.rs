@@ -41,9 +41,8 @@ pub(crate) struct CreateSession {
 }
 
 pub(crate) struct Created {
+    /// The SDP answer.
     pub answer: String,
-    /// Codecs the viewer can receive (empty for publishers).
-    pub local_ufrag: String,
 }
 
 pub(crate) enum Command {
@@ -396,7 +395,7 @@ impl Worker {
                 req.room.viewer_joined();
             }
         }
-        self.by_ufrag.insert(local_ufrag.clone(), req.serial);
+        self.by_ufrag.insert(local_ufrag, req.serial);
         self.sessions.insert(req.serial, session);
         if self.next_idle_frame.is_none() && self.shared.config.idle_clip.is_some() {
             self.next_idle_frame = Some(now);
@@ -411,7 +410,6 @@ impl Worker {
         );
         Ok(Created {
             answer: answer.to_sdp_string(),
-            local_ufrag,
         })
     }
 
