@@ -176,7 +176,21 @@ impl MediaEngine {
         for (index, (socket, (crx, irx))) in sockets.into_iter().zip(receivers).enumerate() {
             let c = Arc::new(Counters::default());
             counters.push(c.clone());
-            let worker = Worker::new(index, ports[index], shared.clone(), workers.clone(), c);
+            let addr = socket.local_addr().map_err(|source| EngineError::Bind {
+                addr: SocketAddr::new(shared.config.bind_ip, ports[index]),
+                source,
+            })?;
+            let send_socket = socket
+                .try_clone()
+                .map_err(|source| EngineError::Bind { addr, source })?;
+            let worker = Worker::new(
+                index,
+                ports[index],
+                shared.clone(),
+                workers.clone(),
+                c,
+                send_socket,
+            );
             let thread = std::thread::Builder::new()
                 .name(format!("media-{index}"))
                 .spawn(move || worker.run(socket, crx, irx))

@@ -13,6 +13,7 @@ pub mod error;
 mod ingest;
 pub mod metrics;
 pub mod sdp;
+mod send_batch;
 mod session;
 mod stun;
 mod worker;

@@ -191,8 +191,9 @@ impl Session {
         }
     }
 
-    /// Sends one room packet to this viewer. Returns false when nothing was queued.
-    pub fn forward(&mut self, pkt: &MediaPacket, now: Instant) -> bool {
+    /// Queues one room packet for this viewer (str0m sends it when time next advances).
+    /// Returns false when nothing was queued.
+    pub fn write(&mut self, pkt: &MediaPacket) -> bool {
         let Role::Viewer(viewer) = &mut self.role else {
             return false;
         };
@@ -221,16 +222,12 @@ impl Session {
                 pt,
                 rw.seq.into(),
                 rw.timestamp,
-                pkt.arrival,
+                pkt.capture,
                 pkt.payload.clone(),
             )
             .marker(pkt.marker)
             .nackable(pkt.kind() == MediaKind::Video),
         );
-        // str0m moves queued packets to the wire when time advances.
-        if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
-            tracing::debug!(session = %self.id, error = %e, "viewer rejected timeout input");
-        }
         true
     }
 

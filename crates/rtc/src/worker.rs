@@ -22,6 +22,7 @@ use crate::engine::Shared;
 use crate::error::SessionError;
 use crate::metrics::Counters;
 use crate::sdp::{OfferSummary, SectionKind, VideoFamily};
+use crate::send_batch::SendBatch;
 use crate::session::{Outbox, Publisher, Role, Session, SessionKind, Viewer};
 use crate::stun;
 
@@ -134,15 +135,22 @@ pub(crate) struct Worker {
     /// Next frame time of the idle clip (when there is one).
     next_idle_frame: Option<Instant>,
     idle_packets: Vec<Arc<MediaPacket>>,
+    /// Room packets of this turn, fanned out together at its end (one str0m poll cycle per
+    /// viewer per turn rather than per packet).
+    pending: Vec<(RoomId, Arc<MediaPacket>)>,
+    /// This turn's outgoing datagrams.
+    sends: SendBatch,
 }
 
 impl Worker {
+    /// `send_socket` is a clone of the worker's socket, used for sending.
     pub fn new(
         index: usize,
         local_port: u16,
         shared: Arc<Shared>,
         peers: Arc<[WorkerHandle]>,
         counters: Arc<Counters>,
+        send_socket: std::net::UdpSocket,
     ) -> Self {
         Worker {
             index,
@@ -159,6 +167,8 @@ impl Worker {
             followups: Vec::new(),
             next_idle_frame: None,
             idle_packets: Vec::new(),
+            pending: Vec::new(),
+            sends: SendBatch::new(send_socket),
         }
     }
 
@@ -193,38 +203,50 @@ impl Worker {
                     biased;
                     cmd = commands.recv() => match cmd {
                         Some(Command::Shutdown) | None => {
-                            self.shutdown(&socket);
+                            self.shutdown();
+                            // The goodbyes (DTLS close_notify, RTCP BYE) go out before we stop.
+                            self.sends.flush(&self.counters);
                             break;
                         }
-                        Some(cmd) => self.handle_command(cmd, &socket),
+                        Some(cmd) => self.handle_command(cmd),
                     },
                     res = socket.recv_from(&mut buf) => {
                         match res {
-                            Ok((n, from)) => self.handle_datagram(&buf[..n], from, &socket),
+                            Ok((n, from)) => self.handle_datagram(&buf[..n], from),
                             Err(e) => tracing::debug!(worker = self.index, error = %e, "recv"),
                         }
                         // Read what else is waiting before going round the select again.
                         for _ in 0..RECV_BATCH {
                             match socket.try_recv_from(&mut buf) {
-                                Ok((n, from)) => self.handle_datagram(&buf[..n], from, &socket),
+                                Ok((n, from)) => self.handle_datagram(&buf[..n], from),
                                 Err(_) => break,
                             }
                         }
                     }
                     Some(p) = inbox.recv() => {
-                        self.fanout_local(p.room, &p.packet, &socket);
+                        self.pending.push((p.room, p.packet));
                         while let Ok(p) = inbox.try_recv() {
-                            self.fanout_local(p.room, &p.packet, &socket);
+                            self.pending.push((p.room, p.packet));
                         }
                     }
                     _ = tokio::time::sleep_until(deadline.into()) => {
-                        self.handle_timers(&socket);
-                        self.play_idle(&socket);
+                        self.handle_timers();
+                        self.play_idle();
                     }
                 }
-                self.process_followups(&socket);
+                self.finish_turn();
             }
         });
+    }
+
+    /// What every turn of the loop ends with: the fan-out of the turn's packets, what viewers
+    /// reported meanwhile, and the datagrams it all produced.
+    fn finish_turn(&mut self) {
+        self.flush_fanout();
+        self.process_followups();
+        // Follow-ups (keyframe requests) can make a local publisher's session emit packets.
+        self.flush_fanout();
+        self.sends.flush(&self.counters);
     }
 
     fn next_deadline(&self) -> Instant {
@@ -238,7 +260,7 @@ impl Worker {
         deadline
     }
 
-    fn handle_command(&mut self, cmd: Command, socket: &UdpSocket) {
+    fn handle_command(&mut self, cmd: Command) {
         let now = Instant::now();
         match cmd {
             Command::Create { req, reply } => {
@@ -249,7 +271,7 @@ impl Worker {
                     // The HTTP request went away: nobody will ever learn this session's URL.
                     self.end_session(serial, "creator went away");
                 } else if ok {
-                    self.drain(serial, now, socket);
+                    self.drain(serial, now);
                 }
             }
             Command::AddCandidates { serial, candidates } => {
@@ -257,7 +279,7 @@ impl Worker {
                     for c in candidates {
                         s.rtc.add_remote_candidate(c);
                     }
-                    self.drain(serial, now, socket);
+                    self.drain(serial, now);
                 }
             }
             Command::RestartIce {
@@ -277,12 +299,12 @@ impl Worker {
                 s.local_ufrag = local.ufrag.clone();
                 self.by_ufrag.insert(local.ufrag.clone(), serial);
                 let _ = reply.send(Ok(local));
-                self.drain(serial, now, socket);
+                self.drain(serial, now);
             }
             Command::Close { serial, reply } => {
                 let found = if let Some(s) = self.sessions.get_mut(&serial) {
                     s.rtc.disconnect();
-                    self.drain(serial, now, socket);
+                    self.drain(serial, now);
                     self.end_session(serial, "closed by DELETE");
                     true
                 } else {
@@ -290,13 +312,13 @@ impl Worker {
                 };
                 let _ = reply.send(found);
             }
-            Command::KeyframeRequest { room } => self.keyframe_request_local(room, now, socket),
+            Command::KeyframeRequest { room } => self.keyframe_request_local(room, now),
             Command::SwitchRoom {
                 serial,
                 room,
                 reply,
             } => {
-                let result = self.switch_room(serial, room, now, socket);
+                let result = self.switch_room(serial, room, now);
                 let _ = reply.send(result);
             }
             Command::Shutdown => {}
@@ -413,7 +435,7 @@ impl Worker {
         })
     }
 
-    fn handle_datagram(&mut self, buf: &[u8], from: SocketAddr, socket: &UdpSocket) {
+    fn handle_datagram(&mut self, buf: &[u8], from: SocketAddr) {
         let now = Instant::now();
         let serial = match self.by_addr.get(&from) {
             Some(s) => *s,
@@ -452,12 +474,12 @@ impl Worker {
             tracing::debug!(session = %session.id, error = %e, "input rejected");
         }
         session.last_input = now;
-        self.drain(serial, now, socket);
+        self.drain(serial, now);
     }
 
     /// Drains a session's outputs: sends its datagrams, collects its events, schedules its
     /// next timeout, then acts on what it reported (packets to fan out, keyframe requests, end).
-    fn drain(&mut self, serial: u64, now: Instant, socket: &UdpSocket) {
+    fn drain(&mut self, serial: u64, now: Instant) {
         let Some(session) = self.sessions.get_mut(&serial) else {
             return;
         };
@@ -465,7 +487,7 @@ impl Worker {
             session,
             &mut self.outbox,
             &mut self.timers,
-            socket,
+            &mut self.sends,
             &self.counters,
             now,
         );
@@ -473,16 +495,16 @@ impl Worker {
         if !self.outbox.packets.is_empty() {
             let mut packets = std::mem::take(&mut self.outbox.packets);
             for pkt in packets.drain(..) {
-                self.route(&room, pkt, socket);
+                self.route(&room, pkt);
             }
             // Hand the (empty) vector back so its capacity is reused.
             self.outbox.packets = packets;
         }
         if std::mem::take(&mut self.outbox.viewer_connected) {
-            self.replay_gop(serial, room.id, now, socket);
+            self.replay_gop(serial, room.id, now);
         }
         if std::mem::take(&mut self.outbox.keyframe_request) {
-            self.request_keyframe(&room, now, socket);
+            self.request_keyframe(&room, now);
         }
         if let Some(reason) = self.outbox.ended.take() {
             self.end_session(serial, reason);
@@ -491,7 +513,7 @@ impl Worker {
 
     /// Gives a viewer the room's current GOP at once, so its first picture needs no keyframe
     /// from the publisher.
-    fn replay_gop(&mut self, serial: u64, room: RoomId, now: Instant, socket: &UdpSocket) {
+    fn replay_gop(&mut self, serial: u64, room: RoomId, now: Instant) {
         let Some(local) = self.rooms.get(&room) else {
             return;
         };
@@ -506,7 +528,7 @@ impl Worker {
             &mut self.outbox,
             &mut self.timers,
             &mut self.followups,
-            socket,
+            &mut self.sends,
             &self.counters,
             now,
         );
@@ -519,7 +541,6 @@ impl Worker {
         serial: u64,
         room: Arc<Room>,
         now: Instant,
-        socket: &UdpSocket,
     ) -> Result<(), SessionError> {
         let Some(session) = self.sessions.get_mut(&serial) else {
             self.shared.rooms.release(room);
@@ -545,13 +566,13 @@ impl Worker {
         room.viewer_joined();
         tracing::info!(session = %session.id, from = %old.name, to = %room.name, "viewer switched rooms");
         self.shared.rooms.release(old);
-        self.replay_gop(serial, room.id, now, socket);
-        self.request_keyframe(&room, now, socket);
+        self.replay_gop(serial, room.id, now);
+        self.request_keyframe(&room, now);
         Ok(())
     }
 
     /// Sends a publisher's packet to every worker (each keeps the room's GOP for its viewers).
-    fn route(&mut self, room: &Arc<Room>, pkt: Arc<MediaPacket>, socket: &UdpSocket) {
+    fn route(&mut self, room: &Arc<Room>, pkt: Arc<MediaPacket>) {
         room.record_ingress(pkt.codec, pkt.payload.len());
         for (w, peer) in self.peers.iter().enumerate() {
             if w == self.index {
@@ -565,32 +586,68 @@ impl Worker {
                 Counters::add(&self.counters.fanout_drops, 1);
             }
         }
-        self.fanout_local(room.id, &pkt, socket);
+        self.pending.push((room.id, pkt));
     }
 
-    /// Forwards one packet to this worker's viewers of `room`.
-    fn fanout_local(&mut self, room: RoomId, pkt: &Arc<MediaPacket>, socket: &UdpSocket) {
-        let local = self.rooms.entry(room).or_default();
-        if pkt.kind() == MediaKind::Video && !pkt.source.is_idle() {
-            if self.shared.config.gop_cache {
-                local.gop.push(pkt);
-            }
-            local.last_live_video = Some(pkt.arrival);
+    /// Forwards this turn's room packets to this worker's viewers, room by room in order.
+    fn flush_fanout(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        if pending.windows(2).any(|w| w[0].0 != w[1].0) {
+            // Several rooms this turn: group them (a stable sort keeps each room's order).
+            pending.sort_by_key(|(room, _)| *room);
         }
         let now = Instant::now();
+        let mut start = 0;
+        while start < pending.len() {
+            let room = pending[start].0;
+            let len = pending[start..]
+                .iter()
+                .take_while(|(r, _)| *r == room)
+                .count();
+            self.fanout_batch(room, &pending[start..start + len], now);
+            start += len;
+        }
+        pending.clear();
+        // Hand the (empty) vector back so its capacity is reused.
+        self.pending = pending;
+    }
+
+    /// Forwards packets of one room to this worker's viewers of it: each viewer gets all of
+    /// them, then one str0m poll cycle.
+    fn fanout_batch(&mut self, room: RoomId, packets: &[(RoomId, Arc<MediaPacket>)], now: Instant) {
+        let local = self.rooms.entry(room).or_default();
+        for (_, pkt) in packets {
+            if pkt.kind() == MediaKind::Video && !pkt.source.is_idle() {
+                if self.shared.config.gop_cache {
+                    local.gop.push(pkt);
+                }
+                local.last_live_video = Some(pkt.arrival);
+            }
+        }
         for serial in &local.viewers {
             let Some(session) = self.sessions.get_mut(serial) else {
                 continue;
             };
-            if !session.forward(pkt, now) {
+            let mut queued = false;
+            for (_, pkt) in packets {
+                queued |= session.write(pkt);
+            }
+            if !queued {
                 continue;
+            }
+            // str0m moves queued packets to the wire when time advances.
+            if let Err(e) = session.rtc.handle_input(Input::Timeout(now)) {
+                tracing::debug!(session = %session.id, error = %e, "viewer rejected timeout input");
             }
             drain_viewer(
                 session,
                 &mut self.outbox,
                 &mut self.timers,
                 &mut self.followups,
-                socket,
+                &mut self.sends,
                 &self.counters,
                 now,
             );
@@ -598,7 +655,7 @@ impl Worker {
     }
 
     /// Acts on what viewers reported during a fan-out, once the room is no longer borrowed.
-    fn process_followups(&mut self, socket: &UdpSocket) {
+    fn process_followups(&mut self) {
         if self.followups.is_empty() {
             return;
         }
@@ -606,7 +663,7 @@ impl Worker {
         let followups = std::mem::take(&mut self.followups);
         for (serial, keyframe, ended) in followups {
             if keyframe && let Some(room) = self.sessions.get(&serial).map(|s| s.room.clone()) {
-                self.request_keyframe(&room, now, socket);
+                self.request_keyframe(&room, now);
             }
             if let Some(reason) = ended {
                 self.end_session(serial, reason);
@@ -614,9 +671,9 @@ impl Worker {
         }
     }
 
-    fn request_keyframe(&mut self, room: &Arc<Room>, now: Instant, socket: &UdpSocket) {
+    fn request_keyframe(&mut self, room: &Arc<Room>, now: Instant) {
         match room.publisher_worker() {
-            Some(w) if w == self.index => self.keyframe_request_local(room.id, now, socket),
+            Some(w) if w == self.index => self.keyframe_request_local(room.id, now),
             Some(w) => {
                 if let Some(peer) = self.peers.get(w) {
                     let _ = peer
@@ -628,7 +685,7 @@ impl Worker {
         }
     }
 
-    fn keyframe_request_local(&mut self, room: RoomId, now: Instant, socket: &UdpSocket) {
+    fn keyframe_request_local(&mut self, room: RoomId, now: Instant) {
         let Some(serial) = self.rooms.get(&room).and_then(|r| r.publisher) else {
             return;
         };
@@ -640,11 +697,11 @@ impl Worker {
         };
         if p.keyframe_gate.request(now) && p.send_keyframe_request(&mut session.rtc) {
             Counters::add(&self.counters.keyframe_requests_sent, 1);
-            self.drain(serial, now, socket);
+            self.drain(serial, now);
         }
     }
 
-    fn handle_timers(&mut self, socket: &UdpSocket) {
+    fn handle_timers(&mut self) {
         let now = Instant::now();
         while let Some(Reverse((at, serial))) = self.timers.peek().copied() {
             if at > now {
@@ -678,13 +735,13 @@ impl Worker {
             {
                 tracing::debug!(session = %session.id, error = %e, "timeout input rejected");
             }
-            self.drain(serial, now, socket);
+            self.drain(serial, now);
         }
     }
 
     /// Sends the next idle-clip frame to viewers of rooms without live video, and forgets
     /// rooms that nothing here uses any more.
-    fn play_idle(&mut self, socket: &UdpSocket) {
+    fn play_idle(&mut self) {
         let now = Instant::now();
         let Some(next) = self.next_idle_frame else {
             return;
@@ -727,10 +784,7 @@ impl Worker {
             if let Some(local) = self.rooms.get_mut(&id) {
                 local.idle.next_frame(&clip, now, &mut packets);
             }
-            for pkt in &packets {
-                self.fanout_local(id, pkt, socket);
-            }
-            packets.clear();
+            self.pending.extend(packets.drain(..).map(|p| (id, p)));
             self.idle_packets = packets;
         }
         if self.sessions.is_empty() {
@@ -771,14 +825,14 @@ impl Worker {
         self.shared.rooms.release(room);
     }
 
-    fn shutdown(&mut self, socket: &UdpSocket) {
+    fn shutdown(&mut self) {
         let now = Instant::now();
         let serials: Vec<u64> = self.sessions.keys().copied().collect();
         for serial in serials {
             if let Some(s) = self.sessions.get_mut(&serial) {
                 s.rtc.disconnect();
             }
-            self.drain(serial, now, socket);
+            self.drain(serial, now);
             self.end_session(serial, "server shutting down");
         }
     }
@@ -794,11 +848,11 @@ fn drain_viewer(
     outbox: &mut Outbox,
     timers: &mut BinaryHeap<Reverse<(Instant, u64)>>,
     followups: &mut Vec<Followup>,
-    socket: &UdpSocket,
+    sends: &mut SendBatch,
     counters: &Counters,
     now: Instant,
 ) {
-    drain_session(session, outbox, timers, socket, counters, now);
+    drain_session(session, outbox, timers, sends, counters, now);
     let keyframe = std::mem::take(&mut outbox.keyframe_request);
     let ended = outbox.ended.take();
     if keyframe || ended.is_some() {
@@ -811,7 +865,7 @@ fn drain_session(
     session: &mut Session,
     outbox: &mut Outbox,
     timers: &mut BinaryHeap<Reverse<(Instant, u64)>>,
-    socket: &UdpSocket,
+    sends: &mut SendBatch,
     counters: &Counters,
     now: Instant,
 ) {
@@ -826,13 +880,7 @@ fn drain_session(
                 }
                 return;
             }
-            Ok(Output::Transmit(t)) => match socket.try_send_to(&t.contents, t.destination) {
-                Ok(n) => {
-                    Counters::add(&counters.packets_out, 1);
-                    Counters::add(&counters.bytes_out, n as u64);
-                }
-                Err(_) => Counters::add(&counters.send_drops, 1),
-            },
+            Ok(Output::Transmit(t)) => sends.push(t.destination, t.contents, counters),
             Ok(Output::Event(event)) => session.handle_event(event, outbox, counters),
             Err(e) => {
                 tracing::debug!(session = %session.id, error = %e, "session failed");
