@@ -54,6 +54,9 @@ struct SessionEntry {
 /// State shared by the engine handle and the workers (touched off the media path only).
 pub(crate) struct Shared {
     pub config: EngineConfig,
+    /// One DTLS certificate for every session (generating a key per session costs time at
+    /// each join for nothing: peers check the fingerprint in the SDP, not an identity).
+    pub dtls_cert: Option<str0m::config::DtlsCert>,
     pub rooms: Rooms,
     /// Live non-WebRTC publishers, and packets of theirs dropped at a full worker inbox.
     pub ingests: AtomicUsize,
@@ -152,8 +155,15 @@ impl MediaEngine {
             .map(|s| s.local_addr().map(|a| a.port()).unwrap_or(0))
             .collect();
 
+        let dtls_cert = str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate();
+        if dtls_cert.is_none() {
+            tracing::warn!("no shared DTLS certificate: each session will make its own");
+        }
         let shared = Arc::new(Shared {
             config,
+            dtls_cert,
             rooms: Rooms::new(),
             ingests: AtomicUsize::new(0),
             ingest_drops: AtomicU64::new(0),

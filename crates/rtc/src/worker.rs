@@ -344,6 +344,18 @@ impl Worker {
             (SessionKind::Publisher, Some(VideoFamily::Av1)) => builder.enable_av1(true),
             (SessionKind::Publisher, None) => builder,
         };
+        let builder = match &self.shared.dtls_cert {
+            Some(cert) => builder.set_dtls_cert(cert.clone()),
+            None => builder,
+        };
+        // Resends come from this buffer. 500 video packets are 4 s at 1 Mbit/s and still about
+        // half a second at 8 Mbit/s, plenty for NACKs; str0m's default (1000) doubles the memory
+        // every viewer holds. Audio is not resent.
+        let builder = if req.kind == SessionKind::Viewer {
+            builder.set_send_buffer_video(500)
+        } else {
+            builder
+        };
         let mut rtc = builder.build(now);
         for ip in &self.shared.config.ice_hosts {
             let addr = SocketAddr::new(*ip, self.local_port);
