@@ -30,6 +30,8 @@ enum Command {
     Cluster(deadsfu_cluster::ClusterCommand),
     /// Stream an H264 Annex-B file and an Ogg Opus file to an FTL server, as OBS would.
     FtlPush(deadsfu_ftl::net::PushArgs),
+    /// Publish a synthetic stream and open many viewers; report loss, latency and start-up times.
+    Loadtest(deadsfu_loadtest::LoadtestArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +49,10 @@ fn main() -> anyhow::Result<()> {
         Some(Command::FtlPush(args)) => {
             serve::init_logging(serve::LogFormat::Human)?;
             runtime.block_on(ftl_push(args))
+        }
+        Some(Command::Loadtest(args)) => {
+            serve::init_logging(serve::LogFormat::Human)?;
+            runtime.block_on(deadsfu_loadtest::run(args))
         }
         Some(Command::Serve(args)) => run_serve(&runtime, *args),
         None => run_serve(&runtime, cli.serve),

@@ -1,0 +1,393 @@
+#!/usr/bin/env python3
+"""The deadsfu benchmark driver (run through bench/run, which builds and sets up first).
+
+Measures, in one run, on loopback, with the SFU pinned to CPU 0 and the load generator to CPU 1:
+  1. the raw UDP send rate of one core (deadsfu-udprate),
+  2. deadsfu viewers per core (1 Mbit/s H264 + Opus, raise viewers until loss > 0.1%),
+  3. Janus (streaming plugin) under the same load,
+  4. RSS per viewer (slope),
+  5. time to first frame with a 4 s keyframe interval (GOP cache on and off),
+  6. forwarding latency p50/p99 at 80% of deadsfu's capacity,
+and writes BENCHMARKS.md with a plot of loss and CPU against viewers.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOSS_LIMIT_PCT = 0.1
+DELIVERY_MIN_PCT = 97.0  # the delivery figure reads up to ~2% high (200 ms report lag)
+SFU_CPU = "0"
+GEN_CPU = "1"
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A server under test, pinned to SFU_CPU, stopped when the step ends."""
+
+    def __init__(self, proc, kind, whip=None, whep=None, janus=None):
+        self.proc, self.kind = proc, kind
+        self.whip, self.whep, self.janus = whip, whep, janus
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_deadsfu(bins, extra=()):
+    port = free_port()
+    cmd = ["taskset", "-c", SFU_CPU, f"{bins}/deadsfu", "serve",
+           "--http", f"127.0.0.1:{port}", "--udp-port", "0", "--workers", "1",
+           "--ice-candidate-host", "127.0.0.1",
+           "--ftl-listen", f"127.0.0.1:{free_port()}", "--ftl-udp-port", "0", *extra]
+    env = dict(os.environ, RUST_LOG="warn")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env=env, text=True)
+    # The banner is printed once the HTTP listener is bound.
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        raise RuntimeError(f"deadsfu did not start: {line!r}")
+    base = f"http://127.0.0.1:{port}"
+    return Server(proc, "deadsfu", whip=f"{base}/whip/bench", whep=f"{base}/whep/bench")
+
+
+def start_janus(preload):
+    env = dict(os.environ, LD_PRELOAD=preload)
+    proc = subprocess.Popen(["taskset", "-c", SFU_CPU, "janus", "-F", "bench/janus", "-d", "2"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
+    url = "http://127.0.0.1:8088/janus/info"
+    deadline = time.time() + 20
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise RuntimeError("janus did not start (is port 8088 free?)")
+            time.sleep(0.2)  # polling a process that has no readiness signal
+    return Server(proc, "janus", janus="http://127.0.0.1:8088/janus")
+
+
+def loadtest(bins, server, viewers, duration, ramp=None, extra=()):
+    if "--ramp" in extra:
+        ramp = float(extra[extra.index("--ramp") + 1])
+    else:
+        ramp = ramp or min(200, max(50, viewers // 8))
+        extra = ["--ramp", str(ramp), *extra]
+    cmd = ["taskset", "-c", GEN_CPU, f"{bins}/deadsfu-loadtest", "--quiet",
+           "--viewers", str(viewers), "--duration", f"{duration}s",
+           "--bitrate", "1M", "--sfu-pid", str(server.proc.pid), *extra]
+    if server.kind == "deadsfu":
+        cmd += ["--whip", server.whip, "--whep", server.whep]
+    else:
+        cmd += ["--janus", server.janus]
+    out = subprocess.run(cmd, capture_output=True, text=True,
+                         timeout=duration + viewers / ramp + 120)
+    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"loadtest failed: {out.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def step(bins, kind, preload, viewers, duration, extra_server=(), extra_load=()):
+    server = (start_deadsfu(bins, extra_server) if kind == "deadsfu"
+              else start_janus(preload))
+    try:
+        r = loadtest(bins, server, viewers, duration, extra=extra_load)
+    finally:
+        server.stop()
+    # Passing: little loss, every viewer connected, and the server keeps up (a server that
+    # falls behind queues in its socket buffer before it drops, so its delivery sinks first).
+    r["ok"] = (r["loss_pct"] <= LOSS_LIMIT_PCT and r["connected"] == viewers
+               and (r.get("delivery_pct") or 0) >= DELIVERY_MIN_PCT)
+    log(f"  {kind:7} {viewers:5} viewers: loss {r['loss_pct']:.3f}% connected {r['connected']} "
+        f"delivered {r.get('delivery_pct')}% latency p99 {r.get('latency_p99_ms')} ms "
+        f"sfu cpu {r['sfu_cpu_pct']}% rss {r['sfu_rss_kib']} KiB, {r['pps']:.0f} pkt/s, "
+        f"generator cpu {r['generator_cpu_pct']}% -> {'ok' if r['ok'] else 'over'}")
+    return r
+
+
+def capacity(bins, kind, preload, ladder, duration, refine):
+    """Raises viewers along `ladder` until a step fails, then bisects `refine` times."""
+    points = []
+    good, bad = None, None
+    for n in ladder:
+        r = step(bins, kind, preload, n, duration)
+        points.append(r)
+        if r["ok"]:
+            good = r
+        else:
+            bad = r
+            break
+    for _ in range(refine):
+        if good is None or bad is None or bad["viewers"] - good["viewers"] <= max(10, good["viewers"] // 20):
+            break
+        n = (good["viewers"] + bad["viewers"]) // 2
+        r = step(bins, kind, preload, n, duration)
+        points.append(r)
+        if r["ok"]:
+            good = r
+        else:
+            bad = r
+    points.sort(key=lambda p: p["viewers"])
+    return points, good
+
+
+def slope(points, key):
+    """Least-squares slope of `key` over viewers."""
+    pts = [(p["viewers"], p[key]) for p in points if p.get(key) is not None]
+    if len(pts) < 2:
+        return None
+    n = len(pts)
+    mx = sum(x for x, _ in pts) / n
+    my = sum(y for _, y in pts) / n
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    return sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx else None
+
+
+def udprate(bins, seconds):
+    out = subprocess.run([f"{bins}/deadsfu-udprate", "--seconds", str(seconds),
+                          "--send-cpu", SFU_CPU, "--recv-cpu", GEN_CPU],
+                         capture_output=True, text=True, check=True)
+    log(out.stderr.strip())
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def plot(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for kind, style in (("deadsfu", "o-"), ("janus", "s--")):
+        pts = results["capacity"][kind]["points"]
+        xs = [p["viewers"] for p in pts]
+        ax1.plot(xs, [max(p["loss_pct"], 1e-4) for p in pts], style, label=kind)
+        ax2.plot(xs, [p["sfu_cpu_pct"] or 0 for p in pts], style, label=kind)
+    ax1.axhline(LOSS_LIMIT_PCT, color="grey", lw=0.8, ls=":")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("viewers (1 Mbit/s H264 + Opus)")
+    ax1.set_ylabel("loss % (floor 1e-4)")
+    ax1.set_title("Loss against viewers")
+    ax2.set_xlabel("viewers (1 Mbit/s H264 + Opus)")
+    ax2.set_ylabel("server CPU % (one core)")
+    ax2.set_title("Server CPU against viewers")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def machine():
+    def sh(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
+        except OSError:
+            return ""
+    lscpu = sh(["lscpu"])
+    keep = ("Architecture", "Model name", "CPU(s)", "Thread(s) per core", "CPU max MHz",
+            "L2 cache", "L3 cache", "Hypervisor vendor", "Virtualization type")
+    lines = [l for l in lscpu.splitlines() if l.split(":")[0].strip() in keep]
+    return {"uname": sh(["uname", "-srvmo"]), "lscpu": "\n".join(lines),
+            "janus": sh(["dpkg-query", "-W", "-f", "${Version}", "janus"]),
+            "rustc": sh(["rustc", "--version"])}
+
+
+def fmt(v, digits=2):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def write_markdown(results, path, plot_rel):
+    m = results["machine"]
+    u = results["udprate"]
+    d = results["capacity"]["deadsfu"]
+    j = results["capacity"]["janus"]
+    dcap = d["capacity"] or {}
+    jcap = j["capacity"] or {}
+    best = u["best_pps"]
+    dpps = dcap.get("pps")
+    ratio_raw = dpps / best if dpps else None
+    ratio_janus = (dcap.get("viewers", 0) / jcap["viewers"]) if jcap.get("viewers") else None
+    lat = results["latency"]
+    tt = results["ttff"]
+    rss = results["rss_per_viewer_kib"]
+    targets = [
+        ("≥ 2000 viewers per core at < 0.1% loss", f"{dcap.get('viewers', 0)}",
+         dcap.get("viewers", 0) >= 2000),
+        ("≥ 60% of raw UDP send rate per core", fmt(ratio_raw and ratio_raw * 100, 1) + "%",
+         ratio_raw is not None and ratio_raw >= 0.6),
+        ("≥ 3× Janus's viewers per core", fmt(ratio_janus, 1) + "×",
+         ratio_janus is not None and ratio_janus >= 3),
+        ("forwarding latency p99 < 2 ms at 80% load", fmt(lat["deadsfu"].get("latency_p99_ms")) + " ms",
+         (lat["deadsfu"].get("latency_p99_ms") or 1e9) < 2),
+        ("RSS ≤ 100 KiB per viewer", fmt(rss["deadsfu"], 1) + " KiB",
+         rss["deadsfu"] is not None and rss["deadsfu"] <= 100),
+    ]
+
+    def points_table(points):
+        rows = ["| viewers | connected | loss % | delivered % | latency p50 / p99 ms | Mbit/s out | pkt/s out | server CPU % | server RSS KiB | generator CPU % |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for p in points:
+            rows.append(f"| {p['viewers']} | {p['connected']} | {p['loss_pct']:.3f} | "
+                        f"{fmt(p.get('delivery_pct'), 1)} | {fmt(p.get('latency_p50_ms'))} / {fmt(p.get('latency_p99_ms'))} | "
+                        f"{p['mbps']:.0f} | {p['pps']:.0f} | {fmt(p['sfu_cpu_pct'], 0)} | "
+                        f"{p['sfu_rss_kib']} | {fmt(p['generator_cpu_pct'], 0)} |")
+        return "\n".join(rows)
+
+    md = f"""# Benchmarks
+
+Measured by `bench/run` ({results['mode']} run, {results['date']}); the method is in
+[bench/README.md](bench/README.md). Everything runs on loopback on one machine: the server
+under test is pinned to CPU {SFU_CPU} (`taskset`), deadsfu with one media worker
+(`--workers 1`); the load generator (`deadsfu loadtest`, which is also the publisher) is
+pinned to CPU {GEN_CPU}. The stream is the load generator's synthetic 1 Mbit/s H264
+(30 fps, keyframe every 2 s, payloads ≤ 1100 bytes) plus Opus-sized audio at 50 packets/s,
+about {results['stream_pps']:.0f} packets/s per viewer. Loss is counted over the measuring window
+(from 3 s after the last viewer started) from sequence gaps not filled within 256 packets.
+
+## Machine
+
+```
+{m['uname']}
+{m['lscpu']}
+{m['rustc']}; Janus {m['janus']} (Debian)
+```
+
+## Results
+
+| | deadsfu | Janus |
+|---|---:|---:|
+| (1) raw UDP send rate of one core, 1200-byte datagrams | {best:,.0f} /s (best of sendto {u['sendto_pps']:,.0f}, sendmmsg {u['sendmmsg_pps']:,.0f}, GSO {u['gso_pps']:,.0f}, sendmmsg+GSO {u['sendmmsg_gso_pps']:,.0f}) | |
+| (2, 3) viewers per core at < {LOSS_LIMIT_PCT}% loss and ≥ {DELIVERY_MIN_PCT:.0f}% delivered | **{dcap.get('viewers', 0)}** | **{jcap.get('viewers', 0)}** |
+| egress packets/s per core at that load | {fmt(dcap.get('pps'), 0)} | {fmt(jcap.get('pps'), 0)} |
+| egress Mbit/s per core at that load | {fmt(dcap.get('mbps'), 0)} | {fmt(jcap.get('mbps'), 0)} |
+| ratio to the raw UDP send rate (1) | {fmt(ratio_raw and ratio_raw * 100, 1)}% | {fmt(jcap.get('pps') and jcap['pps'] / best * 100, 1)}% |
+| deadsfu / Janus viewers per core | {fmt(ratio_janus, 2)}× | |
+| (4) RSS per viewer (slope over the steps) | {fmt(rss['deadsfu'], 1)} KiB | {fmt(rss['janus'], 1)} KiB |
+| (5) time to first keyframe, 4 s keyframe interval, p50 / p99 | GOP cache on: {fmt(tt['deadsfu_gop'].get('ttff_p50_ms'), 0)} / {fmt(tt['deadsfu_gop'].get('ttff_p99_ms'), 0)} ms; off: {fmt(tt['deadsfu_nogop'].get('ttff_p50_ms'), 0)} / {fmt(tt['deadsfu_nogop'].get('ttff_p99_ms'), 0)} ms | {fmt(tt['janus'].get('ttff_p50_ms'), 0)} / {fmt(tt['janus'].get('ttff_p99_ms'), 0)} ms |
+| time to first packet, p50 / p99 | {fmt(tt['deadsfu_gop'].get('first_packet_p50_ms'), 0)} / {fmt(tt['deadsfu_gop'].get('first_packet_p99_ms'), 0)} ms | {fmt(tt['janus'].get('first_packet_p50_ms'), 0)} / {fmt(tt['janus'].get('first_packet_p99_ms'), 0)} ms |
+| (6) forwarding latency at 80% of capacity, p50 / p99 / max | {fmt(lat['deadsfu'].get('latency_p50_ms'))} / {fmt(lat['deadsfu'].get('latency_p99_ms'))} / {fmt(lat['deadsfu'].get('latency_max_ms'))} ms ({lat['deadsfu'].get('viewers')} viewers) | {fmt(lat['janus'].get('latency_p50_ms'))} / {fmt(lat['janus'].get('latency_p99_ms'))} / {fmt(lat['janus'].get('latency_max_ms'))} ms ({lat['janus'].get('viewers')} viewers) |
+
+Time to first frame is measured from the viewer's first HTTP request (WHEP POST; for Janus
+the session `create`) to the first RTP packet that starts a keyframe.
+
+### Targets (issue 5)
+
+| target | measured | met |
+|---|---:|:---:|
+""" + "\n".join(f"| {t} | {v} | {'yes' if ok else 'no'} |" for t, v, ok in targets) + f"""
+
+### Loss and CPU against viewers
+
+![loss and CPU against viewers]({plot_rel})
+
+deadsfu (`--workers 1`, CPU {SFU_CPU}):
+
+{points_table(d['points'])}
+
+Janus (streaming plugin, CPU {SFU_CPU}):
+
+{points_table(j['points'])}
+
+A step whose generator CPU is near 100% was limited by the load generator, not the server.
+Raw figures: `bench/results.json`.
+"""
+    extra = os.path.join(ROOT, "bench", "NOTES.md")
+    if os.path.exists(extra):
+        md += "\n" + open(extra).read()
+    with open(path, "w") as f:
+        f.write(md)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--janus-preload", required=True)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    args = ap.parse_args()
+    os.chdir(ROOT)
+    quick = args.quick
+    duration = 5 if quick else 10
+    results = {"mode": "quick" if quick else "full",
+               "date": datetime.date.today().isoformat(), "machine": machine(),
+               "stream_pps": 175}  # 124.5 video (4 per delta frame, 13 per keyframe) + 50 audio
+
+    log("(1) raw UDP send rate")
+    results["udprate"] = udprate(args.bin, 1 if quick else 3)
+
+    log("(2) deadsfu capacity")
+    ladder = [100, 500, 1000] if quick else [100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000]
+    points, good = capacity(args.bin, "deadsfu", args.janus_preload, ladder, duration,
+                            0 if quick else 3)
+    results["capacity"] = {"deadsfu": {"points": points, "capacity": good}}
+
+    log("(3) Janus capacity")
+    ladder = [25, 100, 200] if quick else [25, 50, 100, 150, 200, 300, 400, 600, 800, 1200]
+    points, good = capacity(args.bin, "janus", args.janus_preload, ladder, duration,
+                            0 if quick else 3)
+    results["capacity"]["janus"] = {"points": points, "capacity": good}
+
+    log("(4) RSS per viewer")
+    results["rss_per_viewer_kib"] = {
+        k: slope([p for p in results["capacity"][k]["points"] if p["ok"]], "sfu_rss_kib")
+        for k in ("deadsfu", "janus")}
+
+    log("(5) time to first frame, 4 s keyframe interval")
+    n = 50 if quick else 200
+    kf = ["--keyframe-interval", "4s", "--ramp", "20"]
+    results["ttff"] = {
+        "deadsfu_gop": step(args.bin, "deadsfu", args.janus_preload, n, duration,
+                            extra_load=kf),
+        "deadsfu_nogop": step(args.bin, "deadsfu", args.janus_preload, n, duration,
+                              extra_server=["--gop-cache", "false"], extra_load=kf),
+        "janus": step(args.bin, "janus", args.janus_preload, n, duration, extra_load=kf),
+    }
+
+    log("(6) forwarding latency at 80% of capacity")
+    results["latency"] = {}
+    for kind in ("deadsfu", "janus"):
+        cap = results["capacity"][kind]["capacity"]
+        n = max(10, int(0.8 * cap["viewers"])) if cap else 10
+        results["latency"][kind] = step(args.bin, kind, args.janus_preload, n,
+                                        duration * 2, extra_load=["--full-viewers", "8"])
+
+    with open(os.path.join(ROOT, "bench", "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    plot(results, os.path.join(ROOT, "bench", "loss_cpu.png"))
+    write_markdown(results, args.out, "bench/loss_cpu.png")
+    log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
