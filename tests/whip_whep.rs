@@ -430,14 +430,31 @@ async fn every_error_status_has_a_problem_body() {
             .request(reqwest::Method::OPTIONS, sfu.url(path))
             .header("origin", "https://example.org")
             .header("access-control-request-method", method)
-            .header("access-control-request-headers", "authorization, content-type")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
             .send()
             .await
             .unwrap();
-        assert!(res.status().is_success(), "OPTIONS {path}: {}", res.status());
-        let allowed = res.headers().get("access-control-allow-methods").unwrap().to_str().unwrap();
+        assert!(
+            res.status().is_success(),
+            "OPTIONS {path}: {}",
+            res.status()
+        );
+        let allowed = res
+            .headers()
+            .get("access-control-allow-methods")
+            .unwrap()
+            .to_str()
+            .unwrap();
         assert!(allowed.contains(method), "{path}: {allowed}");
-        let headers = res.headers().get("access-control-allow-headers").unwrap().to_str().unwrap();
+        let headers = res
+            .headers()
+            .get("access-control-allow-headers")
+            .unwrap()
+            .to_str()
+            .unwrap();
         assert!(headers.contains("Authorization") && headers.contains("Content-Type"));
     }
 }
