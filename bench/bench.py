@@ -26,6 +26,9 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOSS_LIMIT_PCT = 0.1
 DELIVERY_MIN_PCT = 97.0  # the delivery figure reads up to ~2% high (200 ms report lag)
+# A server that only keeps up by queueing has not kept up: a step also fails when packets wait
+# this long (p99) between the publisher and the viewers.
+LATENCY_P99_LIMIT_MS = 250.0
 SFU_CPU = "0"
 GEN_CPU = "1"
 
@@ -125,7 +128,8 @@ def step(bins, kind, preload, viewers, duration, extra_server=(), extra_load=())
     # Passing: little loss, every viewer connected, and the server keeps up (a server that
     # falls behind queues in its socket buffer before it drops, so its delivery sinks first).
     r["ok"] = (r["loss_pct"] <= LOSS_LIMIT_PCT and r["connected"] == viewers
-               and (r.get("delivery_pct") or 0) >= DELIVERY_MIN_PCT)
+               and (r.get("delivery_pct") or 0) >= DELIVERY_MIN_PCT
+               and (r.get("latency_p99_ms") or 0) <= LATENCY_P99_LIMIT_MS)
     log(f"  {kind:7} {viewers:5} viewers: loss {r['loss_pct']:.3f}% connected {r['connected']} "
         f"delivered {r.get('delivery_pct')}% latency p99 {r.get('latency_p99_ms')} ms "
         f"sfu cpu {r['sfu_cpu_pct']}% rss {r['sfu_rss_kib']} KiB, {r['pps']:.0f} pkt/s, "
