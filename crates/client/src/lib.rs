@@ -10,7 +10,7 @@ pub mod peer;
 pub mod signaling;
 pub mod synthetic;
 
-pub use peer::{CandidateMode, Peer, PeerOptions, PeerStats, Role, TrackStats};
+pub use peer::{CandidateMode, Peer, PeerOptions, PeerStats, Role, TrackStats, send_payload_type};
 pub use synthetic::{StreamSpec, VideoCodec};
 
 /// Why a client operation failed.

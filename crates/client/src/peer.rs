@@ -388,22 +388,7 @@ impl Driver {
                 (MediaKind::Video, VideoCodec::H264) => Codec::H264,
                 (MediaKind::Video, VideoCodec::Vp8) => Codec::Vp8,
             };
-            let Some(media) = self.rtc.media(mid) else {
-                continue;
-            };
-            let remote = media.remote_pts().to_vec();
-            let pt = self
-                .rtc
-                .codec_config()
-                .params()
-                .iter()
-                .find(|p| {
-                    remote.contains(&p.pt())
-                        && p.spec().codec == want
-                        && (want != Codec::H264 || p.spec().format.packetization_mode == Some(1))
-                })
-                .map(|p| p.pt());
-            if let Some(pt) = pt {
+            if let Some(pt) = send_payload_type(&self.rtc, mid, want) {
                 match kind {
                     MediaKind::Audio => audio = Some((mid, pt)),
                     MediaKind::Video => video = Some((mid, pt)),
@@ -560,6 +545,20 @@ impl Sender {
         }
         sent
     }
+}
+
+/// The payload type negotiated for sending `codec` on `mid` (H264 only in packetization mode 1).
+pub fn send_payload_type(rtc: &Rtc, mid: Mid, codec: Codec) -> Option<Pt> {
+    let remote = rtc.media(mid)?.remote_pts();
+    rtc.codec_config()
+        .params()
+        .iter()
+        .find(|p| {
+            remote.contains(&p.pt())
+                && p.spec().codec == codec
+                && (codec != Codec::H264 || p.spec().format.packetization_mode == Some(1))
+        })
+        .map(|p| p.pt())
 }
 
 /// An (S)RTP packet, as opposed to STUN, DTLS or RTCP (RFC 7983, RFC 5761).

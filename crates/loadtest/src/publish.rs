@@ -237,20 +237,7 @@ fn sending_pts(rtc: &mut Rtc, mids: &[(MediaKind, Mid)]) -> (TrackOut, TrackOut)
             MediaKind::Audio => Codec::Opus,
             MediaKind::Video => Codec::H264,
         };
-        let Some(media) = rtc.media(mid) else {
-            continue;
-        };
-        let remote = media.remote_pts().to_vec();
-        let pt = rtc
-            .codec_config()
-            .params()
-            .iter()
-            .find(|p| {
-                remote.contains(&p.pt())
-                    && p.spec().codec == want
-                    && (want != Codec::H264 || p.spec().format.packetization_mode == Some(1))
-            })
-            .map(|p| p.pt());
+        let pt = deadsfu_client::send_payload_type(rtc, mid, want);
         match (kind, pt) {
             (MediaKind::Audio, Some(pt)) => audio = Some((mid, pt)),
             (MediaKind::Video, Some(pt)) => video = Some((mid, pt)),

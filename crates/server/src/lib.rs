@@ -87,10 +87,19 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Room names are path segments and log fields: keep them short and plain.
-pub(crate) fn valid_room_name(name: &str) -> bool {
-    !name.is_empty()
+pub(crate) fn check_room_name(name: &str) -> Result<(), Problem> {
+    let plain = !name.is_empty()
         && name.len() <= 64
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if plain {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "Invalid room name",
+            "room names are 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' and '.'",
+        ))
+    }
 }

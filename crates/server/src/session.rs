@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use deadsfu_rtc::{SessionKind, TrickleOutcome};
 
 use crate::problem::Problem;
-use crate::{AppState, SESSION_PATH, auth, cors, sdp_body, valid_room_name};
+use crate::{AppState, SESSION_PATH, auth, check_room_name, cors, sdp_body};
 
 /// POST of an SDP offer: 201 with the answer, `Location`, `ETag` and ICE-server `Link`s.
 pub(crate) async fn create(
@@ -20,13 +20,7 @@ pub(crate) async fn create(
     body: Body,
 ) -> Result<Response, Problem> {
     auth::check(state, headers, uri)?;
-    if !valid_room_name(room) {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "Invalid room name",
-            "room names are 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' and '.'",
-        ));
-    }
+    check_room_name(room)?;
     let offer = sdp_body::read(headers, body, "application/sdp").await?;
     let created = state
         .engine
@@ -144,13 +138,7 @@ pub(crate) async fn switch_room(
 }
 
 pub(crate) async fn do_switch(state: &AppState, id: &str, room: &str) -> Result<Response, Problem> {
-    if !valid_room_name(room) {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "Invalid room name",
-            "room names are 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' and '.'",
-        ));
-    }
+    check_room_name(room)?;
     state.engine.switch_room(id, room).await?;
     Ok(axum::Json(serde_json::json!({ "room": room })).into_response())
 }
