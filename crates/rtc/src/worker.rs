@@ -103,8 +103,8 @@ struct LocalRoom {
 /// GOP cache bounds per room: a 4 s GOP at 8 Mbit/s fits.
 const GOP_MAX_BYTES: usize = 4 << 20;
 const GOP_MAX_PACKETS: usize = 4096;
-/// A room this worker neither hosts sessions of nor has heard from for this long is forgotten.
-const LOCAL_ROOM_LINGER: Duration = Duration::from_secs(10);
+/// How often rooms without live video or sessions here are tidied away.
+const TIDY_EVERY: Duration = Duration::from_secs(1);
 
 impl Default for LocalRoom {
     fn default() -> Self {
@@ -138,6 +138,7 @@ pub(crate) struct Worker {
     /// Room packets of this turn, fanned out together at its end (one str0m poll cycle per
     /// viewer per turn rather than per packet).
     pending: Vec<(RoomId, Arc<MediaPacket>)>,
+    next_tidy: Instant,
     /// This turn's outgoing datagrams.
     sends: SendBatch,
 }
@@ -168,6 +169,7 @@ impl Worker {
             next_idle_frame: None,
             idle_packets: Vec::new(),
             pending: Vec::new(),
+            next_tidy: Instant::now(),
             sends: SendBatch::new(send_socket),
         }
     }
@@ -229,19 +231,21 @@ impl Worker {
                             self.pending.push((p.room, p.packet));
                         }
                     }
-                    _ = tokio::time::sleep_until(deadline.into()) => {
-                        self.handle_timers();
-                        self.play_idle();
-                    }
+                    // Due timers are handled at the end of every turn (below), so they run even
+                    // when the socket never leaves the loop idle; this only wakes us for them.
+                    _ = tokio::time::sleep_until(deadline.into()) => {}
                 }
                 self.finish_turn();
             }
         });
     }
 
-    /// What every turn of the loop ends with: the fan-out of the turn's packets, what viewers
-    /// reported meanwhile, and the datagrams it all produced.
+    /// What every turn of the loop ends with: due timers and idle-clip frames, the fan-out of
+    /// the turn's packets, what viewers reported meanwhile, and the datagrams it all produced.
     fn finish_turn(&mut self) {
+        self.handle_timers();
+        self.play_idle();
+        self.tidy_rooms(Instant::now());
         self.flush_fanout();
         self.process_followups();
         // Follow-ups (keyframe requests) can make a local publisher's session emit packets.
@@ -751,8 +755,26 @@ impl Worker {
         }
     }
 
-    /// Sends the next idle-clip frame to viewers of rooms without live video, and forgets
-    /// rooms that nothing here uses any more.
+    /// Forgets, at most once a second, the GOPs of rooms whose live video stopped (a viewer
+    /// joining later must not be replayed a departed publisher's last pictures) and the rooms
+    /// nothing here uses any more.
+    fn tidy_rooms(&mut self, now: Instant) {
+        if now < self.next_tidy {
+            return;
+        }
+        self.next_tidy = now + TIDY_EVERY;
+        self.rooms.retain(|_, local| {
+            let live_recently = local
+                .last_live_video
+                .is_some_and(|t| now.saturating_duration_since(t) < IDLE_AFTER);
+            if !live_recently {
+                local.gop.clear();
+            }
+            live_recently || local.publisher.is_some() || !local.viewers.is_empty()
+        });
+    }
+
+    /// Sends the next idle-clip frame to viewers of rooms without live video.
     fn play_idle(&mut self) {
         let now = Instant::now();
         let Some(next) = self.next_idle_frame else {
@@ -766,39 +788,24 @@ impl Worker {
             return;
         };
         self.next_idle_frame = Some(next.max(now - clip.frame_interval()) + clip.frame_interval());
-        let mut due = Vec::new();
-        self.rooms.retain(|id, local| {
+        let mut packets = std::mem::take(&mut self.idle_packets);
+        for (id, local) in self.rooms.iter_mut() {
             let live_recently = local
                 .last_live_video
                 .is_some_and(|t| now.saturating_duration_since(t) < IDLE_AFTER);
-            if local.viewers.is_empty() {
+            if local.viewers.is_empty() || live_recently {
                 local.idle_playing = false;
-                // Keep rooms with sessions here or recent live video (their GOP).
-                return local.publisher.is_some()
-                    || local
-                        .last_live_video
-                        .is_some_and(|t| now.saturating_duration_since(t) < LOCAL_ROOM_LINGER);
+                continue;
             }
-            if live_recently {
-                local.idle_playing = false;
-            } else {
-                if !local.idle_playing {
-                    // Start at the clip's keyframe so viewers get a picture at once.
-                    local.idle.restart();
-                    local.idle_playing = true;
-                }
-                due.push(*id);
+            if !local.idle_playing {
+                // Start at the clip's keyframe so viewers get a picture at once.
+                local.idle.restart();
+                local.idle_playing = true;
             }
-            true
-        });
-        for id in due {
-            let mut packets = std::mem::take(&mut self.idle_packets);
-            if let Some(local) = self.rooms.get_mut(&id) {
-                local.idle.next_frame(&clip, now, &mut packets);
-            }
-            self.pending.extend(packets.drain(..).map(|p| (id, p)));
-            self.idle_packets = packets;
+            local.idle.next_frame(&clip, now, &mut packets);
+            self.pending.extend(packets.drain(..).map(|p| (*id, p)));
         }
+        self.idle_packets = packets;
         if self.sessions.is_empty() {
             // Nothing to show the clip to: sleep until a session arrives.
             self.next_idle_frame = None;
