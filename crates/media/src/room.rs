@@ -97,6 +97,16 @@ impl Room {
         }
     }
 
+    /// Sets the room's video codec ahead of its first packet (a publisher's negotiated codec).
+    pub fn announce_video_codec(&self, codec: crate::Codec) {
+        self.video_codec.store(codec.code(), Ordering::Relaxed);
+    }
+
+    /// The video codec of the live publisher, if there is one and its codec is known.
+    pub fn live_video_codec(&self) -> Option<&'static str> {
+        self.has_publisher().then(|| self.video_codec()).flatten()
+    }
+
     /// Payload bytes received from publishers so far.
     pub fn bytes_in(&self) -> u64 {
         self.bytes_in.load(Ordering::Relaxed)

@@ -46,7 +46,6 @@ struct SessionEntry {
     room: String,
     etag: String,
     remote_ufrag: Option<String>,
-    video_family: Option<VideoFamily>,
     /// Video codecs a viewer can receive (to refuse switching into a room it cannot play).
     receivable: Option<Vec<String>>,
 }
@@ -253,9 +252,15 @@ impl MediaEngine {
         let serial = inner.next_serial.fetch_add(1, Ordering::Relaxed);
         let worker = inner.next_worker.fetch_add(1, Ordering::Relaxed) % inner.workers.len();
         let room_arc = inner.shared.rooms.get_or_create(room);
-        if kind == SessionKind::Publisher && !room_arc.try_claim_publisher(serial, Some(worker)) {
-            inner.shared.rooms.release(room_arc);
-            return Err(SessionError::RoomBusy(room.to_owned()));
+        if kind == SessionKind::Publisher {
+            if !room_arc.try_claim_publisher(serial, Some(worker)) {
+                inner.shared.rooms.release(room_arc);
+                return Err(SessionError::RoomBusy(room.to_owned()));
+            }
+            // Viewers joining before the first packet must already be held to this codec.
+            if let Some(codec) = video_family.map(VideoFamily::codec) {
+                room_arc.announce_video_codec(codec);
+            }
         }
         let id: Arc<str> = Arc::from(hex::encode(rand::random::<[u8; 16]>()));
         let etag = new_etag();
@@ -269,7 +274,6 @@ impl MediaEngine {
                 room: room.to_owned(),
                 etag: etag.clone(),
                 remote_ufrag: summary.ice_ufrag.clone(),
-                video_family,
                 receivable: (kind == SessionKind::Viewer).then(|| summary.receivable_codecs()),
             },
         );
@@ -335,10 +339,9 @@ impl MediaEngine {
 
     /// A viewer must be able to receive what the room's live publisher sends.
     fn check_viewer_codecs(&self, room: &str, summary: &OfferSummary) -> Result<(), SessionError> {
-        let Some(family) = self.live_video_family(room) else {
+        let Some(name) = self.live_video_codec(room) else {
             return Ok(());
         };
-        let name = family_name(family);
         if summary.receivable_codecs().iter().any(|c| c == name) {
             Ok(())
         } else {
@@ -348,14 +351,9 @@ impl MediaEngine {
         }
     }
 
-    /// The video codec family of the room's live WHIP publisher, if any.
-    fn live_video_family(&self, room: &str) -> Option<VideoFamily> {
-        self.inner
-            .shared
-            .lock_sessions()
-            .values()
-            .find(|e| e.kind == SessionKind::Publisher && e.room == room)
-            .and_then(|e| e.video_family)
+    /// The video codec of the room's live publisher (WHIP or FTL), if any.
+    fn live_video_codec(&self, room: &str) -> Option<&'static str> {
+        self.inner.shared.rooms.get(room)?.live_video_codec()
     }
 
     fn entry(&self, id: &str) -> Result<SessionEntry, SessionError> {
@@ -456,13 +454,11 @@ impl MediaEngine {
                 "only viewers can switch rooms".into(),
             ));
         }
-        let summary_codec = self.live_video_family(room);
-        if let (Some(family), Some(codecs)) = (summary_codec, entry.receivable.as_ref())
-            && !codecs.iter().any(|c| c == family_name(family))
+        if let (Some(name), Some(codecs)) = (self.live_video_codec(room), entry.receivable.as_ref())
+            && !codecs.iter().any(|c| c == name)
         {
             return Err(SessionError::Unsupported(format!(
-                "room {room:?} is live in {}, which this viewer cannot receive",
-                family_name(family)
+                "room {room:?} is live in {name}, which this viewer cannot receive"
             )));
         }
         let room_arc = self.inner.shared.rooms.get_or_create(room);
@@ -549,15 +545,6 @@ impl MediaEngine {
         for t in threads {
             let _ = t.join();
         }
-    }
-}
-
-fn family_name(family: VideoFamily) -> &'static str {
-    match family {
-        VideoFamily::H264 => "H264",
-        VideoFamily::Vp8 => "VP8",
-        VideoFamily::Vp9 => "VP9",
-        VideoFamily::Av1 => "AV1",
     }
 }
 

@@ -80,6 +80,19 @@ pub enum VideoFamily {
     Av1,
 }
 
+impl VideoFamily {
+    /// The codec a publisher of this family sends (H264's profile is not known yet).
+    pub fn codec(self) -> deadsfu_media::Codec {
+        use deadsfu_media::Codec;
+        match self {
+            VideoFamily::H264 => Codec::H264 { profile: 0 },
+            VideoFamily::Vp8 => Codec::Vp8,
+            VideoFamily::Vp9 => Codec::Vp9,
+            VideoFamily::Av1 => Codec::Av1,
+        }
+    }
+}
+
 /// What deadsfu needs to know about an offer before handing it to str0m.
 #[derive(Debug, Clone)]
 pub struct OfferSummary {
