@@ -154,7 +154,7 @@ impl MediaEngine {
             .map(|s| s.local_addr().map(|a| a.port()).unwrap_or(0))
             .collect();
 
-        let dtls_cert = str0m::crypto::from_feature_flags()
+        let dtls_cert = crate::dtls_tap::crypto_provider()
             .dtls_provider
             .generate_certificate();
         if dtls_cert.is_none() {

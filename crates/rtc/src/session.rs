@@ -2,17 +2,22 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use deadsfu_media::keyframe::is_keyframe_start;
 use deadsfu_media::keyframe_request::KeyframeRequestGate;
+use deadsfu_media::rewrite::Rewritten;
 use deadsfu_media::{Codec, MediaKind, MediaPacket, Room, SourceId, ViewerTrack};
 use str0m::media::{KeyframeRequestKind, Mid, Pt};
-use str0m::rtp::{RtpWrite, Ssrc};
-use str0m::{Event, IceConnectionState, Input, Rtc};
+use str0m::rtp::rtcp::Rtcp;
+use str0m::rtp::{Extension, Ssrc};
+use str0m::{Event, IceConnectionState, Rtc};
 
 use crate::codec::{codec_of_spec, negotiated_pts, viewer_pt};
+use crate::dtls_tap::SrtpKeys;
 use crate::metrics::Counters;
+use crate::send_batch::SendBatch;
+use crate::srtp::{RTCP_OVERHEAD, RTP_OVERHEAD, SCRATCH, SrtpSender};
 
 /// What the session does in its room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,13 +45,11 @@ pub(crate) struct Session {
     pub timeout: Instant,
     /// Earliest entry this session has in the worker's timer heap.
     pub scheduled: Option<Instant>,
-    /// NACKs str0m has reported per stream so far.
-    nacks_seen: Vec<(Mid, u64)>,
 }
 
 pub(crate) enum Role {
     Publisher(Publisher),
-    Viewer(Viewer),
+    Viewer(Box<Viewer>),
 }
 
 pub(crate) struct Publisher {
@@ -56,15 +59,237 @@ pub(crate) struct Publisher {
     pub keyframe_gate: KeyframeRequestGate,
 }
 
+/// A viewer's media goes out without str0m: once DTLS has given the SRTP keys, the worker
+/// rewrites each room packet, encrypts it straight into its send buffer and sends it to the
+/// peer's nominated address. str0m keeps ICE, DTLS and the viewer's RTCP (which it decrypts and
+/// shows us); its own RTCP for these streams never leaves, since the reports are ours.
 pub(crate) struct Viewer {
     video: Option<TrackOut>,
     audio: Option<TrackOut>,
+    /// Present from the end of the DTLS handshake.
+    srtp: Option<SrtpSender>,
+    /// Where str0m sends this peer's datagrams (the nominated ICE pair).
+    destination: Option<SocketAddr>,
+    cname: String,
+    next_report: Option<Instant>,
 }
+
+/// Sender reports go out this often per stream (RFC 3550 allows 5 s; browsers use the mapping
+/// for lip sync, so sooner is better after a start or switch).
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Video packets kept per viewer for retransmission (the packets themselves are shared).
+const HISTORY: usize = 512;
 
 struct TrackOut {
     ssrc: Ssrc,
     pts: Vec<(Pt, Codec)>,
     track: ViewerTrack,
+    clock_rate: u32,
+    /// The RTP header extension block (SDES MID), the same on every packet.
+    extension: ([u8; 24], usize),
+    /// Sent packets by sequence number, for NACKs (video only).
+    history: Vec<Option<Sent>>,
+    packets: u32,
+    octets: u32,
+    /// Timestamp and capture time of the newest packet, for sender reports.
+    last: Option<(u32, Instant)>,
+}
+
+/// A packet as it was sent to one viewer.
+struct Sent {
+    index: u64,
+    timestamp: u32,
+    pt: u8,
+    marker: bool,
+    packet: Arc<MediaPacket>,
+}
+
+impl TrackOut {
+    fn new(
+        ssrc: Ssrc,
+        pts: Vec<(Pt, Codec)>,
+        kind: MediaKind,
+        mid: Mid,
+        mid_id: Option<u8>,
+    ) -> Self {
+        let mut extension = ([0u8; 24], 0);
+        if let Some(id) = mid_id.filter(|id| (1..=14).contains(id))
+            && (1..=16).contains(&mid.len())
+        {
+            // RFC 8285 one-byte header: 0xBEDE, length in words, then id/len and the MID.
+            let body = 1 + mid.len();
+            let words = body.div_ceil(4);
+            let e = &mut extension.0;
+            e[..2].copy_from_slice(&[0xbe, 0xde]);
+            e[2..4].copy_from_slice(&(words as u16).to_be_bytes());
+            e[4] = (id << 4) | (mid.len() as u8 - 1);
+            e[5..5 + mid.len()].copy_from_slice(mid.as_bytes());
+            extension.1 = 4 + 4 * words;
+        }
+        let history = match kind {
+            MediaKind::Video => (0..HISTORY).map(|_| None).collect(),
+            MediaKind::Audio => Vec::new(),
+        };
+        TrackOut {
+            ssrc,
+            pts,
+            track: ViewerTrack::new(kind, rand::random::<u16>() & 0x7fff, rand::random()),
+            clock_rate: match kind {
+                MediaKind::Video => 90_000,
+                MediaKind::Audio => 48_000,
+            },
+            extension,
+            history,
+            packets: 0,
+            octets: 0,
+            last: None,
+        }
+    }
+
+    /// Encrypts and queues one packet.
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &mut self,
+        srtp: &mut SrtpSender,
+        to: SocketAddr,
+        sends: &mut SendBatch,
+        counters: &Counters,
+        pt: u8,
+        marker: bool,
+        index: u64,
+        timestamp: u32,
+        payload: &[u8],
+    ) {
+        let mut header = [0u8; 12 + 24];
+        let ext_len = self.extension.1;
+        header[0] = if ext_len > 0 { 0x90 } else { 0x80 };
+        header[1] = ((marker as u8) << 7) | (pt & 0x7f);
+        header[2..4].copy_from_slice(&(index as u16).to_be_bytes());
+        header[4..8].copy_from_slice(&timestamp.to_be_bytes());
+        header[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        header[12..12 + ext_len].copy_from_slice(&self.extension.0[..ext_len]);
+        let header = &header[..12 + ext_len];
+        let max = header.len() + payload.len() + RTP_OVERHEAD + SCRATCH;
+        sends.write(to, max, counters, |out| {
+            srtp.protect_rtp(header, payload, index, out)
+        });
+    }
+
+    /// Sends `pkt` (already rewritten) and remembers it for NACKs.
+    #[allow(clippy::too_many_arguments)]
+    fn send_new(
+        &mut self,
+        srtp: &mut SrtpSender,
+        to: SocketAddr,
+        sends: &mut SendBatch,
+        counters: &Counters,
+        pt: u8,
+        rw: Rewritten,
+        pkt: &Arc<MediaPacket>,
+        capture: Instant,
+    ) {
+        self.send(
+            srtp,
+            to,
+            sends,
+            counters,
+            pt,
+            pkt.marker,
+            rw.seq,
+            rw.timestamp,
+            &pkt.payload,
+        );
+        self.packets = self.packets.wrapping_add(1);
+        self.octets = self.octets.wrapping_add(pkt.payload.len() as u32);
+        self.last = Some((rw.timestamp, capture));
+        if !self.history.is_empty() {
+            let slot = rw.seq as usize % HISTORY;
+            self.history[slot] = Some(Sent {
+                index: rw.seq,
+                timestamp: rw.timestamp,
+                pt,
+                marker: pkt.marker,
+                packet: pkt.clone(),
+            });
+        }
+    }
+
+    /// Sends packet `seq` again if it is still in the history.
+    fn resend(
+        &mut self,
+        seq: u16,
+        srtp: &mut SrtpSender,
+        to: SocketAddr,
+        sends: &mut SendBatch,
+        counters: &Counters,
+    ) -> bool {
+        if self.history.is_empty() {
+            return false;
+        }
+        let slot = seq as usize % HISTORY;
+        let Some(sent) = self.history[slot].as_ref() else {
+            return false;
+        };
+        if sent.index as u16 != seq {
+            return false;
+        }
+        let (pt, marker, index, ts, packet) = (
+            sent.pt,
+            sent.marker,
+            sent.index,
+            sent.timestamp,
+            sent.packet.clone(),
+        );
+        self.send(
+            srtp,
+            to,
+            sends,
+            counters,
+            pt,
+            marker,
+            index,
+            ts,
+            &packet.payload,
+        );
+        true
+    }
+
+    /// The SR and SDES compound packet for this stream at `now`, in `out`; returns its length.
+    fn report(&self, cname: &str, now: Instant, wall: SystemTime, out: &mut [u8]) -> usize {
+        let Some((ts, at)) = self.last else {
+            return 0;
+        };
+        let ticks = now.saturating_duration_since(at).as_secs_f64() * self.clock_rate as f64;
+        let rtp_time = ts.wrapping_add(ticks as u64 as u32);
+        let since_epoch = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
+        // NTP counts from 1900.
+        let ntp_secs = since_epoch.as_secs() + 2_208_988_800;
+        let ntp_frac = ((since_epoch.subsec_nanos() as u64) << 32) / 1_000_000_000;
+        // SR: header, SSRC, NTP, RTP time, packet and octet counts (RFC 3550 6.4.1).
+        out[0] = 0x80;
+        out[1] = 200;
+        out[2..4].copy_from_slice(&6u16.to_be_bytes());
+        out[4..8].copy_from_slice(&self.ssrc.to_be_bytes());
+        out[8..12].copy_from_slice(&(ntp_secs as u32).to_be_bytes());
+        out[12..16].copy_from_slice(&(ntp_frac as u32).to_be_bytes());
+        out[16..20].copy_from_slice(&rtp_time.to_be_bytes());
+        out[20..24].copy_from_slice(&self.packets.to_be_bytes());
+        out[24..28].copy_from_slice(&self.octets.to_be_bytes());
+        // SDES with the CNAME (RFC 3550 6.5), padded to a word boundary with the end item.
+        let name = &cname.as_bytes()[..cname.len().min(255)];
+        let chunk = 4 + 2 + name.len() + 1;
+        let chunk_padded = chunk.div_ceil(4) * 4;
+        let sdes = &mut out[28..28 + 4 + chunk_padded];
+        sdes.fill(0);
+        sdes[0] = 0x81;
+        sdes[1] = 202;
+        sdes[2..4].copy_from_slice(&((chunk_padded / 4) as u16).to_be_bytes());
+        sdes[4..8].copy_from_slice(&self.ssrc.to_be_bytes());
+        sdes[8] = 1; // CNAME
+        sdes[9] = name.len() as u8;
+        sdes[10..10 + name.len()].copy_from_slice(name);
+        28 + 4 + chunk_padded
+    }
 }
 
 /// Work a session hands back to its worker after an input.
@@ -122,6 +347,10 @@ impl Viewer {
         let mut viewer = Viewer {
             video: None,
             audio: None,
+            srtp: None,
+            destination: None,
+            cname: String::new(),
+            next_report: None,
         };
         for &(kind, mid) in mids {
             let slot = match kind {
@@ -142,17 +371,42 @@ impl Viewer {
             else {
                 continue;
             };
-            *slot = Some(TrackOut {
-                ssrc,
-                pts,
-                track: ViewerTrack::new(kind, rand::random::<u16>() & 0x7fff, rand::random()),
-            });
+            let Some(media) = rtc.media(mid) else {
+                continue;
+            };
+            let mid_id = media.remote_extmap().id_of(Extension::RtpMid);
+            if viewer.cname.is_empty() {
+                viewer.cname = media.cname().to_string();
+            }
+            *slot = Some(TrackOut::new(ssrc, pts, kind, mid, mid_id));
         }
         viewer
     }
 
     pub fn has_tracks(&self) -> bool {
         self.video.is_some() || self.audio.is_some()
+    }
+
+    /// Sends what is due of the sender reports.
+    fn send_reports(&mut self, sends: &mut SendBatch, counters: &Counters, now: Instant) {
+        if self.next_report.is_some_and(|t| now < t) {
+            return;
+        }
+        let (Some(srtp), Some(to)) = (&mut self.srtp, self.destination) else {
+            return;
+        };
+        self.next_report = Some(now + REPORT_INTERVAL);
+        let wall = SystemTime::now();
+        for track in [&self.video, &self.audio].into_iter().flatten() {
+            let mut plain = [0u8; 28 + 4 + 8 + 256];
+            let len = track.report(&self.cname, now, wall, &mut plain);
+            if len == 0 {
+                continue;
+            }
+            sends.write(to, len + RTCP_OVERHEAD + SCRATCH, counters, |out| {
+                srtp.protect_rtcp(&plain[..len], out)
+            });
+        }
     }
 }
 
@@ -180,7 +434,6 @@ impl Session {
             addrs: Vec::new(),
             timeout: now,
             scheduled: None,
-            nacks_seen: Vec::new(),
         }
     }
 
@@ -191,48 +444,56 @@ impl Session {
         }
     }
 
-    /// Queues one room packet for this viewer (str0m sends it when time next advances).
-    /// Returns false when nothing was queued.
-    pub fn write(&mut self, pkt: &MediaPacket) -> bool {
+    /// Sends room packets to this viewer (rewritten, encrypted and queued in `sends`), then
+    /// a sender report when one is due. Returns false when nothing was sent.
+    pub fn write(
+        &mut self,
+        packets: &[(deadsfu_media::RoomId, Arc<MediaPacket>)],
+        sends: &mut SendBatch,
+        counters: &Counters,
+        now: Instant,
+    ) -> bool {
         let Role::Viewer(viewer) = &mut self.role else {
             return false;
         };
         if !self.connected {
             return false;
         }
-        let out = match pkt.kind() {
-            MediaKind::Video => &mut viewer.video,
-            MediaKind::Audio => &mut viewer.audio,
-        };
-        let Some(out) = out else {
+        let (Some(srtp), Some(to)) = (&mut viewer.srtp, viewer.destination) else {
             return false;
         };
-        let Some(pt) = viewer_pt(&out.pts, pkt.codec) else {
-            return false;
-        };
-        let Some(rw) = out.track.rewrite(pkt) else {
-            return false;
-        };
-        let mut api = self.rtc.direct_api();
-        let Some(stream) = api.stream_tx(&out.ssrc) else {
-            return false;
-        };
-        stream.write_rtp(
-            RtpWrite::new(
-                pt,
-                rw.seq.into(),
-                rw.timestamp,
-                pkt.capture,
-                pkt.payload.clone(),
-            )
-            .marker(pkt.marker)
-            .nackable(pkt.kind() == MediaKind::Video),
-        );
-        true
+        let mut sent = false;
+        for (_, pkt) in packets {
+            let out = match pkt.kind() {
+                MediaKind::Video => &mut viewer.video,
+                MediaKind::Audio => &mut viewer.audio,
+            };
+            let Some(out) = out else {
+                continue;
+            };
+            let Some(pt) = viewer_pt(&out.pts, pkt.codec) else {
+                continue;
+            };
+            let Some(rw) = out.track.rewrite(pkt) else {
+                continue;
+            };
+            out.send_new(srtp, to, sends, counters, *pt, rw, pkt, pkt.capture);
+            sent = true;
+        }
+        if sent {
+            viewer.send_reports(sends, counters, now);
+        }
+        sent
     }
 
-    /// Sends a cached GOP to this viewer at once. Returns false when nothing was queued.
-    pub fn replay(&mut self, gop: &[Arc<MediaPacket>], now: Instant) -> bool {
+    /// Sends a cached GOP to this viewer at once. Returns false when nothing was sent.
+    pub fn replay(
+        &mut self,
+        gop: &[Arc<MediaPacket>],
+        sends: &mut SendBatch,
+        counters: &Counters,
+        now: Instant,
+    ) -> bool {
         let Role::Viewer(viewer) = &mut self.role else {
             return false;
         };
@@ -242,25 +503,76 @@ impl Session {
         if !self.connected {
             return false;
         }
+        let (Some(srtp), Some(to)) = (&mut viewer.srtp, viewer.destination) else {
+            return false;
+        };
         let Some(pt) = viewer_pt(&out.pts, first.codec) else {
             return false;
         };
         let mapped = out.track.replay(gop, now);
-        let mut api = self.rtc.direct_api();
-        let Some(stream) = api.stream_tx(&out.ssrc) else {
-            return false;
-        };
         for (pkt, rw) in gop.iter().zip(&mapped) {
-            stream.write_rtp(
-                RtpWrite::new(pt, rw.seq.into(), rw.timestamp, now, pkt.payload.clone())
-                    .marker(pkt.marker)
-                    .nackable(true),
-            );
-        }
-        if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
-            tracing::debug!(session = %self.id, error = %e, "viewer rejected timeout input");
+            out.send_new(srtp, to, sends, counters, *pt, *rw, pkt, now);
         }
         !mapped.is_empty()
+    }
+
+    /// Takes the SRTP keys of a completed DTLS handshake: from now on this viewer's media is
+    /// sent by the worker.
+    pub fn set_srtp_keys(&mut self, keys: &SrtpKeys) {
+        let Role::Viewer(viewer) = &mut self.role else {
+            return;
+        };
+        viewer.srtp = SrtpSender::new(&crate::dtls_tap::crypto_provider(), keys);
+        if viewer.srtp.is_none() {
+            tracing::warn!(session = %self.id, ?keys, "unusable SRTP keys");
+        }
+    }
+
+    /// Looks at a datagram str0m wants to send; false when it must not go out. For viewers, the
+    /// destination of str0m's non-STUN datagrams is the nominated pair's, where media goes, and
+    /// str0m's own RTCP is held back: it knows nothing of the media we sent.
+    pub fn check_transmit(&mut self, to: SocketAddr, data: &[u8]) -> bool {
+        let Role::Viewer(viewer) = &mut self.role else {
+            return true;
+        };
+        let first = data.first().copied().unwrap_or(0);
+        if first < 4 {
+            return true; // STUN (RFC 7983): replies go to whoever asked.
+        }
+        viewer.destination = Some(to);
+        let rtcp =
+            (128..192).contains(&first) && data.get(1).is_some_and(|b| (192..224).contains(b));
+        !(rtcp && viewer.srtp.is_some())
+    }
+
+    /// Acts on RTCP from a viewer: NACKed packets are sent again.
+    pub fn handle_viewer_rtcp(&mut self, rtcp: &Rtcp, sends: &mut SendBatch, counters: &Counters) {
+        let Role::Viewer(viewer) = &mut self.role else {
+            return;
+        };
+        let Rtcp::Nack(nack) = rtcp else {
+            return;
+        };
+        let (Some(srtp), Some(to)) = (&mut viewer.srtp, viewer.destination) else {
+            return;
+        };
+        let Some(track) = viewer.video.as_mut().filter(|t| t.ssrc == nack.ssrc) else {
+            return;
+        };
+        for entry in nack.reports.iter() {
+            // RFC 4585 6.2.1: the packet `pid`, and those of the set bits of `blp` after it.
+            let lost = std::iter::once(entry.pid).chain(
+                (0..16u16)
+                    .filter(|bit| entry.blp & (1 << bit) != 0)
+                    .map(|bit| entry.pid.wrapping_add(bit + 1)),
+            );
+            for seq in lost {
+                Counters::add(&counters.nacks_received, 1);
+                if track.resend(seq, srtp, to, sends, counters) {
+                    Counters::add(&counters.retransmissions, 1);
+                }
+            }
+        }
     }
 
     /// Ends the current segments: the viewer restarts at the next keyframe (room switch).
@@ -325,18 +637,6 @@ impl Session {
                     Counters::add(&counters.keyframe_requests_received, 1);
                     out.keyframe_request = true;
                 }
-            }
-            Event::MediaEgressStats(stats) => {
-                // str0m reports running NACK totals per stream; count the increase.
-                let seen = match self.nacks_seen.iter_mut().find(|e| e.0 == stats.mid) {
-                    Some(e) => e,
-                    None => {
-                        self.nacks_seen.push((stats.mid, 0));
-                        self.nacks_seen.last_mut().expect("just pushed")
-                    }
-                };
-                Counters::add(&counters.nacks_received, stats.nacks.saturating_sub(seen.1));
-                seen.1 = seen.1.max(stats.nacks);
             }
             _ => {}
         }

@@ -14,7 +14,8 @@ use deadsfu_media::rewrite::IDLE_AFTER;
 use deadsfu_media::{GopCache, IdlePlayer, MediaKind, MediaPacket, Room, RoomId};
 use str0m::media::Mid;
 use str0m::net::{DatagramRecv, Protocol, Receive};
-use str0m::{Candidate, IceCreds, Input, Output, Rtc};
+use str0m::rtp::RawPacket;
+use str0m::{Candidate, Event, IceCreds, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -131,7 +132,6 @@ pub(crate) struct Worker {
     rooms: HashMap<RoomId, LocalRoom>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     outbox: Outbox,
-    followups: Vec<Followup>,
     /// Next frame time of the idle clip (when there is one).
     next_idle_frame: Option<Instant>,
     idle_packets: Vec<Arc<MediaPacket>>,
@@ -165,7 +165,6 @@ impl Worker {
             rooms: HashMap::new(),
             timers: BinaryHeap::new(),
             outbox: Outbox::default(),
-            followups: Vec::new(),
             next_idle_frame: None,
             idle_packets: Vec::new(),
             pending: Vec::new(),
@@ -241,14 +240,11 @@ impl Worker {
     }
 
     /// What every turn of the loop ends with: due timers and idle-clip frames, the fan-out of
-    /// the turn's packets, what viewers reported meanwhile, and the datagrams it all produced.
+    /// the turn's packets, and the datagrams it all produced.
     fn finish_turn(&mut self) {
         self.handle_timers();
         self.play_idle();
         self.tidy_rooms(Instant::now());
-        self.flush_fanout();
-        self.process_followups();
-        // Follow-ups (keyframe requests) can make a local publisher's session emit packets.
         self.flush_fanout();
         self.sends.flush(&self.counters);
     }
@@ -331,6 +327,7 @@ impl Worker {
 
     fn create(&mut self, req: CreateSession, now: Instant) -> Result<Created, SessionError> {
         let builder = Rtc::builder()
+            .set_crypto_provider(crate::dtls_tap::crypto_provider())
             .set_rtp_mode(true)
             .set_ice_lite(true)
             .set_stats_interval(Some(Duration::from_secs(5)))
@@ -352,11 +349,13 @@ impl Worker {
             Some(cert) => builder.set_dtls_cert(cert.clone()),
             None => builder,
         };
-        // Resends come from this buffer: 256 video packets are 2 s at 1 Mbit/s and a quarter of
-        // a second at 8 Mbit/s, enough for NACKs on most paths. Each slot costs about 0.5 KiB
-        // per viewer (measured), so str0m's default of 1000 would be 500 KiB per viewer.
+        // Viewers' media does not pass through str0m (see `Viewer`): its send buffers stay
+        // empty, and their RTCP (NACKs) comes to us as raw packets.
         let builder = if req.kind == SessionKind::Viewer {
-            builder.set_send_buffer_video(256)
+            builder
+                .set_send_buffer_video(1)
+                .set_send_buffer_audio(1)
+                .enable_raw_packets(true)
         } else {
             builder
         };
@@ -411,7 +410,7 @@ impl Worker {
                         "no audio or video section could be answered".into(),
                     ));
                 }
-                Role::Viewer(viewer)
+                Role::Viewer(Box::new(viewer))
             }
         };
 
@@ -536,18 +535,9 @@ impl Worker {
         let Some(session) = self.sessions.get_mut(&serial) else {
             return;
         };
-        if local.gop.packets().is_empty() || !session.replay(local.gop.packets(), now) {
-            return;
+        if !local.gop.packets().is_empty() {
+            session.replay(local.gop.packets(), &mut self.sends, &self.counters, now);
         }
-        drain_viewer(
-            session,
-            &mut self.outbox,
-            &mut self.timers,
-            &mut self.followups,
-            &mut self.sends,
-            &self.counters,
-            now,
-        );
     }
 
     /// Moves a viewer to another room without renegotiation: its tracks restart at the new
@@ -631,8 +621,8 @@ impl Worker {
         self.pending = pending;
     }
 
-    /// Forwards packets of one room to this worker's viewers of it: each viewer gets all of
-    /// them, then one str0m poll cycle.
+    /// Forwards packets of one room to this worker's viewers of it, viewer by viewer, so each
+    /// viewer's packets of the turn leave together.
     fn fanout_batch(&mut self, room: RoomId, packets: &[(RoomId, Arc<MediaPacket>)], now: Instant) {
         let local = self.rooms.entry(room).or_default();
         for (_, pkt) in packets {
@@ -644,45 +634,8 @@ impl Worker {
             }
         }
         for serial in &local.viewers {
-            let Some(session) = self.sessions.get_mut(serial) else {
-                continue;
-            };
-            let mut queued = false;
-            for (_, pkt) in packets {
-                queued |= session.write(pkt);
-            }
-            if !queued {
-                continue;
-            }
-            // str0m moves queued packets to the wire when time advances.
-            if let Err(e) = session.rtc.handle_input(Input::Timeout(now)) {
-                tracing::debug!(session = %session.id, error = %e, "viewer rejected timeout input");
-            }
-            drain_viewer(
-                session,
-                &mut self.outbox,
-                &mut self.timers,
-                &mut self.followups,
-                &mut self.sends,
-                &self.counters,
-                now,
-            );
-        }
-    }
-
-    /// Acts on what viewers reported during a fan-out, once the room is no longer borrowed.
-    fn process_followups(&mut self) {
-        if self.followups.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        let followups = std::mem::take(&mut self.followups);
-        for (serial, keyframe, ended) in followups {
-            if keyframe && let Some(room) = self.sessions.get(&serial).map(|s| s.room.clone()) {
-                self.request_keyframe(&room, now);
-            }
-            if let Some(reason) = ended {
-                self.end_session(serial, reason);
+            if let Some(session) = self.sessions.get_mut(serial) {
+                session.write(packets, &mut self.sends, &self.counters, now);
             }
         }
     }
@@ -857,28 +810,6 @@ impl Worker {
     }
 }
 
-/// What a viewer reports while packets are sent to it (keyframe needed, ended).
-type Followup = (u64, bool, Option<&'static str>);
-
-/// Drains a viewer during a fan-out or replay; what it reports is queued for
-/// [`Worker::process_followups`], since the room is still borrowed.
-fn drain_viewer(
-    session: &mut Session,
-    outbox: &mut Outbox,
-    timers: &mut BinaryHeap<Reverse<(Instant, u64)>>,
-    followups: &mut Vec<Followup>,
-    sends: &mut SendBatch,
-    counters: &Counters,
-    now: Instant,
-) {
-    drain_session(session, outbox, timers, sends, counters, now);
-    let keyframe = std::mem::take(&mut outbox.keyframe_request);
-    let ended = outbox.ended.take();
-    if keyframe || ended.is_some() {
-        followups.push((session.serial, keyframe, ended));
-    }
-}
-
 /// Drains one session's `poll_output` until it asks for a timeout.
 fn drain_session(
     session: &mut Session,
@@ -889,7 +820,12 @@ fn drain_session(
     now: Instant,
 ) {
     loop {
-        match session.rtc.poll_output() {
+        let output = session.rtc.poll_output();
+        if let Some(keys) = crate::dtls_tap::take_keys() {
+            // str0m finished this session's DTLS handshake in the call just made.
+            session.set_srtp_keys(&keys);
+        }
+        match output {
             Ok(Output::Timeout(at)) => {
                 let at = at.min(now + MAX_TIMER_GAP);
                 session.timeout = at;
@@ -899,7 +835,16 @@ fn drain_session(
                 }
                 return;
             }
-            Ok(Output::Transmit(t)) => sends.push(t.destination, t.contents, counters),
+            Ok(Output::Transmit(t)) => {
+                if session.check_transmit(t.destination, &t.contents) {
+                    sends.push(t.destination, &t.contents, counters);
+                }
+            }
+            Ok(Output::Event(Event::RawPacket(raw))) => {
+                if let RawPacket::RtcpRx(rtcp) = *raw {
+                    session.handle_viewer_rtcp(&rtcp, sends, counters);
+                }
+            }
             Ok(Output::Event(event)) => session.handle_event(event, outbox, counters),
             Err(e) => {
                 tracing::debug!(session = %session.id, error = %e, "session failed");
