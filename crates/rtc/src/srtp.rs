@@ -2,14 +2,17 @@
 //!
 //! Packets are protected straight into the worker's send buffer: the header is written there,
 //! the payload (shared by every viewer) is encrypted from where it lies, and the tag lands
-//! behind it, so a packet costs one cipher call and no allocation. The ciphers are str0m's
-//! (OpenSSL); the key schedule follows RFC 3711 section 4.3 with the AES-CM PRF.
+//! behind it, so a packet costs one cipher call and no allocation. AES-GCM is ring's (sealing in
+//! place, about twice as fast per packet here as OpenSSL's EVP interface, whose per-call set-up
+//! dominated); AES-CM and the key derivation use str0m's OpenSSL provider. The key schedule
+//! follows RFC 3711 section 4.3 with the AES-CM PRF.
 
+use ring::aead::{AES_128_GCM, AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use str0m::config::CryptoProvider;
 use str0m::crypto::dtls::SrtpProfile;
 use str0m::crypto::{
-    AeadAes128Gcm, AeadAes128GcmCipher, AeadAes256Gcm, AeadAes256GcmCipher, Aes128CmSha1_80,
-    Aes128CmSha1_80Cipher, Sha1HmacProvider, SrtpProvider,
+    AeadAes128Gcm, AeadAes256Gcm, Aes128CmSha1_80, Aes128CmSha1_80Cipher, Sha1HmacProvider,
+    SrtpProvider,
 };
 
 use crate::dtls_tap::SrtpKeys;
@@ -29,14 +32,8 @@ pub(crate) const RTCP_OVERHEAD: usize = 16 + 4;
 pub(crate) const SCRATCH: usize = 16;
 
 enum Cipher {
-    Gcm128 {
-        salt: [u8; 12],
-        enc: Box<dyn AeadAes128GcmCipher>,
-    },
-    Gcm256 {
-        salt: [u8; 12],
-        enc: Box<dyn AeadAes256GcmCipher>,
-    },
+    /// AEAD_AES_128_GCM or AEAD_AES_256_GCM (RFC 7714).
+    Gcm { salt: [u8; 12], key: LessSafeKey },
     Cm128 {
         salt: [u8; 14],
         auth: [u8; 20],
@@ -104,24 +101,21 @@ impl SrtpSender {
         let srtp = crypto.srtp_provider;
         let make = |key_label: u8, auth_label: u8, salt_label: u8| -> Cipher {
             match keys.profile {
-                SrtpProfile::AEAD_AES_128_GCM => {
-                    let mut key = [0u8; 16];
-                    let mut salt = [0u8; 12];
-                    master.derive(srtp, key_label, &mut key);
-                    master.derive(srtp, salt_label, &mut salt);
-                    Cipher::Gcm128 {
-                        salt,
-                        enc: srtp.aead_aes_128_gcm().create_cipher(key, true),
-                    }
-                }
-                SrtpProfile::AEAD_AES_256_GCM => {
+                SrtpProfile::AEAD_AES_128_GCM | SrtpProfile::AEAD_AES_256_GCM => {
+                    let algorithm = if key_len == 16 {
+                        &AES_128_GCM
+                    } else {
+                        &AES_256_GCM
+                    };
                     let mut key = [0u8; 32];
                     let mut salt = [0u8; 12];
-                    master.derive(srtp, key_label, &mut key);
+                    master.derive(srtp, key_label, &mut key[..key_len]);
                     master.derive(srtp, salt_label, &mut salt);
-                    Cipher::Gcm256 {
+                    let key = UnboundKey::new(algorithm, &key[..key_len])
+                        .expect("key length matches the algorithm");
+                    Cipher::Gcm {
                         salt,
-                        enc: srtp.aead_aes_256_gcm().create_cipher(key, true),
+                        key: LessSafeKey::new(key),
                     }
                 }
                 // AES128_CM_SHA1_80, the only other profile (checked above).
@@ -164,15 +158,20 @@ impl SrtpSender {
         let body_end = hlen + payload.len();
         let roc = (index >> 16) as u32;
         let ok = match &mut self.rtp {
-            Cipher::Gcm128 { salt, enc } => {
+            Cipher::Gcm { salt, key } => {
                 let iv = AeadAes128Gcm::rtp_iv(*salt, ssrc, roc, index as u16);
-                enc.encrypt(&iv, header, payload, &mut out[hlen..body_end + 16])
-                    .is_ok()
-            }
-            Cipher::Gcm256 { salt, enc } => {
-                let iv = AeadAes256Gcm::rtp_iv(*salt, ssrc, roc, index as u16);
-                enc.encrypt(&iv, header, payload, &mut out[hlen..body_end + 16])
-                    .is_ok()
+                out[hlen..body_end].copy_from_slice(payload);
+                match key.seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(iv),
+                    Aad::from(header),
+                    &mut out[hlen..body_end],
+                ) {
+                    Ok(tag) => {
+                        out[body_end..body_end + 16].copy_from_slice(tag.as_ref());
+                        true
+                    }
+                    Err(_) => false,
+                }
             }
             Cipher::Cm128 { salt, auth, enc } => {
                 let iv = Aes128CmSha1_80::rtp_iv(*salt, ssrc, index);
@@ -213,21 +212,19 @@ impl SrtpSender {
         let body = &plain[8..];
         let end = plain.len();
         match &mut self.rtcp {
-            Cipher::Gcm128 { salt, enc } => {
+            Cipher::Gcm { salt, key } => {
                 let iv = AeadAes128Gcm::rtcp_iv(*salt, ssrc, index);
                 let mut aad = [0u8; 12];
                 aad[..8].copy_from_slice(&plain[..8]);
                 aad[8..].copy_from_slice(&e_and_index);
-                let _ = enc.encrypt(&iv, &aad, body, &mut out[8..end + 16]);
-                out[end + 16..end + 20].copy_from_slice(&e_and_index);
-                end + 20
-            }
-            Cipher::Gcm256 { salt, enc } => {
-                let iv = AeadAes256Gcm::rtcp_iv(*salt, ssrc, index);
-                let mut aad = [0u8; 12];
-                aad[..8].copy_from_slice(&plain[..8]);
-                aad[8..].copy_from_slice(&e_and_index);
-                let _ = enc.encrypt(&iv, &aad, body, &mut out[8..end + 16]);
+                out[8..end].copy_from_slice(body);
+                if let Ok(tag) = key.seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(iv),
+                    Aad::from(aad),
+                    &mut out[8..end],
+                ) {
+                    out[end..end + 16].copy_from_slice(tag.as_ref());
+                }
                 out[end + 16..end + 20].copy_from_slice(&e_and_index);
                 end + 20
             }
@@ -309,6 +306,56 @@ mod tests {
             let n = s.protect_rtcp(&rtcp, &mut out);
             assert_eq!(n, rtcp.len() + 4 + tag, "{profile:?}");
             assert_eq!(&out[..8], &rtcp[..8]);
+        }
+    }
+
+    /// ring's AES-GCM seal gives the bytes OpenSSL's does (str0m's decryptor, and so the
+    /// peers', agree with the latter).
+    #[test]
+    fn gcm_matches_openssl() {
+        let crypto = str0m::crypto::from_feature_flags();
+        let header = [
+            0x90, 96, 0x12, 0x34, 0, 1, 0, 1, 0xde, 0xad, 0xbe, 0xef, 0xbe, 0xde, 0, 1, 0x10, b'0',
+            0, 0,
+        ];
+        let payload: Vec<u8> = (0..1100u32).map(|i| i as u8).collect();
+        let index = (3u64 << 16) | 0x1234;
+        for profile in [SrtpProfile::AEAD_AES_128_GCM, SrtpProfile::AEAD_AES_256_GCM] {
+            let k = keys(profile);
+            let key_len = if profile == SrtpProfile::AEAD_AES_128_GCM {
+                16
+            } else {
+                32
+            };
+            // Server side: the second key and the second salt.
+            let master = Master {
+                key: &k.material[key_len..2 * key_len],
+                salt: &k.material[2 * key_len + 12..2 * key_len + 24],
+            };
+            let mut key = [0u8; 32];
+            let mut salt = [0u8; 12];
+            master.derive(crypto.srtp_provider, LABEL_RTP_KEY, &mut key[..key_len]);
+            master.derive(crypto.srtp_provider, LABEL_RTP_SALT, &mut salt);
+            let iv = AeadAes128Gcm::rtp_iv(salt, 0xdeadbeef, 3, 0x1234);
+            let mut expected = vec![0u8; payload.len() + 16];
+            if key_len == 16 {
+                let mut c = crypto
+                    .srtp_provider
+                    .aead_aes_128_gcm()
+                    .create_cipher(key[..16].try_into().unwrap(), true);
+                c.encrypt(&iv, &header, &payload, &mut expected).unwrap();
+            } else {
+                let mut c = crypto
+                    .srtp_provider
+                    .aead_aes_256_gcm()
+                    .create_cipher(key, true);
+                c.encrypt(&iv, &header, &payload, &mut expected).unwrap();
+            }
+            let mut s = SrtpSender::new(&crypto, &k).unwrap();
+            let mut out = vec![0u8; 2048];
+            let n = s.protect_rtp(&header, &payload, index, &mut out);
+            assert_eq!(&out[..header.len()], &header);
+            assert_eq!(&out[header.len()..n], &expected[..], "{profile:?}");
         }
     }
 
