@@ -6,13 +6,20 @@
 //! master keys that DTLS produced. str0m does not expose them; its DTLS is pluggable, though, so
 //! this wrapper around the OpenSSL provider copies the keying material as str0m reads it.
 //!
-//! str0m drives DTLS synchronously inside `Rtc::handle_input`, on the worker's thread, so the
+//! str0m drives DTLS synchronously inside `Rtc::poll_output`, on the worker's thread, so the
 //! keys are left in a thread-local slot that the worker empties right after the call that
 //! completed the handshake (see [`take_keys`]).
+//!
+//! The wrapper also retires the DTLS connection some time after the handshake: once SRTP is
+//! keyed, DTLS has nothing left to do in a WebRTC session that carries no data channel (those
+//! that do are left alone), yet OpenSSL keeps its context, record buffers and handshake buffer, about
+//! 100 KiB per session. Retiring it frees those; later DTLS records are ignored. The grace
+//! period lets a peer that lost our last handshake flight retransmit its own and still get an
+//! answer.
 
 use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::config::CryptoProvider;
 use str0m::crypto::CryptoError;
@@ -84,7 +91,15 @@ impl DtlsProvider for TapProvider {
         mtu: Option<usize>,
     ) -> Result<Box<dyn DtlsInstance>, CryptoError> {
         let inner = self.inner.new_dtls(cert, now, dtls_version, mtu)?;
-        Ok(Box::new(TapInstance { inner }))
+        Ok(Box::new(TapInstance {
+            inner: Some(inner),
+            active: false,
+            version: None,
+            now,
+            connected: false,
+            connected_at: None,
+            carries_data: false,
+        }))
     }
 
     fn is_test(&self) -> bool {
@@ -92,58 +107,233 @@ impl DtlsProvider for TapProvider {
     }
 }
 
+/// How long a DTLS connection is kept after its handshake.
+const RETIRE_AFTER: Duration = Duration::from_secs(10);
+
 #[derive(Debug)]
 struct TapInstance {
-    inner: Box<dyn DtlsInstance>,
+    /// None once retired.
+    inner: Option<Box<dyn DtlsInstance>>,
+    active: bool,
+    version: Option<ProtocolVersion>,
+    /// The time str0m last gave us.
+    now: Instant,
+    connected: bool,
+    /// When str0m first gave us the time after the handshake.
+    connected_at: Option<Instant>,
+    /// A data channel (SCTP) runs over this connection: it is never retired.
+    carries_data: bool,
 }
 
 impl DtlsInstance for TapInstance {
     fn set_active(&mut self, active: bool) {
-        self.inner.set_active(active)
+        self.active = active;
+        if let Some(inner) = &mut self.inner {
+            inner.set_active(active)
+        }
     }
 
     fn handle_packet(&mut self, packet: &[u8]) -> Result<(), DtlsImplError> {
-        self.inner.handle_packet(packet)
+        match &mut self.inner {
+            Some(inner) => inner.handle_packet(packet),
+            None => Ok(()),
+        }
     }
 
     fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
-        let out = self.inner.poll_output(buf);
-        if let DtlsOutput::KeyingMaterial(km, profile) = &out {
-            let keys = SrtpKeys {
-                profile: *profile,
-                material: km.to_vec(),
-                we_are_client: self.inner.is_active(),
-            };
-            LAST_KEYS.with(|k| *k.borrow_mut() = Some(keys));
+        let Some(inner) = &mut self.inner else {
+            // Retired: nothing more, ever.
+            return DtlsOutput::Timeout(self.now + Duration::from_secs(86_400));
+        };
+        let out = inner.poll_output(buf);
+        match out {
+            DtlsOutput::KeyingMaterial(ref km, profile) => {
+                let keys = SrtpKeys {
+                    profile,
+                    material: km.to_vec(),
+                    we_are_client: inner.is_active(),
+                };
+                LAST_KEYS.with(|k| *k.borrow_mut() = Some(keys));
+            }
+            DtlsOutput::Connected => {
+                self.connected = true;
+                self.active = inner.is_active();
+                self.version = inner.protocol_version();
+            }
+            DtlsOutput::ApplicationData(_) => self.carries_data = true,
+            // Make str0m call `handle_timeout` when retirement is due: at once when the
+            // handshake has just completed (to learn the time), then at the end of the grace.
+            DtlsOutput::Timeout(t) if self.connected && !self.carries_data => {
+                return DtlsOutput::Timeout(match self.connected_at {
+                    None => self.now,
+                    Some(at) => t.min(at + RETIRE_AFTER),
+                });
+            }
+            _ => {}
         }
         out
     }
 
     fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
-        self.inner.handle_timeout(now)
+        self.now = now;
+        if self.connected && self.connected_at.is_none() {
+            self.connected_at = Some(now);
+        }
+        if !self.carries_data
+            && self
+                .connected_at
+                .is_some_and(|at| now.saturating_duration_since(at) >= RETIRE_AFTER)
+            && self.inner.take().is_some()
+        {
+            tracing::debug!("DTLS retired after the handshake");
+        }
+        match &mut self.inner {
+            Some(inner) => inner.handle_timeout(now),
+            None => Ok(()),
+        }
     }
 
     fn send_application_data(&mut self, data: &[u8]) -> Result<(), DtlsImplError> {
-        self.inner.send_application_data(data)
+        self.carries_data = true;
+        match &mut self.inner {
+            Some(inner) => inner.send_application_data(data),
+            // No data channels: nothing is ever sent here once retired.
+            None => Ok(()),
+        }
     }
 
     fn is_active(&self) -> bool {
-        self.inner.is_active()
+        self.inner.as_ref().map_or(self.active, |i| i.is_active())
     }
 
     fn protocol_version(&self) -> Option<ProtocolVersion> {
-        self.inner.protocol_version()
+        self.inner
+            .as_ref()
+            .map_or(self.version, |i| i.protocol_version())
     }
 
     fn is_closing(&self) -> bool {
-        self.inner.is_closing()
+        self.inner.as_ref().is_some_and(|i| i.is_closing())
     }
 
     fn is_closed(&self) -> bool {
-        self.inner.is_closed()
+        self.inner.as_ref().is_some_and(|i| i.is_closed())
     }
 
     fn close(&mut self) -> Result<(), DtlsImplError> {
-        self.inner.close()
+        match &mut self.inner {
+            Some(inner) => inner.close(),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// A DTLS connection that reports itself connected, then waits; notes being dropped.
+    #[derive(Debug)]
+    struct FakeDtls {
+        outputs: Vec<&'static str>,
+        dropped: Arc<AtomicBool>,
+        later: Instant,
+    }
+
+    impl Drop for FakeDtls {
+        fn drop(&mut self) {
+            self.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl DtlsInstance for FakeDtls {
+        fn set_active(&mut self, _: bool) {}
+        fn handle_packet(&mut self, _: &[u8]) -> Result<(), DtlsImplError> {
+            Ok(())
+        }
+        fn poll_output<'a>(&mut self, _: &'a mut [u8]) -> DtlsOutput<'a> {
+            match self.outputs.pop() {
+                Some("connected") => DtlsOutput::Connected,
+                Some(_) => DtlsOutput::ApplicationData(b"sctp"),
+                None => DtlsOutput::Timeout(self.later),
+            }
+        }
+        fn handle_timeout(&mut self, _: Instant) -> Result<(), DtlsImplError> {
+            Ok(())
+        }
+        fn send_application_data(&mut self, _: &[u8]) -> Result<(), DtlsImplError> {
+            Ok(())
+        }
+        fn is_active(&self) -> bool {
+            false
+        }
+        fn protocol_version(&self) -> Option<ProtocolVersion> {
+            None
+        }
+        fn close(&mut self) -> Result<(), DtlsImplError> {
+            Ok(())
+        }
+    }
+
+    fn tap(outputs: Vec<&'static str>, t0: Instant) -> (TapInstance, Arc<AtomicBool>) {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let fake = FakeDtls {
+            outputs,
+            dropped: dropped.clone(),
+            later: t0 + Duration::from_secs(3600),
+        };
+        let tap = TapInstance {
+            inner: Some(Box::new(fake)),
+            active: false,
+            version: None,
+            now: t0,
+            connected: false,
+            connected_at: None,
+            carries_data: false,
+        };
+        (tap, dropped)
+    }
+
+    fn timeout_of(tap: &mut TapInstance) -> Instant {
+        let mut buf = [0u8; 64];
+        loop {
+            if let DtlsOutput::Timeout(t) = tap.poll_output(&mut buf) {
+                return t;
+            }
+        }
+    }
+
+    #[test]
+    fn retires_the_connection_after_the_grace_period() {
+        let t0 = Instant::now();
+        let (mut tap, dropped) = tap(vec!["connected"], t0);
+        // Connected: str0m is asked for the time at once.
+        assert_eq!(timeout_of(&mut tap), t0);
+        let t1 = t0 + Duration::from_millis(50);
+        tap.handle_timeout(t1).unwrap();
+        assert_eq!(timeout_of(&mut tap), t1 + RETIRE_AFTER);
+        tap.handle_timeout(t1 + RETIRE_AFTER - Duration::from_millis(1))
+            .unwrap();
+        assert!(
+            !dropped.load(Ordering::SeqCst),
+            "kept during the grace period"
+        );
+        tap.handle_timeout(t1 + RETIRE_AFTER).unwrap();
+        assert!(dropped.load(Ordering::SeqCst), "retired after it");
+        // Late records are ignored; the session's view of DTLS stays connected.
+        assert!(tap.handle_packet(b"late record").is_ok());
+        assert!(timeout_of(&mut tap) > t1 + RETIRE_AFTER + Duration::from_secs(3600));
+        assert!(!tap.is_closed());
+    }
+
+    #[test]
+    fn keeps_a_connection_that_carries_a_data_channel() {
+        let t0 = Instant::now();
+        let (mut tap, dropped) = tap(vec!["data", "connected"], t0);
+        assert_eq!(timeout_of(&mut tap), t0 + Duration::from_secs(3600));
+        tap.handle_timeout(t0 + RETIRE_AFTER * 10).unwrap();
+        assert!(!dropped.load(Ordering::SeqCst));
     }
 }

@@ -77,8 +77,9 @@ pub(crate) struct Viewer {
 /// Sender reports go out this often per stream (RFC 3550 allows 5 s; browsers use the mapping
 /// for lip sync, so sooner is better after a start or switch).
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
-/// Video packets kept per viewer for retransmission (the packets themselves are shared).
-const HISTORY: usize = 512;
+/// Video packets kept per viewer for retransmission (the packets themselves are shared): 2 s at
+/// 1 Mbit/s, a quarter second at 8 Mbit/s, 24 bytes each.
+const HISTORY: usize = 256;
 
 struct TrackOut {
     ssrc: Ssrc,

@@ -31,6 +31,8 @@ pub(crate) const RTCP_OVERHEAD: usize = 16 + 4;
 /// Spare room behind a packet that the counter-mode cipher may write into.
 pub(crate) const SCRATCH: usize = 16;
 
+// The GCM key schedule is held inline: it is used for nearly every session, AES-CM rarely.
+#[allow(clippy::large_enum_variant)]
 enum Cipher {
     /// AEAD_AES_128_GCM or AEAD_AES_256_GCM (RFC 7714).
     Gcm { salt: [u8; 12], key: LessSafeKey },

@@ -29,6 +29,8 @@ use crate::stun;
 
 /// Longest a session waits between timer checks, so connect and idle timeouts are noticed.
 const MAX_TIMER_GAP: Duration = Duration::from_secs(1);
+/// str0m's report interval for viewers: never (deadsfu sends their reports).
+const NO_REPORTS: Duration = Duration::from_secs(1 << 30);
 /// Datagrams read per wake-up before other work gets a turn.
 const RECV_BATCH: usize = 64;
 
@@ -106,6 +108,19 @@ const GOP_MAX_BYTES: usize = 4 << 20;
 const GOP_MAX_PACKETS: usize = 4096;
 /// How often rooms without live video or sessions here are tidied away.
 const TIDY_EVERY: Duration = Duration::from_secs(1);
+/// How often freed memory is handed back to the system.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
+
+/// Hands freed heap pages back to the system. Sessions free most of their DTLS state a few
+/// seconds after connecting (see `dtls_tap.rs`), in between allocations of other sessions, so
+/// glibc's heap keeps the holes resident unless asked.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 impl Default for LocalRoom {
     fn default() -> Self {
@@ -139,6 +154,7 @@ pub(crate) struct Worker {
     /// viewer per turn rather than per packet).
     pending: Vec<(RoomId, Arc<MediaPacket>)>,
     next_tidy: Instant,
+    next_trim: Instant,
     /// This turn's outgoing datagrams.
     sends: SendBatch,
 }
@@ -169,6 +185,7 @@ impl Worker {
             idle_packets: Vec::new(),
             pending: Vec::new(),
             next_tidy: Instant::now(),
+            next_trim: Instant::now() + TRIM_EVERY,
             sends: SendBatch::new(send_socket),
         }
     }
@@ -351,11 +368,16 @@ impl Worker {
         };
         // Viewers' media does not pass through str0m (see `Viewer`): its send buffers stay
         // empty, and their RTCP (NACKs) comes to us as raw packets.
+        // str0m's sender reports would be wrong (it has sent nothing) and are ours to send, and
+        // nobody reads its statistics: both off, which also saves memory per viewer.
         let builder = if req.kind == SessionKind::Viewer {
             builder
                 .set_send_buffer_video(1)
                 .set_send_buffer_audio(1)
                 .enable_raw_packets(true)
+                .set_stats_interval(None)
+                .set_rtcp_report_interval_audio(NO_REPORTS)
+                .set_rtcp_report_interval_video(NO_REPORTS)
         } else {
             builder
         };
@@ -716,6 +738,10 @@ impl Worker {
             return;
         }
         self.next_tidy = now + TIDY_EVERY;
+        if now >= self.next_trim {
+            self.next_trim = now + TRIM_EVERY;
+            release_free_memory();
+        }
         self.rooms.retain(|_, local| {
             let live_recently = local
                 .last_live_video
