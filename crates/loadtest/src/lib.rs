@@ -72,6 +72,20 @@ pub struct LoadtestArgs {
     /// How long to measure after the last viewer started: 30s, 500ms, 2m.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub duration: Duration,
+    /// Time between the last viewer's sign-up and the opening of the measuring window, for
+    /// set-up work (DTLS, the GOP burst to new viewers, queues built up during the ramp) to
+    /// settle: 3s, 5s.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub settle: Duration,
+    /// Wait longer than `--settle`, up to this, until a second's forwarding latency (p99 of
+    /// the decrypting viewers) is at most `--settle-latency`: sign-ups cost the server too, so
+    /// a server near its capacity may end the ramp with a queue that takes a while to drain.
+    /// Default: `--settle`.
+    #[arg(long, value_parser = parse_duration)]
+    pub settle_max: Option<Duration>,
+    /// See `--settle-max`: 250ms, 100ms.
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    pub settle_latency: Duration,
     /// Time between keyframes.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub keyframe_interval: Duration,
@@ -93,6 +107,10 @@ pub struct LoadtestArgs {
     /// Threads running viewers.
     #[arg(long, default_value_t = 1)]
     pub viewer_threads: usize,
+    /// Do not ask the kernel for coalesced buffers (`UDP_GRO`) on viewer sockets: a server's
+    /// GSO buffers are then cut into datagrams on the way (on loopback, at the server's cost).
+    #[arg(long)]
+    pub no_gro: bool,
     /// Viewer sign-ups in flight at once.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
@@ -114,6 +132,9 @@ impl Default for LoadtestArgs {
             ramp: 100.0,
             bitrate: 1_000_000,
             duration: Duration::from_secs(30),
+            settle: SETTLE,
+            settle_max: None,
+            settle_latency: Duration::from_millis(250),
             keyframe_interval: Duration::from_secs(2),
             sfu_pid: None,
             ftl: None,
@@ -121,6 +142,7 @@ impl Default for LoadtestArgs {
             token: None,
             full_viewers: 4,
             viewer_threads: 1,
+            no_gro: false,
             concurrency: 32,
             quiet: false,
         }
@@ -166,6 +188,8 @@ pub struct FinalReport {
     pub viewers: usize,
     pub connected: usize,
     pub receiving: usize,
+    /// Viewers whose socket took coalesced (GRO) buffers.
+    pub gro_viewers: usize,
     pub failed_signups: usize,
     /// Loss over the measuring window (after the ramp), percent.
     pub loss_pct: f64,
@@ -192,6 +216,14 @@ pub struct FinalReport {
     /// Packets delivered over packets published times viewers connected, in the measuring
     /// window, percent. Below 100 the server falls behind (queues or drops).
     pub delivery_pct: Option<f64>,
+    /// Datagrams per buffer read by the viewers in the measuring window: above 1 when the
+    /// server sends GSO buffers (and the viewers take them whole, `UDP_GRO`).
+    pub datagrams_per_read: Option<f64>,
+    /// str0m timeouts the viewers ran per second in the measuring window (the load
+    /// generator's cost that grows with viewers, not packets).
+    pub timeouts_per_s: f64,
+    /// Seconds from the last sign-up to the opening of the measuring window.
+    pub settled_after_s: Option<f64>,
 }
 
 impl FinalReport {
@@ -201,6 +233,7 @@ impl FinalReport {
             "viewers": self.viewers,
             "connected": self.connected,
             "receiving": self.receiving,
+            "gro_viewers": self.gro_viewers,
             "failed_signups": self.failed_signups,
             "loss_pct": (self.loss_pct * 10000.0).round() / 10000.0,
             "loss_total_pct": (self.loss_total_pct * 10000.0).round() / 10000.0,
@@ -225,6 +258,9 @@ impl FinalReport {
             "generator_cpu_pct": r(self.generator_cpu_pct),
             "published_packets": self.published_packets,
             "delivery_pct": r(self.delivery_pct),
+            "datagrams_per_read": r(self.datagrams_per_read),
+            "timeouts_per_s": self.timeouts_per_s.round(),
+            "settled_after_s": r(self.settled_after_s),
         })
     }
 }
@@ -237,7 +273,7 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Time between the last viewer's start and the opening of the measuring window.
+/// Default time between the last viewer's sign-up and the opening of the measuring window.
 const SETTLE: Duration = Duration::from_secs(3);
 
 /// Where the measuring window started: when, the totals then, the SFU's and this process's
@@ -248,22 +284,30 @@ type Window = (Instant, Totals, Option<ProcSample>, Option<ProcSample>, u64);
 #[derive(Debug, Clone, Default)]
 struct Totals {
     viewers: usize,
+    gro: usize,
     connected: usize,
     receiving: usize,
     packets: u64,
     other_packets: u64,
     bytes: u64,
+    buffers: u64,
+    datagrams: u64,
+    timeouts: u64,
     seq: SeqCounts,
 }
 
 impl Totals {
     fn add(&mut self, r: &ShardReport) {
         self.viewers += r.viewers;
+        self.gro += r.gro;
         self.connected += r.connected;
         self.receiving += r.receiving;
         self.packets += r.packets;
         self.other_packets += r.other_packets;
         self.bytes += r.bytes;
+        self.buffers += r.buffers;
+        self.datagrams += r.datagrams;
+        self.timeouts += r.timeouts;
         self.seq.add(&r.seq);
     }
 }
@@ -363,7 +407,7 @@ pub async fn measure(args: &LoadtestArgs) -> anyhow::Result<FinalReport> {
 
     // The viewers.
     let mut shards = (0..args.viewer_threads.max(1))
-        .map(Shard::start)
+        .map(|i| Shard::start_with(i, !args.no_gro))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let shards_ref: Arc<Vec<Shard>> = Arc::new(std::mem::take(&mut shards));
     let signaling = Signaling::new(args.token.clone());
@@ -430,6 +474,7 @@ pub async fn measure(args: &LoadtestArgs) -> anyhow::Result<FinalReport> {
     let mut first_packet = Samples::default();
     let mut first_keyframe = Samples::default();
     let mut ramp_done_at: Option<Instant> = None;
+    let mut settled_after: Option<Duration> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let mut ramp = Some(ramp);
@@ -460,6 +505,7 @@ pub async fn measure(args: &LoadtestArgs) -> anyhow::Result<FinalReport> {
         if window.is_some() {
             latency.extend(&second_latency);
         }
+        let second_p99_ms = second_latency.percentile_ms(99.0);
         let sfu = sfu_sample();
         let secs = now
             .saturating_duration_since(prev_at)
@@ -488,7 +534,7 @@ pub async fn measure(args: &LoadtestArgs) -> anyhow::Result<FinalReport> {
                 loss_between(&prev_totals.seq, &totals.seq),
                 totals.seq.late - prev_totals.seq.late,
                 ms(second_latency.percentile_ms(50.0)),
-                ms(second_latency.percentile_ms(99.0)),
+                ms(second_p99_ms),
                 ms(second_latency.max().map(|v| v as f64 / 1000.0)),
                 ms(first_packet.percentile_ms(50.0)),
                 ms(first_keyframe.percentile_ms(50.0)),
@@ -496,11 +542,18 @@ pub async fn measure(args: &LoadtestArgs) -> anyhow::Result<FinalReport> {
             );
         }
         // The measuring window opens a while after the last viewer started, so set-up work
-        // (HTTP, DTLS, the GOP burst to new viewers) is not counted as steady-state load.
+        // (HTTP, DTLS, the GOP burst to new viewers) is not counted as steady-state load; and,
+        // up to --settle-max, only once the queue the ramp left behind has drained.
+        let settled = |since: Duration| {
+            since >= args.settle
+                && (since >= args.settle_max.unwrap_or(args.settle)
+                    || second_p99_ms.is_none_or(|p| p <= args.settle_latency.as_secs_f64() * 1e3))
+        };
         if window.is_none()
             && let Some(done) = ramp_done_at
-            && now.duration_since(done) >= SETTLE
+            && settled(now.duration_since(done))
         {
+            settled_after = Some(now.duration_since(done));
             window = Some((
                 now,
                 totals.clone(),
@@ -553,6 +606,7 @@ pub async fn measure(args: &LoadtestArgs) -> anyhow::Result<FinalReport> {
         viewers: args.viewers,
         connected: totals.connected,
         receiving: totals.receiving,
+        gro_viewers: totals.gro,
         failed_signups: failed.load(Ordering::Relaxed),
         loss_total_pct: totals.seq.loss_pct(),
         seq: totals.seq,
@@ -568,6 +622,7 @@ pub async fn measure(args: &LoadtestArgs) -> anyhow::Result<FinalReport> {
         ttff_p99_ms: first_keyframe.percentile_ms(99.0),
         sfu_rss_kib: end_sfu.map(|s| s.rss_kib),
         published_packets: pub_stats.packets.load(Ordering::Relaxed),
+        settled_after_s: settled_after.map(|d| d.as_secs_f64()),
         ..FinalReport::default()
     };
     if let Some((start, start_totals, start_sfu, start_self, start_published)) = &window {
@@ -581,8 +636,14 @@ pub async fn measure(args: &LoadtestArgs) -> anyhow::Result<FinalReport> {
             .saturating_duration_since(*start)
             .as_secs_f64()
             .max(1e-3);
+        let buffers = totals.buffers - start_totals.buffers;
+        if buffers > 0 {
+            report.datagrams_per_read =
+                Some((totals.datagrams - start_totals.datagrams) as f64 / buffers as f64);
+        }
         report.loss_pct = loss_between(&start_totals.seq, &totals.seq);
         report.pps = (totals.packets - start_totals.packets) as f64 / secs;
+        report.timeouts_per_s = (totals.timeouts - start_totals.timeouts) as f64 / secs;
         report.mbps = (totals.bytes - start_totals.bytes) as f64 * 8.0 / secs / 1e6;
         if let (Some(a), Some(b)) = (start_sfu, &end_sfu) {
             report.sfu_cpu_pct = Some(procstat::cpu_pct(a, b));

@@ -30,6 +30,31 @@ pub fn sample(pid: &str) -> Option<ProcSample> {
     })
 }
 
+/// CPU time, in seconds, of this process's threads called `name` (`None` if there is none).
+/// Read from `schedstat` (nanoseconds), or from `stat` (clock ticks) where that is missing.
+pub fn threads_cpu_secs(name: &str) -> Option<f64> {
+    let mut total = None;
+    for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let dir = entry.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let secs = std::fs::read_to_string(dir.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .map(|ns| ns as f64 / 1e9)
+            .or_else(|| {
+                let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+                Some(parse_cpu_ticks(&stat)? as f64 / clock_ticks())
+            });
+        if let Some(s) = secs {
+            *total.get_or_insert(0.0) += s;
+        }
+    }
+    total
+}
+
 /// utime + stime (fields 14 and 15) from `/proc/pid/stat`; the command name in field 2 may
 /// hold spaces, so fields are counted from its closing parenthesis.
 fn parse_cpu_ticks(stat: &str) -> Option<u64> {
@@ -77,5 +102,20 @@ mod tests {
     fn reads_own_process() {
         let s = sample("self").unwrap();
         assert!(s.rss_kib > 0);
+    }
+
+    #[test]
+    fn reads_a_named_thread() {
+        let t = std::thread::Builder::new()
+            .name("procstat-spin".into())
+            .spawn(|| {
+                let start = std::time::Instant::now();
+                while start.elapsed() < std::time::Duration::from_millis(30) {}
+                threads_cpu_secs("procstat-spin")
+            })
+            .unwrap();
+        let secs = t.join().unwrap().unwrap();
+        assert!(secs > 0.01, "{secs}");
+        assert_eq!(threads_cpu_secs("no-such-thread"), None);
     }
 }

@@ -1,11 +1,18 @@
 //! The machine's physical limit for the benchmark: how many 1200-byte UDP datagrams per second
 //! one core sends on loopback, with plain `sendto`, with `sendmmsg` (one call, many
 //! datagrams, many destinations possible) and with GSO (`UDP_SEGMENT`: one call, one buffer
-//! cut into datagrams by the kernel, one destination), while a thread on another core reads
-//! them with `recvmmsg`.
+//! cut into datagrams, one destination), while a thread on another core reads them.
+//!
+//! The reader is either plain (`recvmmsg`, as before) or set up exactly like the load
+//! generator's viewers ([`Receiver::Gro`]: `UDP_GRO` on, so a GSO buffer reaches it whole and
+//! is not cut into datagrams inside the sender's system call). [`fanout`] sends to many
+//! receiver sockets, each a viewer of the load generator's own receiving machinery, the way
+//! an SFU fans out: `sendmmsg` of small GSO buffers (a few segments each) to distinct
+//! destinations. At a fixed rate it simulates an SFU, to measure what the load generator's
+//! receiving costs per datagram.
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -59,6 +66,21 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// How the reader's socket is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Receiver {
+    /// `recvmmsg` on a plain socket with an 8 MiB buffer: GSO buffers are cut into datagrams
+    /// on the way (on loopback, in the sender's system call).
+    Plain,
+    /// Set up like a load-generator viewer ([`crate::recv::setup_socket`]): `UDP_GRO` on,
+    /// a GSO buffer arrives whole and the reader cuts it.
+    Gro,
+}
+
+impl Receiver {
+    pub const ALL: [Receiver; 2] = [Receiver::Plain, Receiver::Gro];
+}
+
 /// What one measurement found.
 #[derive(Debug, Clone, Copy)]
 pub struct Rate {
@@ -69,16 +91,35 @@ pub struct Rate {
     pub received_pps: f64,
 }
 
-/// Sends for `duration` with `method` from `send_cpu` while a reader on `recv_cpu` drains.
+/// Sends for `duration` with `method` from `send_cpu` while a plain reader on `recv_cpu`
+/// drains.
 pub fn measure(
     method: SendMethod,
     duration: Duration,
     send_cpu: Option<usize>,
     recv_cpu: Option<usize>,
 ) -> io::Result<Rate> {
+    measure_with(method, Receiver::Plain, duration, send_cpu, recv_cpu)
+}
+
+/// Sends for `duration` with `method` from `send_cpu` while a `receiver` on `recv_cpu`
+/// drains (counting every datagram of a coalesced buffer).
+pub fn measure_with(
+    method: SendMethod,
+    receiver: Receiver,
+    duration: Duration,
+    send_cpu: Option<usize>,
+    recv_cpu: Option<usize>,
+) -> io::Result<Rate> {
     let rx = UdpSocket::bind("127.0.0.1:0")?;
-    set_buffer(&rx, libc::SO_RCVBUF, 8 << 20);
-    rx.set_read_timeout(Some(Duration::from_millis(100)))?;
+    match receiver {
+        Receiver::Plain => set_buffer(&rx, libc::SO_RCVBUF, 8 << 20),
+        Receiver::Gro => {
+            if !crate::recv::setup_socket(rx.as_raw_fd()) {
+                return Err(io::Error::other("the kernel refuses UDP_GRO"));
+            }
+        }
+    }
     let to = rx.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
@@ -103,7 +144,9 @@ pub fn measure(
                         unsafe { libc::poll(&mut poll, 1, 50) };
                     }
                     Ok(n) => {
-                        received.fetch_add(n as u64, Ordering::Relaxed);
+                        let datagrams: usize =
+                            (0..n).map(|i| batch.get(i).map_or(0, |s| s.count())).sum();
+                        received.fetch_add(datagrams as u64, Ordering::Relaxed);
                     }
                     Err(_) => break,
                 }
@@ -167,29 +210,9 @@ impl<'a> Sender<'a> {
         let SocketAddr::V4(v4) = to else {
             return Err(io::Error::other("IPv4 only"));
         };
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*v4.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
+        let addr = crate::recv::sockaddr_in(v4);
         if matches!(method, SendMethod::Gso | SendMethod::SendmmsgGso) {
-            let seg: libc::c_int = DATAGRAM as libc::c_int;
-            // SAFETY: a valid socket and an int option value.
-            let r = unsafe {
-                libc::setsockopt(
-                    socket.as_raw_fd(),
-                    libc::SOL_UDP,
-                    libc::UDP_SEGMENT,
-                    (&seg as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if r != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            crate::recv::enable_gso(socket.as_raw_fd(), DATAGRAM)?;
         }
         let len = match method {
             SendMethod::Sendto | SendMethod::Sendmmsg => DATAGRAM,
@@ -262,6 +285,269 @@ impl<'a> Sender<'a> {
     }
 }
 
+/// A fan-out: one sender, many receivers, each a viewer of the load generator's receiving
+/// machinery (one viewer thread, epoll, `recvmmsg`, `UDP_GRO`, header counting).
+#[derive(Debug, Clone)]
+pub struct Fanout {
+    /// Receiver sockets (viewers).
+    pub receivers: usize,
+    /// Datagrams per GSO buffer, all `segment_len` bytes but the last (two thirds of that, as
+    /// a frame's last fragment is shorter); 1 sends single datagrams (`sendmmsg`, no GSO).
+    pub segments: usize,
+    pub segment_len: usize,
+    /// Datagrams per second; `None`: as fast as the sender can.
+    pub rate: Option<f64>,
+    /// Sending before the measuring window opens.
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub send_cpu: Option<usize>,
+    pub recv_cpu: Option<usize>,
+    /// Viewer sockets take coalesced buffers (`UDP_GRO`), as the load generator's do.
+    pub gro: bool,
+}
+
+impl Default for Fanout {
+    fn default() -> Self {
+        Fanout {
+            receivers: 1000,
+            segments: 4,
+            segment_len: DATAGRAM,
+            rate: None,
+            warmup: Duration::from_millis(500),
+            duration: Duration::from_secs(3),
+            send_cpu: None,
+            recv_cpu: None,
+            gro: true,
+        }
+    }
+}
+
+/// What a fan-out measured, over its window.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FanoutRate {
+    /// Datagrams sent per second.
+    pub sent_pps: f64,
+    /// Datagrams the viewers counted per second.
+    pub received_pps: f64,
+    /// Sequence-number loss the viewers saw, percent.
+    pub loss_pct: f64,
+    /// CPU of the viewer thread, percent of one core.
+    pub receiver_cpu_pct: f64,
+    /// CPU of the sender thread, percent of one core.
+    pub sender_cpu_pct: f64,
+    /// Viewer-thread CPU per received datagram, in nanoseconds.
+    pub receiver_ns_per_datagram: f64,
+    /// Receivers whose socket took `UDP_GRO`.
+    pub gro_receivers: usize,
+}
+
+/// Payload types of the simulated stream: H264 on 96.
+const FANOUT_SDP: &str = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 H264/90000\r\n";
+const SENDER_THREAD: &str = "udprate-send";
+const VIEWER_THREAD: &str = "viewers-0";
+
+/// Sends SRTP-shaped datagrams (an RTP header with a per-receiver SSRC and consecutive
+/// sequence numbers, random bytes after it) to `f.receivers` viewer sockets round-robin, each
+/// turn a GSO buffer of `f.segments` datagrams per receiver, 64 receivers per `sendmmsg`.
+pub fn fanout(f: &Fanout) -> io::Result<FanoutRate> {
+    // The viewer thread inherits the CPU of the thread that starts it.
+    let (recv_cpu, gro) = (f.recv_cpu, f.gro);
+    let mut shard = std::thread::spawn(move || {
+        if let Some(cpu) = recv_cpu {
+            pin_to_cpu(cpu)?;
+        }
+        crate::viewer::Shard::start_with(0, gro).map_err(io::Error::other)
+    })
+    .join()
+    .map_err(|_| io::Error::other("viewer thread start panicked"))??;
+    let mut to = Vec::with_capacity(f.receivers);
+    for _ in 0..f.receivers {
+        let s = UdpSocket::bind("127.0.0.1:0")?;
+        let SocketAddr::V4(a) = s.local_addr()? else {
+            return Err(io::Error::other("IPv4 only"));
+        };
+        to.push(a);
+        shard.add(crate::viewer::NewViewer::unsignalled(s, FANOUT_SDP));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let gro_receivers = loop {
+        let r = shard.take();
+        if r.viewers >= f.receivers {
+            break r.gro;
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::other("viewers did not start"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let sender = {
+        let (stop, sent, f) = (stop.clone(), sent.clone(), f.clone());
+        std::thread::Builder::new()
+            .name(SENDER_THREAD.into())
+            .spawn(move || fanout_send(&f, &to, &stop, &sent))?
+    };
+    std::thread::sleep(f.warmup);
+    let read = |shard: &crate::viewer::Shard| {
+        // The shard publishes its totals every 200 ms: wait for a fresh report.
+        std::thread::sleep(Duration::from_millis(210));
+        (
+            Instant::now(),
+            shard.take(),
+            sent.load(Ordering::Relaxed),
+            crate::procstat::threads_cpu_secs(VIEWER_THREAD).unwrap_or(0.0),
+            crate::procstat::threads_cpu_secs(SENDER_THREAD).unwrap_or(0.0),
+        )
+    };
+    let a = read(&shard);
+    std::thread::sleep(f.duration.saturating_sub(Duration::from_millis(210)));
+    let b = read(&shard);
+    stop.store(true, Ordering::Relaxed);
+    let send_result = sender
+        .join()
+        .map_err(|_| io::Error::other("sender panicked"))?;
+    shard.stop();
+    send_result?;
+    let secs = b.0.duration_since(a.0).as_secs_f64().max(1e-3);
+    // The viewers' counts are as of their reports, a little before they were read.
+    let report_secs = match (a.1.at, b.1.at) {
+        (Some(x), Some(y)) => y.duration_since(x).as_secs_f64().max(1e-3),
+        _ => secs,
+    };
+    let received = b.1.packets.saturating_sub(a.1.packets);
+    let received_pps = received as f64 / report_secs;
+    let lost = b.1.seq.lost.saturating_sub(a.1.seq.lost);
+    let got = b.1.seq.received.saturating_sub(a.1.seq.received);
+    let recv_cpu = b.3 - a.3;
+    Ok(FanoutRate {
+        sent_pps: b.2.saturating_sub(a.2) as f64 / secs,
+        received_pps,
+        loss_pct: if lost + got == 0 {
+            0.0
+        } else {
+            lost as f64 * 100.0 / (lost + got) as f64
+        },
+        receiver_cpu_pct: recv_cpu * 100.0 / secs,
+        sender_cpu_pct: (b.4 - a.4) * 100.0 / secs,
+        receiver_ns_per_datagram: if received == 0 {
+            0.0
+        } else {
+            recv_cpu * 1e9 / (received_pps * secs)
+        },
+        gro_receivers,
+    })
+}
+
+/// Messages per `sendmmsg` of a fan-out (each to another receiver).
+const FANOUT_BATCH: usize = 64;
+
+fn fanout_send(
+    f: &Fanout,
+    to: &[SocketAddrV4],
+    stop: &AtomicBool,
+    sent: &AtomicU64,
+) -> io::Result<()> {
+    if let Some(cpu) = f.send_cpu {
+        pin_to_cpu(cpu)?;
+    }
+    let tx = UdpSocket::bind("127.0.0.1:0")?;
+    set_buffer(&tx, libc::SO_SNDBUF, 8 << 20);
+    let segments = f.segments.clamp(1, 64);
+    let seg_len = f.segment_len.clamp(16, DATAGRAM.max(f.segment_len));
+    let last_len = if segments == 1 {
+        seg_len
+    } else {
+        seg_len * 2 / 3
+    };
+    let msg_len = seg_len * (segments - 1) + last_len;
+    if msg_len > 65_000 {
+        return Err(io::Error::other("a GSO buffer holds at most 64 KiB"));
+    }
+    let addrs: Vec<libc::sockaddr_in> = to.iter().map(|a| crate::recv::sockaddr_in(*a)).collect();
+    let mut seqs = vec![0u16; to.len()];
+    // Random bytes after the headers, as SRTP's ciphertext would be.
+    let mut bufs = vec![0u8; FANOUT_BATCH * msg_len];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in bufs.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let mut controls = vec![[0u64; 4]; FANOUT_BATCH];
+    let mut iovecs: Vec<libc::iovec> = (0..FANOUT_BATCH)
+        .map(|i| libc::iovec {
+            iov_base: bufs[i * msg_len..].as_mut_ptr().cast(),
+            iov_len: msg_len,
+        })
+        .collect();
+    let mut headers: Vec<libc::mmsghdr> = (0..FANOUT_BATCH)
+        .map(|i| {
+            // SAFETY: msghdr is plain old data; the fields that matter are set here and below.
+            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_iov = &mut iovecs[i];
+            h.msg_iovlen = 1;
+            if segments > 1 {
+                // SAFETY: `controls` outlives `headers`.
+                unsafe {
+                    crate::recv::write_segment_cmsg(&mut h, &mut controls[i], seg_len as u16)
+                };
+            }
+            libc::mmsghdr {
+                msg_hdr: h,
+                msg_len: 0,
+            }
+        })
+        .collect();
+    let start = Instant::now();
+    let mut total = 0u64;
+    let mut next = 0usize; // the receiver of the first message of the next call
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(rate) = f.rate {
+            let due = start + Duration::from_secs_f64(total as f64 / rate);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        let batch = FANOUT_BATCH.min(to.len());
+        for k in 0..batch {
+            let r = (next + k) % to.len();
+            let buf = &mut bufs[k * msg_len..(k + 1) * msg_len];
+            let ssrc = 0x1000_0000u32 + r as u32;
+            for (j, seg) in buf.chunks_mut(seg_len).enumerate() {
+                let seq = seqs[r].wrapping_add(j as u16);
+                seg[0] = 0x80;
+                seg[1] = 96;
+                seg[2..4].copy_from_slice(&seq.to_be_bytes());
+                seg[4..8].copy_from_slice(&(total as u32).to_be_bytes());
+                seg[8..12].copy_from_slice(&ssrc.to_be_bytes());
+            }
+            headers[k].msg_hdr.msg_name = (&addrs[r] as *const libc::sockaddr_in).cast_mut().cast();
+        }
+        // SAFETY: every header points at live buffers, addresses and control messages above.
+        let n = unsafe { libc::sendmmsg(tx.as_raw_fd(), headers.as_mut_ptr(), batch as u32, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        for k in 0..n as usize {
+            let r = (next + k) % to.len();
+            seqs[r] = seqs[r].wrapping_add(segments as u16);
+        }
+        next = (next + n as usize) % to.len();
+        total += n as u64 * segments as u64;
+        sent.store(total, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,5 +559,50 @@ mod tests {
             assert!(rate.sent_pps > 0.0, "{method:?}");
             assert!(rate.received_pps > 0.0, "{method:?}");
         }
+    }
+
+    #[test]
+    fn a_gro_reader_counts_every_segment() {
+        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+        if crate::recv::enable_gro(probe.as_raw_fd()).is_err() {
+            eprintln!("skipped: the kernel refuses UDP_GRO");
+            return;
+        }
+        for method in SendMethod::ALL {
+            let rate = measure_with(
+                method,
+                Receiver::Gro,
+                Duration::from_millis(100),
+                None,
+                None,
+            )
+            .unwrap();
+            assert!(rate.sent_pps > 0.0, "{method:?}");
+            // Counted per datagram, not per coalesced buffer.
+            assert!(
+                rate.received_pps > rate.sent_pps * 0.3,
+                "{method:?} {rate:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_paced_fanout_reaches_every_viewer_without_loss() {
+        let f = Fanout {
+            receivers: 20,
+            segments: 4,
+            rate: Some(20_000.0),
+            warmup: Duration::from_millis(200),
+            duration: Duration::from_millis(600),
+            ..Fanout::default()
+        };
+        let r = fanout(&f).unwrap();
+        assert!(r.sent_pps > 10_000.0, "{r:?}");
+        assert!(
+            (r.received_pps - r.sent_pps).abs() < r.sent_pps * 0.2,
+            "{r:?}"
+        );
+        assert_eq!(r.loss_pct, 0.0, "{r:?}");
+        assert!(r.receiver_ns_per_datagram > 0.0, "{r:?}");
     }
 }

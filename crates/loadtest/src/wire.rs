@@ -70,14 +70,17 @@ pub enum PtUse {
 }
 
 /// Payload types of a session, read from the SDP that says what the other side will send.
-#[derive(Debug, Clone, Default)]
+/// One bit per payload type and use, so a lookup (once per packet) is a shift.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct PayloadTypes {
-    uses: Vec<(u8, PtUse)>,
+    audio: u128,
+    video: u128,
+    repair: u128,
 }
 
 impl PayloadTypes {
     pub fn from_sdp(sdp: &str) -> Self {
-        let mut uses = Vec::new();
+        let mut uses = PayloadTypes::default();
         let mut section = None;
         for line in sdp.lines().map(str::trim) {
             if let Some(m) = line.strip_prefix("m=") {
@@ -93,19 +96,33 @@ impl PayloadTypes {
                     continue;
                 };
                 let Ok(pt) = pt.parse::<u8>() else { continue };
+                if pt > 127 || uses.get(pt).is_some() {
+                    continue; // not a payload type, or given already (the first one counts)
+                }
                 let name = codec.split('/').next().unwrap_or("").to_ascii_lowercase();
-                let used = match name.as_str() {
-                    "rtx" | "red" | "ulpfec" | "flexfec-03" => PtUse::Repair,
-                    _ => kind,
-                };
-                uses.push((pt, used));
+                let bit = 1u128 << pt;
+                match (name.as_str(), kind) {
+                    ("rtx" | "red" | "ulpfec" | "flexfec-03", _) => uses.repair |= bit,
+                    (_, PtUse::Audio) => uses.audio |= bit,
+                    (_, _) => uses.video |= bit,
+                }
             }
         }
-        PayloadTypes { uses }
+        uses
     }
 
+    #[inline]
     pub fn get(&self, pt: u8) -> Option<PtUse> {
-        self.uses.iter().find(|(p, _)| *p == pt).map(|(_, u)| *u)
+        let bit = 1u128 << (pt & 0x7f);
+        if self.video & bit != 0 {
+            Some(PtUse::Video)
+        } else if self.audio & bit != 0 {
+            Some(PtUse::Audio)
+        } else if self.repair & bit != 0 {
+            Some(PtUse::Repair)
+        } else {
+            None
+        }
     }
 }
 
