@@ -430,8 +430,15 @@ def main():
     ap.add_argument("--janus-preload", required=True)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite BENCHMARKS.md from bench/results.json (after editing NOTES.md)")
     args = ap.parse_args()
     os.chdir(ROOT)
+    if args.render_only:
+        with open(os.path.join(ROOT, "bench", "results.json")) as f:
+            write_markdown(json.load(f), args.out, "bench/loss_cpu.png")
+        log(f"wrote {args.out}")
+        return
     quick = args.quick
     duration = 5 if quick else 10
     results = {"mode": "quick" if quick else "full",
