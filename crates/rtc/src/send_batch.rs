@@ -115,6 +115,25 @@ impl SendBatch {
         });
     }
 
+    /// Destinations and sizes of the datagrams queued, in order (for tests).
+    #[cfg(test)]
+    pub fn queued(&self) -> Vec<(SocketAddr, usize)> {
+        self.messages
+            .iter()
+            .flat_map(|m| {
+                let last = m.len - m.segment * (m.segments as usize - 1);
+                (0..m.segments as usize).map(move |i| {
+                    let len = if i + 1 == m.segments as usize {
+                        last
+                    } else {
+                        m.segment
+                    };
+                    (m.to, len)
+                })
+            })
+            .collect()
+    }
+
     /// Sends everything queued.
     pub fn flush(&mut self, counters: &Counters) {
         if self.messages.is_empty() {

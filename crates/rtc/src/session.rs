@@ -45,6 +45,8 @@ pub(crate) struct Session {
     pub timeout: Instant,
     /// Earliest entry this session has in the worker's timer heap.
     pub scheduled: Option<Instant>,
+    /// Source of the datagram being handled.
+    pub last_source: Option<SocketAddr>,
 }
 
 pub(crate) enum Role {
@@ -435,6 +437,7 @@ impl Session {
             addrs: Vec::new(),
             timeout: now,
             scheduled: None,
+            last_source: None,
         }
     }
 
@@ -546,26 +549,46 @@ impl Session {
         !(rtcp && viewer.srtp.is_some())
     }
 
-    /// Acts on RTCP from a viewer: NACKed packets are sent again.
+    /// Acts on RTCP from a viewer: media follows its path, NACKed packets are sent again.
     pub fn handle_viewer_rtcp(&mut self, rtcp: &Rtcp, sends: &mut SendBatch, counters: &Counters) {
+        self.follow_rtcp_source();
+        if let Rtcp::Nack(nack) = rtcp {
+            let entries = nack.reports.iter().map(|e| (e.pid, e.blp));
+            self.resend_lost(*nack.ssrc, entries, sends, counters);
+        }
+    }
+
+    /// The viewer's RTCP came authenticated (str0m decrypted it) in the datagram being
+    /// handled: media follows the path the peer uses, which after an ICE restart is a new one.
+    fn follow_rtcp_source(&mut self) {
+        if let (Role::Viewer(viewer), Some(from)) = (&mut self.role, self.last_source) {
+            viewer.destination = Some(from);
+        }
+    }
+
+    /// Sends again the video packets a NACK reports lost: (pid, blp) pairs of RFC 4585 6.2.1.
+    fn resend_lost(
+        &mut self,
+        ssrc: u32,
+        entries: impl Iterator<Item = (u16, u16)>,
+        sends: &mut SendBatch,
+        counters: &Counters,
+    ) {
         let Role::Viewer(viewer) = &mut self.role else {
-            return;
-        };
-        let Rtcp::Nack(nack) = rtcp else {
             return;
         };
         let (Some(srtp), Some(to)) = (&mut viewer.srtp, viewer.destination) else {
             return;
         };
-        let Some(track) = viewer.video.as_mut().filter(|t| t.ssrc == nack.ssrc) else {
+        let Some(track) = viewer.video.as_mut().filter(|t| *t.ssrc == ssrc) else {
             return;
         };
-        for entry in nack.reports.iter() {
-            // RFC 4585 6.2.1: the packet `pid`, and those of the set bits of `blp` after it.
-            let lost = std::iter::once(entry.pid).chain(
+        for (pid, blp) in entries {
+            // The packet `pid`, and those of the set bits of `blp` after it.
+            let lost = std::iter::once(pid).chain(
                 (0..16u16)
-                    .filter(|bit| entry.blp & (1 << bit) != 0)
-                    .map(|bit| entry.pid.wrapping_add(bit + 1)),
+                    .filter(|bit| blp & (1 << bit) != 0)
+                    .map(|bit| pid.wrapping_add(bit + 1)),
             );
             for seq in lost {
                 Counters::add(&counters.nacks_received, 1);
@@ -641,5 +664,113 @@ impl Session {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::srtp::tests::test_keys;
+
+    fn viewer_session(dest: SocketAddr) -> Session {
+        let now = Instant::now();
+        let track = TrackOut::new(
+            Ssrc::from(1111),
+            vec![(Pt::from(96), Codec::H264 { profile: 0x42e0 })],
+            MediaKind::Video,
+            Mid::from("0"),
+            Some(4),
+        );
+        let crypto = crate::dtls_tap::crypto_provider();
+        let viewer = Viewer {
+            video: Some(track),
+            audio: None,
+            srtp: SrtpSender::new(&crypto, &test_keys()),
+            destination: Some(dest),
+            cname: "test".into(),
+            next_report: None,
+        };
+        let rooms = deadsfu_media::Rooms::new();
+        let room = rooms.get_or_create("r");
+        let mut s = Session::new(
+            "s1".into(),
+            1,
+            Rtc::new(now),
+            room,
+            Role::Viewer(Box::new(viewer)),
+            "ufrag".into(),
+            now,
+        );
+        s.connected = true;
+        s
+    }
+
+    fn packets(
+        room: deadsfu_media::RoomId,
+        n: u64,
+    ) -> Vec<(deadsfu_media::RoomId, Arc<MediaPacket>)> {
+        let now = Instant::now();
+        (0..n)
+            .map(|i| {
+                let pkt = MediaPacket {
+                    source: SourceId(7),
+                    codec: Codec::H264 { profile: 0x42e0 },
+                    seq: 1000 + i,
+                    timestamp: 90_000,
+                    marker: i + 1 == n,
+                    // An IDR slice: the segment may start here.
+                    keyframe_start: i == 0,
+                    arrival: now,
+                    capture: now,
+                    payload: vec![0x65; 1000].into(),
+                };
+                (room, Arc::new(pkt))
+            })
+            .collect()
+    }
+
+    /// Packets go out as one GSO run to the viewer; NACKed ones go out again, byte for byte, to
+    /// wherever the viewer's authenticated RTCP now comes from.
+    #[test]
+    fn resends_nacked_packets_on_the_viewers_current_path() {
+        let a: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:4001".parse().unwrap();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut sends = SendBatch::new(socket);
+        let counters = Counters::default();
+        let mut s = viewer_session(a);
+        let room = s.room.id;
+        assert!(s.write(&packets(room, 4), &mut sends, &counters, Instant::now()));
+        let sent = sends.queued();
+        // Four media packets, then the first sender report (SR + SDES).
+        assert_eq!(sent.len(), 5, "{sent:?}");
+        assert!(sent.iter().all(|(to, _)| *to == a));
+        let first_seq = {
+            let Role::Viewer(v) = &s.role else {
+                unreachable!()
+            };
+            let t = v.video.as_ref().unwrap();
+            t.history.iter().flatten().map(|h| h.index).min().unwrap() as u16
+        };
+
+        // RTCP from another address (an ICE restart moved the viewer): NACK packets 2 and 4.
+        s.last_source = Some(b);
+        s.follow_rtcp_source();
+        s.resend_lost(
+            1111,
+            [(first_seq + 1, 0b10)].into_iter(),
+            &mut sends,
+            &counters,
+        );
+        let resent = &sends.queued()[5..];
+        assert_eq!(resent.len(), 2, "{resent:?}");
+        assert!(resent.iter().all(|(to, len)| *to == b && *len == sent[1].1));
+        // An unknown sequence number is not resent.
+        let unknown = first_seq.wrapping_add(200);
+        s.resend_lost(1111, [(unknown, 0)].into_iter(), &mut sends, &counters);
+        assert_eq!(sends.queued().len(), 7);
+        let mut snap = crate::metrics::MetricsSnapshot::default();
+        snap.add(&counters);
+        assert_eq!((snap.nacks_received, snap.retransmissions), (3, 2));
     }
 }

@@ -248,8 +248,12 @@ impl SrtpSender {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    pub(crate) fn test_keys() -> SrtpKeys {
+        keys(SrtpProfile::AEAD_AES_128_GCM)
+    }
 
     fn keys(profile: SrtpProfile) -> SrtpKeys {
         let len = match profile {

@@ -511,7 +511,11 @@ impl Worker {
             tracing::debug!(session = %session.id, error = %e, "input rejected");
         }
         session.last_input = now;
+        session.last_source = Some(from);
         self.drain(serial, now);
+        if let Some(session) = self.sessions.get_mut(&serial) {
+            session.last_source = None;
+        }
     }
 
     /// Drains a session's outputs: sends its datagrams, collects its events, schedules its
