@@ -31,7 +31,7 @@ enum Command {
     /// Stream an H264 Annex-B file and an Ogg Opus file to an FTL server, as OBS would.
     FtlPush(deadsfu_ftl::net::PushArgs),
     /// Publish a synthetic stream and open many viewers; report loss, latency and start-up times.
-    Loadtest(deadsfu_loadtest::LoadtestArgs),
+    Loadtest(Box<deadsfu_loadtest::LoadtestArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::Loadtest(args)) => {
             serve::init_logging(serve::LogFormat::Human)?;
-            runtime.block_on(deadsfu_loadtest::run(args))
+            runtime.block_on(deadsfu_loadtest::run(*args))
         }
         Some(Command::Serve(args)) => run_serve(&runtime, *args),
         None => run_serve(&runtime, cli.serve),
