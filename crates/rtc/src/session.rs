@@ -98,6 +98,14 @@ struct TrackOut {
     last: Option<(u32, Instant)>,
 }
 
+/// Where a viewer's packets go, and how.
+struct Wire<'a> {
+    srtp: &'a mut SrtpSender,
+    to: SocketAddr,
+    sends: &'a mut SendBatch,
+    counters: &'a Counters,
+}
+
 /// A packet as it was sent to one viewer.
 struct Sent {
     index: u64,
@@ -150,111 +158,61 @@ impl TrackOut {
     }
 
     /// Encrypts and queues one packet.
-    #[allow(clippy::too_many_arguments)]
-    fn send(
-        &mut self,
-        srtp: &mut SrtpSender,
-        to: SocketAddr,
-        sends: &mut SendBatch,
-        counters: &Counters,
-        pt: u8,
-        marker: bool,
-        index: u64,
-        timestamp: u32,
-        payload: &[u8],
-    ) {
+    fn send(&self, wire: &mut Wire, p: &Sent) {
         let mut header = [0u8; 12 + 24];
         let ext_len = self.extension.1;
         header[0] = if ext_len > 0 { 0x90 } else { 0x80 };
-        header[1] = ((marker as u8) << 7) | (pt & 0x7f);
-        header[2..4].copy_from_slice(&(index as u16).to_be_bytes());
-        header[4..8].copy_from_slice(&timestamp.to_be_bytes());
+        header[1] = ((p.marker as u8) << 7) | (p.pt & 0x7f);
+        header[2..4].copy_from_slice(&(p.index as u16).to_be_bytes());
+        header[4..8].copy_from_slice(&p.timestamp.to_be_bytes());
         header[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
         header[12..12 + ext_len].copy_from_slice(&self.extension.0[..ext_len]);
         let header = &header[..12 + ext_len];
+        let payload = &p.packet.payload;
         let max = header.len() + payload.len() + RTP_OVERHEAD + SCRATCH;
-        sends.write(to, max, counters, |out| {
-            srtp.protect_rtp(header, payload, index, out)
+        let srtp = &mut *wire.srtp;
+        wire.sends.write(wire.to, max, wire.counters, |out| {
+            srtp.protect_rtp(header, payload, p.index, out)
         });
     }
 
     /// Sends `pkt` (already rewritten) and remembers it for NACKs.
-    #[allow(clippy::too_many_arguments)]
     fn send_new(
         &mut self,
-        srtp: &mut SrtpSender,
-        to: SocketAddr,
-        sends: &mut SendBatch,
-        counters: &Counters,
+        wire: &mut Wire,
         pt: u8,
         rw: Rewritten,
         pkt: &Arc<MediaPacket>,
         capture: Instant,
     ) {
-        self.send(
-            srtp,
-            to,
-            sends,
-            counters,
+        let sent = Sent {
+            index: rw.seq,
+            timestamp: rw.timestamp,
             pt,
-            pkt.marker,
-            rw.seq,
-            rw.timestamp,
-            &pkt.payload,
-        );
+            marker: pkt.marker,
+            packet: pkt.clone(),
+        };
+        self.send(wire, &sent);
         self.packets = self.packets.wrapping_add(1);
         self.octets = self.octets.wrapping_add(pkt.payload.len() as u32);
         self.last = Some((rw.timestamp, capture));
         if !self.history.is_empty() {
-            let slot = rw.seq as usize % HISTORY;
-            self.history[slot] = Some(Sent {
-                index: rw.seq,
-                timestamp: rw.timestamp,
-                pt,
-                marker: pkt.marker,
-                packet: pkt.clone(),
-            });
+            self.history[rw.seq as usize % HISTORY] = Some(sent);
         }
     }
 
     /// Sends packet `seq` again if it is still in the history.
-    fn resend(
-        &mut self,
-        seq: u16,
-        srtp: &mut SrtpSender,
-        to: SocketAddr,
-        sends: &mut SendBatch,
-        counters: &Counters,
-    ) -> bool {
+    fn resend(&self, seq: u16, wire: &mut Wire) -> bool {
         if self.history.is_empty() {
             return false;
         }
-        let slot = seq as usize % HISTORY;
-        let Some(sent) = self.history[slot].as_ref() else {
-            return false;
-        };
-        if sent.index as u16 != seq {
-            return false;
+        match &self.history[seq as usize % HISTORY] {
+            Some(sent) if sent.index as u16 == seq => {
+                self.send(wire, sent);
+                true
+            }
+            _ => false,
         }
-        let (pt, marker, index, ts, packet) = (
-            sent.pt,
-            sent.marker,
-            sent.index,
-            sent.timestamp,
-            sent.packet.clone(),
-        );
-        self.send(
-            srtp,
-            to,
-            sends,
-            counters,
-            pt,
-            marker,
-            index,
-            ts,
-            &packet.payload,
-        );
-        true
     }
 
     /// The SR and SDES compound packet for this stream at `now`, in `out`; returns its length.
@@ -466,6 +424,12 @@ impl Session {
         let (Some(srtp), Some(to)) = (&mut viewer.srtp, viewer.destination) else {
             return false;
         };
+        let mut wire = Wire {
+            srtp,
+            to,
+            sends,
+            counters,
+        };
         let mut sent = false;
         for (_, pkt) in packets {
             let out = match pkt.kind() {
@@ -481,7 +445,7 @@ impl Session {
             let Some(rw) = out.track.rewrite(pkt) else {
                 continue;
             };
-            out.send_new(srtp, to, sends, counters, *pt, rw, pkt, pkt.capture);
+            out.send_new(&mut wire, *pt, rw, pkt, pkt.capture);
             sent = true;
         }
         if sent {
@@ -513,9 +477,15 @@ impl Session {
         let Some(pt) = viewer_pt(&out.pts, first.codec) else {
             return false;
         };
+        let mut wire = Wire {
+            srtp,
+            to,
+            sends,
+            counters,
+        };
         let mapped = out.track.replay(gop, now);
         for (pkt, rw) in gop.iter().zip(&mapped) {
-            out.send_new(srtp, to, sends, counters, *pt, *rw, pkt, now);
+            out.send_new(&mut wire, *pt, *rw, pkt, now);
         }
         !mapped.is_empty()
     }
@@ -580,8 +550,14 @@ impl Session {
         let (Some(srtp), Some(to)) = (&mut viewer.srtp, viewer.destination) else {
             return;
         };
-        let Some(track) = viewer.video.as_mut().filter(|t| *t.ssrc == ssrc) else {
+        let Some(track) = viewer.video.as_ref().filter(|t| *t.ssrc == ssrc) else {
             return;
+        };
+        let mut wire = Wire {
+            srtp,
+            to,
+            sends,
+            counters,
         };
         for (pid, blp) in entries {
             // The packet `pid`, and those of the set bits of `blp` after it.
@@ -592,7 +568,7 @@ impl Session {
             );
             for seq in lost {
                 Counters::add(&counters.nacks_received, 1);
-                if track.resend(seq, srtp, to, sends, counters) {
+                if track.resend(seq, &mut wire) {
                     Counters::add(&counters.retransmissions, 1);
                 }
             }
