@@ -206,6 +206,7 @@ impl MediaEngine {
                 .map_err(EngineError::Thread)?;
             threads.push(thread);
         }
+        spawn_heap_trimmer(Arc::downgrade(&shared));
         Ok(MediaEngine {
             inner: Arc::new(Inner {
                 shared,
@@ -561,4 +562,33 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// How often freed memory is handed back to the system.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Hands freed heap pages back to the system every [`TRIM_EVERY`] while the engine lives.
+/// Sessions free most of their DTLS state a few seconds after connecting (see `dtls_tap.rs`), in
+/// between other sessions' allocations, and glibc keeps such holes resident unless asked. A
+/// trim can take milliseconds on a large heap, so it runs here rather than on a media worker,
+/// whose fan-out allocates nothing and so goes on meanwhile.
+fn spawn_heap_trimmer(shared: std::sync::Weak<Shared>) {
+    let spawned = std::thread::Builder::new()
+        .name("heap-trim".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(TRIM_EVERY);
+                if shared.upgrade().is_none() {
+                    return;
+                }
+                #[cfg(all(target_os = "linux", target_env = "gnu"))]
+                // SAFETY: malloc_trim only walks and trims the allocator's own free lists.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no heap trimming thread");
+    }
 }

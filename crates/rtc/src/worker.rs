@@ -108,20 +108,6 @@ const GOP_MAX_BYTES: usize = 4 << 20;
 const GOP_MAX_PACKETS: usize = 4096;
 /// How often rooms without live video or sessions here are tidied away.
 const TIDY_EVERY: Duration = Duration::from_secs(1);
-/// How often freed memory is handed back to the system.
-const TRIM_EVERY: Duration = Duration::from_secs(10);
-
-/// Hands freed heap pages back to the system. Sessions free most of their DTLS state a few
-/// seconds after connecting (see `dtls_tap.rs`), in between allocations of other sessions, so
-/// glibc's heap keeps the holes resident unless asked.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks and trims the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 impl Default for LocalRoom {
     fn default() -> Self {
         LocalRoom {
@@ -154,7 +140,6 @@ pub(crate) struct Worker {
     /// viewer per turn rather than per packet).
     pending: Vec<(RoomId, Arc<MediaPacket>)>,
     next_tidy: Instant,
-    next_trim: Instant,
     /// This turn's outgoing datagrams.
     sends: SendBatch,
 }
@@ -185,7 +170,6 @@ impl Worker {
             idle_packets: Vec::new(),
             pending: Vec::new(),
             next_tidy: Instant::now(),
-            next_trim: Instant::now() + TRIM_EVERY,
             sends: SendBatch::new(send_socket),
         }
     }
@@ -742,10 +726,6 @@ impl Worker {
             return;
         }
         self.next_tidy = now + TIDY_EVERY;
-        if now >= self.next_trim {
-            self.next_trim = now + TRIM_EVERY;
-            release_free_memory();
-        }
         self.rooms.retain(|_, local| {
             let live_recently = local
                 .last_live_video
