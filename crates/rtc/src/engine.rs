@@ -553,12 +553,48 @@ fn new_etag() -> String {
     format!("\"{}\"", hex::encode(rand::random::<[u8; 8]>()))
 }
 
+/// Socket buffer size asked for: a turn's output to thousands of viewers is megabytes, which a
+/// NIC's queue holds against the send buffer until it has gone out.
+const SOCKET_BUFFER: usize = 16 << 20;
+
 /// A non-blocking UDP socket with roomy buffers (bursts of keyframes to many viewers).
 fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    let _ = socket.set_send_buffer_size(4 << 20);
-    let _ = socket.set_recv_buffer_size(4 << 20);
+    #[cfg(target_os = "linux")]
+    {
+        // Beyond net.core.wmem_max/rmem_max when privileged; the plain options below otherwise.
+        use std::os::fd::AsRawFd;
+        for opt in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
+            let v = SOCKET_BUFFER as libc::c_int;
+            // SAFETY: an int option of the stated size on a socket we own.
+            unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&v as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
+    }
+    // The kernel reports twice what it grants (it counts its bookkeeping).
+    if socket.send_buffer_size().unwrap_or(0) < SOCKET_BUFFER {
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    }
+    if socket.recv_buffer_size().unwrap_or(0) < SOCKET_BUFFER {
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    }
+    let granted = socket.send_buffer_size().unwrap_or(0) / 2;
+    if granted < SOCKET_BUFFER / 2 {
+        tracing::warn!(
+            %addr,
+            send_buffer_kib = granted / 1024,
+            "small UDP send buffer: bursts to many viewers may be dropped; raise net.core.wmem_max \
+             (e.g. sysctl -w net.core.wmem_max=16777216) or run with CAP_NET_ADMIN"
+        );
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
