@@ -29,6 +29,8 @@ fn ftl_address(args: &ServeArgs, ice_hosts: &[IpAddr]) -> Option<String> {
 #[derive(Clone)]
 pub struct Membership {
     node: Arc<ClusterNode>,
+    bundle: Arc<deadsfu_cluster::Bundle>,
+    cert_store: Arc<deadsfu_cluster::cert_store::RedisCertStore>,
 }
 
 /// Joins the cluster when the environment names one; `None` runs standalone.
@@ -57,13 +59,17 @@ pub async fn join(
         region: args.node.region.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
-    let Some(node) = ClusterNode::join_from_env(config)
-        .await
-        .context("joining the cluster")?
-    else {
+    let Some(url) = deadsfu_cluster::JoinUrl::from_env().context("DEADSFU_CLUSTER_URL")? else {
         return Ok(None);
     };
+    let bundle = deadsfu_cluster::bundle_fetch::fetch_bundle(&url)
+        .await
+        .context("fetching the cluster bundle")?;
+    let node = ClusterNode::join_bundle(&bundle, config)
+        .await
+        .context("joining the cluster")?;
     let node = Arc::new(node);
+    let cert_store = node.cert_store();
     tracing::info!(node = node.node_id(), "joined the cluster");
 
     let (tx, rx) = mpsc::unbounded_channel();
@@ -72,7 +78,11 @@ pub async fn join(
     }));
     tokio::spawn(lease_rooms(node.clone(), rx));
     tokio::spawn(report_load(node.clone(), engine.clone()));
-    Ok(Some(Membership { node }))
+    Ok(Some(Membership {
+        node,
+        bundle: Arc::new(bundle),
+        cert_store: Arc::new(cert_store),
+    }))
 }
 
 /// This node's `ftl:{channel}` lease while a stream is live here; released when dropped.
@@ -96,6 +106,30 @@ impl Drop for FtlLease {
 }
 
 impl Membership {
+    /// The cluster's certificate store (Redis, private keys sealed with the cluster key).
+    pub fn cert_store(&self) -> Arc<dyn deadsfu_tls::CertStore> {
+        self.cert_store.clone()
+    }
+
+    /// Serves certificates other nodes store as soon as they announce them.
+    pub fn follow_certificates(&self, https: Arc<deadsfu_tls::NodeHttps>) {
+        let bundle = self.bundle.clone();
+        tokio::spawn(async move {
+            let mut events = match deadsfu_cluster::subscribe_events(&bundle).await {
+                Ok(rx) => rx,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot follow certificate events; the store is re-read every 30 s");
+                    return;
+                }
+            };
+            while let Some(event) = events.recv().await {
+                if let deadsfu_cluster::ClusterEvent::CertUpdated { domain } = event {
+                    https.certificate_updated(&domain).await;
+                }
+            }
+        });
+    }
+
     /// A channel's stream secret from the cluster's key store.
     pub async fn ftl_key(
         &self,

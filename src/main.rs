@@ -2,6 +2,7 @@
 
 mod cluster_mode;
 mod ftl_ingest;
+mod https_args;
 mod serve;
 
 use clap::{Parser, Subcommand};

@@ -16,9 +16,16 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// HTTP listen address.
+    /// Plain-HTTP listen address; "" turns plain HTTP off. With HTTPS on, it redirects pages
+    /// to HTTPS and answers ACME HTTP-01.
     #[arg(long = "http", env = "DEADSFU_HTTP", default_value = "0.0.0.0:8080")]
-    pub http: SocketAddr,
+    pub http: String,
+    /// HTTPS listen address, e.g. 0.0.0.0:443 (certificates from --tls-cert, ACME, or the
+    /// cluster's store).
+    #[arg(long = "https", env = "DEADSFU_HTTPS")]
+    pub https: Option<SocketAddr>,
+    #[command(flatten)]
+    pub tls: crate::https_args::HttpsArgs,
     /// First UDP media port; worker N uses PORT+N (0: ephemeral ports).
     #[arg(long, env = "DEADSFU_UDP_PORT", default_value_t = 8000)]
     pub udp_port: u16,
@@ -154,20 +161,59 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .collect();
     ice_servers.extend(args.ice_server.iter().cloned());
 
+    let http_addr: Option<SocketAddr> = match args.http.trim() {
+        "" => None,
+        a => Some(a.parse().with_context(|| format!("--http {a:?}"))?),
+    };
+    if http_addr.is_none() && args.https.is_none() {
+        anyhow::bail!("--http \"\" turns plain HTTP off, so give --https ADDR");
+    }
+    crate::https_args::check(&args.tls, args.https.is_some())?;
+    let http_listener = match http_addr {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding HTTP {a}"))?,
+        ),
+        None => None,
+    };
+    let https_listener = match args.https {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding HTTPS {a}"))?,
+        ),
+        None => None,
+    };
+    let http_local = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let https_local = https_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
+    // What the cluster records as this node's web port: HTTPS when on.
+    let public_web = https_local.or(http_local).expect("one listener is on");
+
+    let cluster = crate::cluster_mode::join(&args, public_web, &ice_hosts, &engine).await?;
+    let https = match https_local {
+        Some(local) => Some(
+            crate::https_args::start(&args, local, http_local.is_some(), cluster.as_ref()).await?,
+        ),
+        None => None,
+    };
     let state = AppState {
         engine: engine.clone(),
         bearer_token: args.bearer_token.as_deref().map(Arc::from),
         ice_servers: ice_servers.into(),
         html: args.html.clone(),
         rooms: deadsfu_server::room_feed(engine.clone()),
+        https: https.as_ref().map(|h| deadsfu_server::HttpsState {
+            port: public_web.port(),
+            resolver: h.resolver.clone(),
+            store: Some(h.store.clone()),
+            acme: h.node.acme.clone(),
+        }),
     };
-    let listener = tokio::net::TcpListener::bind(args.http)
-        .await
-        .with_context(|| format!("binding HTTP {}", args.http))?;
-    let local = listener.local_addr()?;
-    print_urls(local, &ice_hosts, engine.udp_ports());
-
-    let cluster = crate::cluster_mode::join(&args, local, &ice_hosts, &engine).await?;
+    print_urls(http_local, https_local, &ice_hosts, engine.udp_ports());
     let ftl = crate::ftl_ingest::start(&args.ftl, &engine, cluster.clone()).await?;
 
     // One shutdown signal for every listener; the cluster hears it first.
@@ -205,10 +251,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
 
     let app = deadsfu_server::router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stopped())
-        .await
-        .context("HTTP server")?;
+    let plain = http_listener.map(|l| {
+        let app = app.clone();
+        let stop = stopped();
+        tokio::spawn(async move { deadsfu_server::serve(l, app, None, stop).await })
+    });
+    let secure = match (https_listener, &https) {
+        (Some(l), Some(h)) => {
+            let app = app.clone();
+            let stop = stopped();
+            let acceptor = h.node.acceptor.clone();
+            Some(tokio::spawn(async move {
+                deadsfu_server::serve(l, app, Some(acceptor), stop).await
+            }))
+        }
+        _ => None,
+    };
+    for task in [plain, secure].into_iter().flatten() {
+        task.await.context("HTTP server task")?;
+    }
+    drop(https);
     if let Some(t) = ftl_task {
         match t.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "FTL server"),
@@ -224,14 +286,41 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_urls(http: SocketAddr, ice_hosts: &[IpAddr], udp_ports: &[u16]) {
-    let host = if http.ip().is_unspecified() {
-        "localhost".to_string()
-    } else {
-        http.ip().to_string()
+fn print_urls(
+    http: Option<SocketAddr>,
+    https: Option<SocketAddr>,
+    ice_hosts: &[IpAddr],
+    udp_ports: &[u16],
+) {
+    let base_of = |scheme: &str, addr: SocketAddr, default_port: u16| {
+        let host = if addr.ip().is_unspecified() {
+            "localhost".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        if addr.port() == default_port {
+            format!("{scheme}://{host}")
+        } else {
+            format!("{scheme}://{host}:{}", addr.port())
+        }
     };
-    let base = format!("http://{host}:{}", http.port());
-    println!("deadsfu {} listening on {http}", env!("CARGO_PKG_VERSION"));
+    let listening: Vec<String> = [
+        http.map(|a| a.to_string()),
+        https.map(|a| format!("{a} (https)")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    println!(
+        "deadsfu {} listening on {}",
+        env!("CARGO_PKG_VERSION"),
+        listening.join(", ")
+    );
+    let base = match (https, http) {
+        (Some(a), _) => base_of("https", a, 443),
+        (None, Some(a)) => base_of("http", a, 80),
+        (None, None) => unreachable!("one listener is on"),
+    };
     println!("  publish (WHIP):  {base}/whip/{{room}}     e.g. {base}/whip/mainroom");
     println!("  watch (WHEP):    {base}/whep/{{room}}     e.g. {base}/whep/mainroom");
     println!("  web player:      {base}/?room=mainroom      browser publisher: {base}/send");

@@ -16,6 +16,8 @@ pub fn role_rules(role: Role, keys: &Keys) -> String {
     let events = keys.events_channel();
     match role {
         Role::Admin => "~* &* +@all".to_string(),
+        // The certificate store (cert_store.rs) uses GET, MGET, SET (NX, PX, EX), DEL, SCAN,
+        // PUBLISH and its lock scripts (EVALSHA, EVAL on NOSCRIPT) on `cert:*` and `acme:*`.
         Role::Sfu => format!(
             "resetkeys ~{p}node:* ~{p}host:* ~{p}room:* ~{p}ftl:* ~{p}cert:* ~{p}acme:* \
              %R~{p}ftlkey:* resetchannels &{events} -@all {CONNECTION_COMMANDS} \
@@ -24,8 +26,11 @@ pub fn role_rules(role: Role, keys: &Keys) -> String {
              +publish +subscribe +unsubscribe"
         ),
         // Read-only: `%R~` keys and no write command, so even a wrong command gets NOPERM.
+        // Of the ACME keys only HTTP-01 answers, which are public; never certificates,
+        // accounts or TLS-ALPN answers (they hold sealed private keys).
         Role::Proxy => format!(
             "resetkeys %R~{p}node:* %R~{p}host:* %R~{p}room:* %R~{p}ftl:* %R~{p}ftlkey:* \
+             %R~{p}acme:challenge:* \
              resetchannels &{events} -@all {CONNECTION_COMMANDS} \
              +get +mget +exists +pttl +scan +subscribe +unsubscribe"
         ),
@@ -62,6 +67,35 @@ mod tests {
         let keys = Keys::default();
         for role in [Role::Sfu, Role::Proxy] {
             assert!(role_rules(role, &keys).contains("resetchannels &deadsfu:events"));
+        }
+    }
+
+    #[test]
+    fn sfu_owns_the_certificate_store() {
+        let rules = role_rules(Role::Sfu, &Keys::default());
+        for grant in [
+            " ~deadsfu:cert:* ",
+            " ~deadsfu:acme:* ",
+            "+get ",
+            "+mget ",
+            "+set ",
+            "+del ",
+            "+pexpire ",
+            "+scan",
+            "+eval ",
+            "+evalsha ",
+            "+publish ",
+        ] {
+            assert!(rules.contains(grant), "{grant:?} missing from {rules}");
+        }
+    }
+
+    #[test]
+    fn proxy_reads_http_challenges_only() {
+        let rules = role_rules(Role::Proxy, &Keys::default());
+        assert!(rules.contains(" %R~deadsfu:acme:challenge:* "), "{rules}");
+        for family in ["cert:", "acme:*", "acme:alpn", "acme:account", "acme:lock"] {
+            assert!(!rules.contains(&format!("deadsfu:{family}")), "{family}");
         }
     }
 

@@ -5,6 +5,7 @@ use std::io::{Cursor, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cert_crypto::ClusterKey;
 use crate::role::Role;
 use crate::secret::Secret;
 
@@ -31,6 +32,19 @@ pub struct BundleSettings {
     /// Redis ACL password, this name's own.
     pub password: String,
     pub key_prefix: String,
+    /// The cluster key (hex): encrypts private keys kept in Redis. Sfu and admin bundles
+    /// only; absent in bundles issued before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_key: Option<String>,
+    /// The ticket secret (hex): signs redirect tickets between SFUs. Sfu and admin bundles
+    /// only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_secret: Option<String>,
+}
+
+/// `Some` values shown as a placeholder.
+fn redacted(value: &Option<String>) -> Option<&'static str> {
+    value.as_ref().map(|_| "<redacted>")
 }
 
 impl std::fmt::Debug for BundleSettings {
@@ -42,6 +56,8 @@ impl std::fmt::Debug for BundleSettings {
             .field("user", &self.user)
             .field("password", &"<redacted>")
             .field("key_prefix", &self.key_prefix)
+            .field("cluster_key", &redacted(&self.cluster_key))
+            .field("ticket_secret", &redacted(&self.ticket_secret))
             .finish()
     }
 }
@@ -73,6 +89,8 @@ pub enum BundleError {
     NotUtf8(&'static str),
     #[error("bundle cluster.toml is invalid: {0}")]
     BadSettings(String),
+    #[error("bundle cluster.toml holds a malformed {0} (want 64 hex digits)")]
+    BadSecret(&'static str),
     #[error("bundle holds no Redis address")]
     NoRedisAddress,
     #[error("cannot write bundle: {0}")]
@@ -161,12 +179,40 @@ impl Bundle {
         if settings.redis_addrs.is_empty() {
             return Err(BundleError::NoRedisAddress);
         }
+        for (what, value) in [
+            ("cluster_key", &settings.cluster_key),
+            ("ticket_secret", &settings.ticket_secret),
+        ] {
+            if value
+                .as_deref()
+                .is_some_and(|v| ClusterKey::from_hex(v).is_err())
+            {
+                return Err(BundleError::BadSecret(what));
+            }
+        }
         Ok(Self {
             ca_cert_pem,
             client_cert_pem,
             client_key_pem,
             settings,
         })
+    }
+}
+
+impl Bundle {
+    /// The cluster key this bundle carries: `None` for proxy bundles and for bundles issued
+    /// before the key existed (those cannot read or write private keys in Redis).
+    pub fn cluster_key(&self) -> Option<ClusterKey> {
+        // Checked when the bundle was unpacked; a hand-built bundle with a bad value has none.
+        self.settings
+            .cluster_key
+            .as_deref()
+            .and_then(|hex| ClusterKey::from_hex(hex).ok())
+    }
+
+    /// The ticket secret this bundle carries (hex), if any.
+    pub fn ticket_secret(&self) -> Option<Secret> {
+        self.settings.ticket_secret.clone().map(Secret::new)
     }
 }
 
@@ -186,6 +232,8 @@ mod tests {
                 user: "sfu".into(),
                 password: "pw".into(),
                 key_prefix: "deadsfu:".into(),
+                cluster_key: Some("ab".repeat(32)),
+                ticket_secret: Some("cd".repeat(32)),
             },
         }
     }
@@ -208,6 +256,54 @@ mod tests {
         assert_eq!(back.client_key_pem.expose(), "KEY");
         assert_eq!(back.settings.password, "pw");
         assert_eq!(back.settings.role, Role::Sfu);
+        assert_eq!(back.cluster_key().unwrap().to_hex(), "ab".repeat(32));
+        assert_eq!(back.ticket_secret().unwrap().expose(), "cd".repeat(32));
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let text = format!("{:?}", sample());
+        assert!(!text.contains("abab"), "{text}");
+        assert!(!text.contains("cdcd"), "{text}");
+        assert!(!text.contains("pw\""), "{text}");
+    }
+
+    /// A bundle's cluster.toml from before the cluster key existed.
+    const OLD_SETTINGS: &str = "name = \"sfu-1\"\nrole = \"sfu\"\nredis_addrs = [\"127.0.0.1:6379\"]\n\
+                                user = \"sfu\"\npassword = \"pw\"\nkey_prefix = \"deadsfu:\"\n";
+
+    fn zip_with_settings(settings: &str) -> Vec<u8> {
+        zip_of(&[
+            ("ca.crt", b"x".to_vec()),
+            ("client.crt", b"x".to_vec()),
+            ("client.key", b"x".to_vec()),
+            ("cluster.toml", settings.as_bytes().to_vec()),
+        ])
+    }
+
+    #[test]
+    fn old_bundles_without_secrets_still_parse() {
+        let bundle = Bundle::from_zip(&zip_with_settings(OLD_SETTINGS)).unwrap();
+        assert!(bundle.settings.cluster_key.is_none());
+        assert!(bundle.cluster_key().is_none());
+        assert!(bundle.ticket_secret().is_none());
+        // And a bundle without them is written without the fields.
+        let mut proxy = sample();
+        proxy.settings.cluster_key = None;
+        proxy.settings.ticket_secret = None;
+        let toml = toml::to_string(&proxy.settings).unwrap();
+        assert!(!toml.contains("cluster_key") && !toml.contains("ticket_secret"));
+    }
+
+    #[test]
+    fn malformed_secret_is_refused_without_quoting_it() {
+        let settings = format!("{OLD_SETTINGS}cluster_key = \"s3cr3t-not-hex\"\n");
+        let err = Bundle::from_zip(&zip_with_settings(&settings)).unwrap_err();
+        assert!(
+            matches!(err, BundleError::BadSecret("cluster_key")),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("s3cr3t"));
     }
 
     #[test]

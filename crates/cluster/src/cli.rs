@@ -6,13 +6,19 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 
 use crate::bootstrap_server::BootstrapServer;
+use crate::bundle::Bundle;
 use crate::bundle_fetch::fetch_bundle;
+use crate::cert_admin::{
+    import_cert, normalise_domain, read_cert_listing, render_cert_listing, rfc3339_utc,
+};
+use crate::cert_store::NO_CLUSTER_KEY;
 use crate::init::{InitOptions, init};
 use crate::issue::{AclReload, issue, revoke};
 use crate::join_url::{JoinUrl, URL_ENV, URL_FILE_ENV};
 use crate::keys::DEFAULT_KEY_PREFIX;
 use crate::redis_conn::RedisConn;
 use crate::role::Role;
+use crate::secret::Secret;
 use crate::status::{read_status, render};
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -63,7 +69,34 @@ pub enum ClusterCommand {
         #[command(subcommand)]
         action: FtlKeyCommand,
     },
+    /// The cluster's shared certificates (needs an admin bundle's DEADSFU_CLUSTER_URL).
+    Cert {
+        #[command(subcommand)]
+        action: CertCommand,
+    },
 }
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum CertCommand {
+    /// List stored certificates, ACME order locks and failure backoffs: domain, expiry,
+    /// days left, issuer, lock holder, last error.
+    Ls,
+    /// Store a certificate obtained elsewhere for DOMAIN; every SFU serves it at once.
+    Import {
+        /// The name it is served for; the certificate must cover it (exactly or by wildcard).
+        #[arg(long)]
+        domain: String,
+        /// PEM chain, leaf first.
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// PEM private key of the leaf (stored encrypted with the cluster key).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+}
+
+/// Largest certificate chain or key file `cert import` reads.
+const MAX_PEM_FILE_BYTES: u64 = 256 * 1024;
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum FtlKeyCommand {
@@ -146,6 +179,7 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
             eprintln!("Bootstrap server on https://{}", server.local_addr()?);
             server.run(shutdown_signal()).await;
         }
+        ClusterCommand::Cert { action } => run_cert(action).await?,
         ClusterCommand::Status => {
             let conn = admin_connection().await?;
             print!("{}", render(&read_status(&conn).await?));
@@ -193,7 +227,67 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn run_cert(action: CertCommand) -> anyhow::Result<()> {
+    match action {
+        CertCommand::Ls => {
+            let conn = admin_connection().await?;
+            let rows = read_cert_listing(&conn).await?;
+            if rows.is_empty() {
+                println!("No certificates, locks or backoffs stored.");
+            } else {
+                print!("{}", render_cert_listing(&rows, unix_now()));
+            }
+        }
+        CertCommand::Import { domain, cert, key } => {
+            let chain_pem = read_pem_file(&cert, "certificate")?;
+            let key_pem = Secret::new(read_pem_file(&key, "key")?);
+            let bundle = admin_bundle().await?;
+            let Some(cluster_key) = bundle.cluster_key() else {
+                bail!("{NO_CLUSTER_KEY}");
+            };
+            let conn = RedisConn::connect(&bundle).await?;
+            let stored =
+                import_cert(conn, cluster_key, &domain, &chain_pem, key_pem.expose()).await?;
+            println!(
+                "Certificate for {} stored (issuer {}, valid until {}); every SFU serves it now.",
+                normalise_domain(&domain),
+                stored.issuer,
+                rfc3339_utc(stored.not_after)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Reads a PEM file of bounded size. Errors name the file, never its contents.
+fn read_pem_file(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("opening the {what} file {}", path.display()))?;
+    let mut text = String::new();
+    file.take(MAX_PEM_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading the {what} file {}", path.display()))?;
+    if text.len() as u64 > MAX_PEM_FILE_BYTES {
+        bail!(
+            "the {what} file {} is larger than {MAX_PEM_FILE_BYTES} bytes",
+            path.display()
+        );
+    }
+    Ok(text)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 async fn admin_connection() -> anyhow::Result<RedisConn> {
+    Ok(RedisConn::connect(&admin_bundle().await?).await?)
+}
+
+/// The admin bundle named by the environment.
+async fn admin_bundle() -> anyhow::Result<Bundle> {
     let Some(url) = JoinUrl::from_env()? else {
         bail!("set {URL_ENV} (or {URL_FILE_ENV}) to an admin bundle's URL");
     };
@@ -204,7 +298,7 @@ async fn admin_connection() -> anyhow::Result<RedisConn> {
             bundle.settings.role
         );
     }
-    Ok(RedisConn::connect(&bundle).await?)
+    Ok(bundle)
 }
 
 /// Ctrl-C or SIGTERM.

@@ -38,6 +38,11 @@ pub enum ClusterEvent {
         name: String,
         node: String,
     },
+    /// A certificate for `domain` was stored (new, renewed or imported): nodes serving from
+    /// the shared store reload it.
+    CertUpdated {
+        domain: String,
+    },
 }
 
 impl ClusterEvent {
@@ -105,6 +110,14 @@ mod tests {
         assert_eq!(
             e.to_json(),
             r#"{"event":"lease_taken","kind":"room","name":"r1","node":"n1"}"#
+        );
+        assert_eq!(ClusterEvent::from_json(&e.to_json()), Some(e));
+        let e = ClusterEvent::CertUpdated {
+            domain: "a.example.com".into(),
+        };
+        assert_eq!(
+            e.to_json(),
+            r#"{"event":"cert_updated","domain":"a.example.com"}"#
         );
         assert_eq!(ClusterEvent::from_json(&e.to_json()), Some(e));
     }

@@ -1,5 +1,6 @@
 //! `cluster init`: the cluster directory with its CA, the bootstrap server's and Redis's
-//! certificates, a ready `redis.conf` and the ACL file.
+//! certificates, a ready `redis.conf`, the ACL file, and the cluster key and ticket secret
+//! (`secrets/`).
 
 use std::path::Path;
 
@@ -60,6 +61,7 @@ pub fn init(dir: &Path, options: &InitOptions) -> Result<ClusterDir, InitError> 
         "redis/data",
         "operator",
         "names",
+        "secrets",
     ] {
         create_private_dir(&dir.root().join(sub))?;
     }
@@ -77,6 +79,9 @@ pub fn init(dir: &Path, options: &InitOptions) -> Result<ClusterDir, InitError> 
     write_public(&dir.redis_cert(), redis.cert_pem.as_bytes())?;
     write_private(&dir.redis_key(), redis.key_pem.as_bytes())?;
 
+    // Created before any bundle, since sfu and admin bundles carry them.
+    let secrets = dir.cluster_secrets()?;
+
     // The tooling's own admin credentials, used by `issue`/`revoke` to reload the ACL file.
     let operator_password = Secret::random();
     let operator_cert = signer.client_cert("operator")?;
@@ -91,6 +96,8 @@ pub fn init(dir: &Path, options: &InitOptions) -> Result<ClusterDir, InitError> 
             user: Role::Admin.acl_user().into(),
             password: operator_password.expose().into(),
             key_prefix: options.key_prefix.clone(),
+            cluster_key: Some(secrets.cluster_key),
+            ticket_secret: Some(secrets.ticket_secret),
         },
     };
     write_private(&dir.operator_dir().join("bundle.zip"), &operator.to_zip()?)?;

@@ -93,6 +93,12 @@ pub async fn issue(dir: &Path, role: Role, name: &str) -> Result<Issued, IssueEr
     let (dir, settings) = open(dir)?;
     let ca_cert_pem = fs::read_to_string(dir.ca_cert())?;
     let signer = CaSigner::from_key_pem(&fs::read_to_string(dir.ca_key())?)?;
+    // Proxies serve only public data: they never get the secrets. Directories made before
+    // the secrets existed get them now.
+    let secrets = match role {
+        Role::Sfu | Role::Admin => Some(dir.cluster_secrets()?),
+        Role::Proxy => None,
+    };
     let client = signer.client_cert(name)?;
     let password = Secret::random();
     let token = Secret::random();
@@ -107,6 +113,8 @@ pub async fn issue(dir: &Path, role: Role, name: &str) -> Result<Issued, IssueEr
             user: role.acl_user().into(),
             password: password.expose().into(),
             key_prefix: settings.key_prefix.clone(),
+            cluster_key: secrets.as_ref().map(|s| s.cluster_key.clone()),
+            ticket_secret: secrets.map(|s| s.ticket_secret),
         },
     };
     let meta = NameMeta {

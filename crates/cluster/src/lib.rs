@@ -1,6 +1,6 @@
 //! deadsfu's cluster layer (DESIGN.md §2, §6): credential bundles and the bootstrap server,
-//! Redis over mutual TLS, the node registry and ownership leases, and the operator's
-//! `deadsfu cluster ...` commands.
+//! Redis over mutual TLS, the node registry and ownership leases, the shared certificate store
+//! ([`RedisCertStore`]), and the operator's `deadsfu cluster ...` commands.
 //!
 //! An SFU joins with [`ClusterNode::join_from_env`], which is `None` when no
 //! `DEADSFU_CLUSTER_URL` is set (standalone mode).
@@ -9,6 +9,9 @@ mod acl;
 pub mod bootstrap_server;
 pub mod bundle;
 pub mod bundle_fetch;
+pub mod cert_admin;
+pub mod cert_crypto;
+pub mod cert_store;
 pub mod cli;
 mod cluster_dir;
 mod error;
@@ -28,8 +31,10 @@ pub mod secret;
 pub mod status;
 
 pub use bundle::{Bundle, BundleError, BundleSettings};
-pub use cli::{ClusterCommand, NodeArgs, run};
-pub use cluster_dir::{ClusterDir, ClusterSettings};
+pub use cert_crypto::ClusterKey;
+pub use cert_store::RedisCertStore;
+pub use cli::{CertCommand, ClusterCommand, NodeArgs, run};
+pub use cluster_dir::{ClusterDir, ClusterSecrets, ClusterSettings};
 pub use error::ClusterError;
 pub use events::{ClusterEvent, LeaseKind, subscribe_events};
 pub use join_url::JoinUrl;

@@ -19,6 +19,8 @@ use tokio::task::JoinHandle;
 
 use crate::bundle::Bundle;
 use crate::bundle_fetch::fetch_bundle;
+use crate::cert_crypto::ClusterKey;
+use crate::cert_store::RedisCertStore;
 use crate::error::ClusterError;
 use crate::events::{ClusterEvent, LeaseKind};
 use crate::join_url::JoinUrl;
@@ -27,6 +29,7 @@ use crate::lease::{LEASE_TTL, LeaseOutcome, LeaseScripts};
 use crate::node_record::{FtlOwner, NodeConfig, NodeLoad, NodeRecord, NodeState, unix_ms_now};
 use crate::redis_conn::RedisConn;
 use crate::role::Role;
+use crate::secret::Secret;
 
 /// How often the node record and leases are refreshed (a third of their TTL).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -102,6 +105,9 @@ struct Inner {
 pub struct ClusterNode {
     inner: Arc<Inner>,
     heartbeat: JoinHandle<()>,
+    /// From the bundle (sfu bundles issued since the certificate store exists).
+    cluster_key: Option<ClusterKey>,
+    ticket_secret: Option<Secret>,
 }
 
 impl Drop for ClusterNode {
@@ -130,7 +136,10 @@ impl ClusterNode {
             return Err(ClusterError::WrongRole(Role::Proxy));
         }
         let conn = RedisConn::connect(bundle).await?;
-        Self::join(conn, config).await
+        let mut node = Self::join(conn, config).await?;
+        node.cluster_key = bundle.cluster_key();
+        node.ticket_secret = bundle.ticket_secret();
+        Ok(node)
     }
 
     /// Registers the node and takes its `host:` lease, then starts the heartbeat.
@@ -193,7 +202,12 @@ impl ClusterNode {
             .await;
         tracing::info!(node = %inner.config.node_id, hostname = %inner.config.hostname, region = %inner.config.region, redis = %inner.conn.addr(), "joined the cluster");
         let heartbeat = tokio::spawn(heartbeat(inner.clone()));
-        Ok(Self { inner, heartbeat })
+        Ok(Self {
+            inner,
+            heartbeat,
+            cluster_key: None,
+            ticket_secret: None,
+        })
     }
 
     pub fn node_id(&self) -> &str {
@@ -202,6 +216,18 @@ impl ClusterNode {
 
     pub fn keys(&self) -> &Keys {
         &self.inner.keys
+    }
+
+    /// The shared certificate store on this node's connection, with the bundle's cluster key
+    /// (none when joined with [`ClusterNode::join`] or an old bundle: then private keys can
+    /// be neither read nor stored).
+    pub fn cert_store(&self) -> RedisCertStore {
+        RedisCertStore::new(self.inner.conn.clone(), self.cluster_key.clone())
+    }
+
+    /// The secret signing redirect tickets, shared by every sfu bundle.
+    pub fn ticket_secret(&self) -> Option<&Secret> {
+        self.ticket_secret.as_ref()
     }
 
     /// Latest load figures; cheap (a watch channel), call as often as convenient.

@@ -135,6 +135,8 @@ async fn operator_commands_and_node_processes() {
         "redis/redis.key",
         "bootstrap/server.key",
         "redis/users.acl",
+        "secrets/cluster.key",
+        "secrets/ticket.key",
     ] {
         let mode = std::fs::metadata(dir.join(secret))
             .unwrap()
@@ -248,6 +250,43 @@ async fn operator_commands_and_node_processes() {
     )
     .await;
     assert_eq!(try_get(&admin, "deadsfu:ftlkey:chan1").await, None);
+
+    // A certificate bought elsewhere: imported sealed, then listed.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["*.shop.example.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (tmp.path().join("shop.crt"), tmp.path().join("shop.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (out, _) = cluster_cmd(
+        &[
+            "cert",
+            "import",
+            "--domain",
+            "www.shop.example.test",
+            "--cert",
+            cert_file.to_str().unwrap(),
+            "--key",
+            key_file.to_str().unwrap(),
+        ],
+        &[("DEADSFU_CLUSTER_URL", &url_ops)],
+    )
+    .await;
+    assert!(out.contains("www.shop.example.test"), "{out}");
+    let raw = try_get(&admin, "deadsfu:cert:www.shop.example.test")
+        .await
+        .unwrap();
+    assert!(!raw.contains("PRIVATE KEY"));
+    let (out, _) = cluster_cmd(&["cert", "ls"], &[("DEADSFU_CLUSTER_URL", &url_ops)]).await;
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("www.shop.example.test"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert!(cells[1].ends_with('Z'), "{line}");
+    assert_eq!(cells[cells.len() - 2..], ["-", "-"], "{line}");
 
     // SIGKILL the winner: its record and lease are gone within 5 s.
     let (dead, survivor) = if winner == "sfu-a" { (a, b) } else { (b, a) };

@@ -9,7 +9,9 @@
 mod api;
 mod auth;
 mod cors;
+mod https;
 mod legacy;
+pub mod listen;
 mod metrics;
 mod problem;
 mod sdp_body;
@@ -25,6 +27,8 @@ use axum::routing::{get, post};
 use deadsfu_rtc::MediaEngine;
 
 pub use api::{RoomInfo, RoomsSnapshot, room_feed};
+pub use https::HttpsState;
+pub use listen::{Transport, serve};
 pub use problem::Problem;
 pub use web::HtmlSource;
 
@@ -40,6 +44,8 @@ pub struct AppState {
     pub html: HtmlSource,
     /// The rooms of this node, refreshed by [`room_feed`].
     pub rooms: tokio::sync::watch::Receiver<RoomsSnapshot>,
+    /// Set when the node serves HTTPS.
+    pub https: Option<HttpsState>,
 }
 
 /// Longest time a request may take, reading its body included.
@@ -71,6 +77,10 @@ pub fn router(state: AppState) -> Router {
         .route("/web/{*file}", get(web::asset))
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(metrics::healthz))
+        .route(
+            "/.well-known/acme-challenge/{token}",
+            get(https::http01_answer),
+        )
         .fallback(problem::not_found)
         // A request (body included) that takes longer than this is cut off with 408, so slow
         // clients cannot hold resources. The event stream below is long-lived by design.
@@ -83,6 +93,10 @@ pub fn router(state: AppState) -> Router {
             get(api::room_events).options(cors::preflight_get),
         )
         .layer(axum::middleware::from_fn(cors::add_cors_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            https::redirect_to_https,
+        ))
         .with_state(state)
 }
 

@@ -25,6 +25,50 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let _ = writeln!(out, "# HELP deadsfu_rooms Rooms with at least one session");
     let _ = writeln!(out, "# TYPE deadsfu_rooms gauge");
     let _ = writeln!(out, "deadsfu_rooms {}", rooms.len());
+    if let Some(acme) = state.https.as_ref().and_then(|h| h.acme.as_ref()) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &acme.stats;
+        for (name, help, value) in [
+            (
+                "acme_orders",
+                "ACME orders this node started",
+                s.orders_started.load(Relaxed),
+            ),
+            (
+                "acme_order_failures",
+                "ACME orders that failed",
+                s.orders_failed.load(Relaxed),
+            ),
+            (
+                "acme_certificates",
+                "Certificates this node obtained",
+                s.certificates_obtained.load(Relaxed),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP deadsfu_{name}_total {help}");
+            let _ = writeln!(out, "# TYPE deadsfu_{name}_total counter");
+            let _ = writeln!(out, "deadsfu_{name}_total {value}");
+        }
+    }
+    if let Some(https) = state.https.as_ref() {
+        let _ = writeln!(
+            out,
+            "# HELP deadsfu_certificate_not_after_seconds Expiry of each served certificate"
+        );
+        let _ = writeln!(out, "# TYPE deadsfu_certificate_not_after_seconds gauge");
+        for c in https.resolver.status() {
+            let _ = writeln!(
+                out,
+                "deadsfu_certificate_not_after_seconds{{name=\"{}\",source=\"{}\"}} {}",
+                c.name,
+                serde_json::to_value(c.source)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                c.not_after_unix
+            );
+        }
+    }
     let mut res = out.into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -33,6 +77,16 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     res
 }
 
-pub(crate) async fn healthz() -> &'static str {
-    "ok\n"
+/// Liveness, and every served certificate with its expiry.
+pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
+    let certificates = state
+        .https
+        .as_ref()
+        .map(|h| h.resolver.status())
+        .unwrap_or_default();
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "certificates": certificates,
+    }))
+    .into_response()
 }
