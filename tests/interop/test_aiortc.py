@@ -1,5 +1,6 @@
 """Interop test: aiortc publishes over WHIP and watches over WHEP through a real deadsfu;
 and `deadsfu ftl-push` publishes over FTL (as OBS does) to an aiortc WHEP viewer.
+(test_https.py runs the same WHIP/WHEP peers over HTTPS, with a certificate from ACME.)
 
 Run with the binary to test in DEADSFU_BIN, e.g.
 
@@ -13,11 +14,13 @@ libopus; FFMPEG names another binary) and keeps ftl-push's output in ftl-push.lo
 
 import asyncio
 import collections
+import dataclasses
 import os
 import queue
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -26,6 +29,8 @@ import urllib.parse
 import urllib.request
 import uuid
 
+import aiohttp
+import aiohttp.abc
 import aioice.ice
 import aiortc.rtcrtpreceiver
 import pytest
@@ -62,15 +67,21 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 class Sfu:
     """A deadsfu process on free loopback ports; its output is kept for diagnostics.
 
-    deadsfu prints its banner, then its logs, on stdout; stderr is kept as well."""
+    deadsfu prints its banner, then its logs, on stdout; stderr is kept as well.
 
-    def __init__(self, binary: str, log_path):
+    By default `deadsfu serve` with plain HTTP and FTL on free ports. `args` replaces all the
+    arguments after the binary, with `base` the URL to reach it at and `https` how (see Https);
+    without `wait_banner` the constructor returns once the process is started."""
+
+    def __init__(self, binary: str, log_path, args=None, base=None, https=None,
+                 wait_banner=True):  # fmt: skip
         port = free_tcp_port()
         ftl_port = free_tcp_port()
         while ftl_port == port:
             ftl_port = free_tcp_port()
         self.binary = binary
-        self.base = f"http://127.0.0.1:{port}"
+        self.base = base or f"http://127.0.0.1:{port}"
+        self.https = https
         # FTL control (TCP) port on loopback, never the fixed default 8084.
         self.ftl_port = ftl_port
         self.log_path = log_path
@@ -78,9 +89,8 @@ class Sfu:
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info")
         env.setdefault("NO_COLOR", "1")
-        self.proc = subprocess.Popen(
-            [
-                binary,
+        if args is None:
+            args = [
                 "serve",
                 "--http",
                 f"127.0.0.1:{port}",
@@ -96,7 +106,9 @@ class Sfu:
                 "0",
                 "--ftl-key",
                 FTL_KEY,
-            ],
+            ]
+        self.proc = subprocess.Popen(
+            [binary, *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -111,7 +123,8 @@ class Sfu:
         ]
         for reader in self._readers:
             reader.start()
-        self._wait_banner()
+        if wait_banner:
+            self._wait_banner()
 
     def _read(self, stream, prefix: str):
         for raw in stream:
@@ -173,17 +186,24 @@ class Sfu:
             self._log_file.close()
 
 
-@pytest.fixture
-def sfu(tmp_path, monkeypatch):
+def deadsfu_binary() -> str:
     binary = os.environ.get("DEADSFU_BIN")
     if not binary:
         pytest.fail("set DEADSFU_BIN to the deadsfu binary to test")
     if not os.access(binary, os.X_OK):
         pytest.fail(f"DEADSFU_BIN={binary} is not an executable")
-    # aiortc gathers host candidates on loopback only (aioice skips 127.0.0.1 by default).
-    monkeypatch.setattr(
-        aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"]
-    )
+    return binary
+
+
+def loopback_only_ice(monkeypatch):
+    """aiortc gathers host candidates on loopback only (aioice skips 127.0.0.1 by default)."""
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+
+
+@pytest.fixture
+def sfu(tmp_path, monkeypatch):
+    binary = deadsfu_binary()
+    loopback_only_ice(monkeypatch)
     server = Sfu(binary, tmp_path / "deadsfu.log")
     yield server
     server.stop()
@@ -353,7 +373,42 @@ class MovingBarTrack(VideoStreamTrack):
         return frame
 
 
-# --- WHIP / WHEP over HTTP ------------------------------------------------------------
+# --- WHIP / WHEP over HTTP(S) ---------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Https:
+    """How a test reaches an https:// URL: trusting only `ssl_context`'s roots, and connecting
+    to `hosts[name]` (an IP address) for each host name instead of looking it up. Names not
+    in `hosts` fail: no test request leaves loopback."""
+
+    ssl_context: ssl.SSLContext
+    hosts: dict
+
+
+class _HostsResolver(aiohttp.abc.AbstractResolver):
+    def __init__(self, hosts: dict):
+        self.hosts = hosts
+
+    async def resolve(self, host, port=0, family=socket.AF_INET):
+        if host not in self.hosts:
+            raise OSError(f"{host} is not among the test's hosts {self.hosts}")
+        return [{"hostname": host, "host": self.hosts[host], "port": port,
+                 "family": socket.AF_INET, "proto": 0, "flags": socket.AI_NUMERICHOST}]  # fmt: skip
+
+    async def close(self):
+        pass
+
+
+async def _aiohttp(method: str, url: str, body, headers, https: Https):
+    connector = aiohttp.TCPConnector(resolver=_HostsResolver(https.hosts), ssl=https.ssl_context)
+    timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT)
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+        session.request(method, url, data=body, headers=headers or {}) as res,
+    ):
+        text = await res.text(errors="replace")
+        return res.status, {k.lower(): v for k, v in res.headers.items()}, text
 
 
 def _http(method: str, url: str, body: bytes | None = None, headers=None):
@@ -370,7 +425,12 @@ def _headers(message) -> dict:
     return {k.lower(): v for k, v in message.items()}
 
 
-async def http(method: str, url: str, body: bytes | None = None, headers=None):
+async def http(method: str, url: str, body: bytes | None = None, headers=None,
+               https: Https | None = None):  # fmt: skip
+    """(status, headers with lower-case names, body text). With `https`, over aiohttp (see
+    Https); without, over urllib."""
+    if https is not None:
+        return await _aiohttp(method, url, body, headers, https)
     return await asyncio.to_thread(_http, method, url, body, headers)
 
 
@@ -397,7 +457,7 @@ async def negotiate(sfu: Sfu, pc: RTCPeerConnection, path: str, trace: Trace, wh
     sdp = pc.localDescription.sdp
     trace.add(f"{who} offer", sdp)
     status, headers, body = await http(
-        "POST", sfu.url(path), sdp.encode(), {"Content-Type": "application/sdp"}
+        "POST", sfu.url(path), sdp.encode(), {"Content-Type": "application/sdp"}, sfu.https
     )
     trace.add(f"{who} POST {path} -> {status} {headers}", body)
     assert status == 201, f"{who}: POST {path} answered {status}: {body}"
@@ -492,8 +552,8 @@ async def expect_frames(transceiver, decoders: list, mime: str, trace: Trace, st
 # --- the tests ------------------------------------------------------------------------
 
 
-async def publish_and_watch(sfu: Sfu, mime: str, trace: Trace, decoders: list):
-    room = f"interop-{mime.split('/')[1].lower()}-{uuid.uuid4().hex[:8]}"
+async def publish_and_watch(sfu: Sfu, mime: str, trace: Trace, decoders: list, room=None):
+    room = room or f"interop-{mime.split('/')[1].lower()}-{uuid.uuid4().hex[:8]}"
     no_stun = RTCConfiguration(iceServers=[])
     publisher = RTCPeerConnection(no_stun)
     viewer = RTCPeerConnection(no_stun)
@@ -526,9 +586,9 @@ async def publish_and_watch(sfu: Sfu, mime: str, trace: Trace, decoders: list):
             f"viewer connection {viewer.connectionState}",
         )  # fmt: skip
 
-        status, _, body = await http("DELETE", view_session)
+        status, _, body = await http("DELETE", view_session, https=sfu.https)
         assert status == 200, f"DELETE {view_session} (viewer) answered {status}: {body}"
-        status, _, body = await http("DELETE", pub_session)
+        status, _, body = await http("DELETE", pub_session, https=sfu.https)
         assert status == 200, f"DELETE {pub_session} (publisher) answered {status}: {body}"
     finally:
         await viewer.close()
@@ -551,7 +611,7 @@ async def ftl_watch(sfu: Sfu, trace: Trace, decoders: list):
             viewer_video, decoders, "video/H264", trace,
             lambda: f"viewer connection {viewer.connectionState}",
         )  # fmt: skip
-        status, _, body = await http("DELETE", view_session)
+        status, _, body = await http("DELETE", view_session, https=sfu.https)
         assert status == 200, f"DELETE {view_session} (viewer) answered {status}: {body}"
     finally:
         await viewer.close()
@@ -627,7 +687,7 @@ async def first_decoded_frame(sfu: Sfu, trace: Trace, decoders: list) -> float:
         frame = await asyncio.wait_for(viewer_video.receiver.track.recv(), 10)
         elapsed = time.monotonic() - started
         assert (frame.width, frame.height) == (WIDTH, HEIGHT)
-        status, _, body = await http("DELETE", view_session)
+        status, _, body = await http("DELETE", view_session, https=sfu.https)
         assert status == 200, f"DELETE {view_session} (viewer) answered {status}: {body}"
         return elapsed
     finally:

@@ -58,6 +58,9 @@ pub struct PeerOptions {
     pub drop_incoming_percent: f64,
     /// Share (0-100) of outgoing RTP datagrams to drop, to make the far end NACK.
     pub drop_outgoing_percent: f64,
+    /// The HTTP client for signaling (see [`Signaling::with_client`]); `None` makes a default
+    /// one. Set it to reach HTTPS endpoints with a test root or a host override.
+    pub http_client: Option<reqwest::Client>,
 }
 
 impl Default for PeerOptions {
@@ -73,6 +76,7 @@ impl Default for PeerOptions {
             view_codecs: vec![VideoCodec::H264, VideoCodec::Vp8],
             drop_incoming_percent: 0.0,
             drop_outgoing_percent: 0.0,
+            http_client: None,
         }
     }
 }
@@ -189,7 +193,10 @@ impl Peer {
         if opts.setup_active {
             offer = offer.replace("a=setup:actpass", "a=setup:active");
         }
-        let signaling = Signaling::new(opts.token.clone());
+        let signaling = match &opts.http_client {
+            Some(http) => Signaling::with_client(http.clone(), opts.token.clone()),
+            None => Signaling::new(opts.token.clone()),
+        };
         let session = signaling.post_offer(url, offer).await?;
         let answer = SdpAnswer::from_sdp_string(&session.answer)
             .map_err(|e| ClientError::Sdp(e.to_string()))?;

@@ -20,11 +20,19 @@ pub struct Signaling {
 }
 
 impl Signaling {
+    /// Plain reqwest defaults: system DNS, the built-in web PKI roots.
     pub fn new(token: Option<String>) -> Self {
-        Signaling {
-            http: reqwest::Client::new(),
-            token,
-        }
+        Self::with_client(reqwest::Client::new(), token)
+    }
+
+    /// Uses `http` for every request, e.g. a client built with
+    /// `reqwest::Client::builder().add_root_certificate(..).resolve(host, addr)` to reach an
+    /// HTTPS endpoint signed by a test CA under a name that resolves only in the test.
+    ///
+    /// Redirects are whatever `http` does: reqwest's default follows up to 10 and drops
+    /// `Authorization` when one leads to another origin.
+    pub fn with_client(http: reqwest::Client, token: Option<String>) -> Self {
+        Signaling { http, token }
     }
 
     fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
