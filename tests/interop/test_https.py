@@ -17,6 +17,7 @@ import time
 import urllib.request
 
 import aiohttp
+import pytest
 import dns.message
 import dns.query
 import test_aiortc as interop
@@ -195,10 +196,12 @@ async def certify_then_stream(sfu, pebble, trace, created_decoders: list):
     await interop.publish_and_watch(sfu, "video/H264", trace, created_decoders, room="https-room")
 
 
-def test_https_whip_whep_with_acme_certificate(tmp_path, decoders, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("challenge", ["tls-alpn-01", "http-01"])
+def test_https_whip_whep_with_acme_certificate(tmp_path, decoders, monkeypatch, challenge):  # noqa: F811
     """deadsfu, started with an empty data dir, orders sfu.test from pebble (TLS-ALPN-01 on its
-    HTTPS port: pebble's tlsPort is that port, and challtestsrv resolves sfu.test to NODE_IP),
-    serves the certificate within ACME_TIMEOUT, then carries H264 from WHIP to WHEP."""
+    HTTPS port, or HTTP-01 on its HTTP port: pebble's tlsPort and httpPort are those ports, and
+    challtestsrv resolves sfu.test to NODE_IP), serves the certificate within ACME_TIMEOUT, then
+    carries H264 from WHIP to WHEP."""
     binary = interop.deadsfu_binary()
     interop.loopback_only_ice(monkeypatch)
     http_port, tls_port = two_free_ports(NODE_IP)
@@ -212,7 +215,7 @@ def test_https_whip_whep_with_acme_certificate(tmp_path, decoders, monkeypatch):
             "--acme-email", f"t@{DOMAIN}",
             "--acme-directory", pebble.directory_url(),
             "--acme-ca-root", pebble.listener_ca_path(),
-            "--acme-challenge", "tls-alpn-01",
+            "--acme-challenge", challenge,
         ]  # fmt: skip
         trusted = ssl.create_default_context(cadata=pebble.issuing_root_pem())
         sfu = https_sfu(binary, tmp_path, http_port, tls_port, acme, trusted)

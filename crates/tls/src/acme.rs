@@ -312,6 +312,12 @@ impl AcmeManager {
                     store_errors_logged = false;
                     c
                 }
+                // The stored certificate cannot be used (its key does not decrypt, say):
+                // keep serving what is loaded and order a replacement.
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    tracing::warn!(%domain, error = %e, "stored certificate unusable; ordering a replacement, the one loaded (if any) keeps serving");
+                    None
+                }
                 Err(e) => {
                     if !store_errors_logged {
                         tracing::warn!(%domain, error = %e, "certificate store unreachable; serving what is loaded");
@@ -361,7 +367,7 @@ impl AcmeManager {
             // Look again under the lock: another node may have finished while we waited.
             let still_needed = match self.current(&domain).await {
                 Ok(Some((_, due))) => due <= unix_now(),
-                Ok(None) => true,
+                Ok(None) | Err(StoreError::Corrupt { .. }) => true,
                 Err(_) => false,
             };
             if still_needed {

@@ -137,21 +137,46 @@ struct StoreSync {
 
 impl StoreSync {
     async fn run(&self) {
-        match self.store.list_certs().await {
-            Ok(list) => {
-                let mut entries = Vec::new();
-                for (domain, stored) in list {
-                    match ServedCert::from_stored(&stored) {
-                        Ok(served) => entries.push((domain, served)),
-                        Err(e) => {
-                            tracing::warn!(%domain, error = %e, "stored certificate does not load")
-                        }
-                    }
-                }
-                self.resolver.replace(CertSource::Store, entries);
-            }
+        let list = match self.store.list_certs().await {
+            Ok(list) => list,
             // Keep serving what is loaded; the next resync tries again.
-            Err(e) => tracing::debug!(error = %e, "certificate store not readable"),
+            Err(e) => {
+                tracing::debug!(error = %e, "certificate store not readable");
+                return;
+            }
+        };
+        let mut entries: Vec<(String, ServedCert)> = Vec::new();
+        for (domain, stored) in list {
+            match ServedCert::from_stored(&stored) {
+                Ok(served) => entries.push((domain, served)),
+                Err(e) => {
+                    tracing::warn!(%domain, error = %e, "stored certificate does not load")
+                }
+            }
         }
+        // A name that was served but is no longer listed: removed, or unreadable (a key that
+        // does not decrypt is skipped by the listing). Ask for it alone to know which; keep
+        // serving what was loaded unless it is really gone.
+        let previous = self.resolver.source_entries(CertSource::Store);
+        for (domain, served) in previous {
+            if entries.iter().any(|(d, _)| *d == domain) {
+                continue;
+            }
+            match self.store.load_cert(&domain).await {
+                Ok(None) => {}
+                Ok(Some(stored)) => match ServedCert::from_stored(&stored) {
+                    Ok(new) => entries.push((domain, new)),
+                    Err(e) => {
+                        tracing::warn!(%domain, error = %e, "stored certificate does not load; the one loaded before keeps serving");
+                        entries.push((domain, served));
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(%domain, error = %e, "stored certificate unusable; the one loaded before keeps serving");
+                    entries.push((domain, served));
+                }
+            }
+        }
+        self.resolver.replace(CertSource::Store, entries);
     }
 }

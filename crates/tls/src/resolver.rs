@@ -100,6 +100,15 @@ impl CertResolver {
         self.layers[layer_index(source)].store(Arc::new(map));
     }
 
+    /// What `source` serves now, by name.
+    pub fn source_entries(&self, source: CertSource) -> Vec<(String, ServedCert)> {
+        self.layers[layer_index(source)]
+            .load()
+            .iter()
+            .map(|(n, c)| (n.clone(), c.clone()))
+            .collect()
+    }
+
     /// The certificate for `sni`, if any source covers it.
     pub fn lookup(&self, sni: &str) -> Option<ServedCert> {
         let sni = sni.trim_end_matches('.').to_ascii_lowercase();
