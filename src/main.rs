@@ -1,8 +1,5 @@
 //! The `deadsfu` binary: command line, configuration, start-up and shutdown of the parts.
 
-mod cluster_mode;
-mod ftl_ingest;
-mod https_args;
 mod serve;
 
 use clap::{Parser, Subcommand};

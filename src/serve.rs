@@ -25,7 +25,7 @@ pub struct ServeArgs {
     #[arg(long = "https", env = "DEADSFU_HTTPS")]
     pub https: Option<SocketAddr>,
     #[command(flatten)]
-    pub tls: crate::https_args::HttpsArgs,
+    pub tls: deadsfu_node::HttpsArgs,
     /// First UDP media port; worker N uses PORT+N (0: ephemeral ports).
     #[arg(long, env = "DEADSFU_UDP_PORT", default_value_t = 8000)]
     pub udp_port: u16,
@@ -69,7 +69,7 @@ pub struct ServeArgs {
     #[arg(long, env = "DEADSFU_IDLE_TIMEOUT", default_value_t = 15)]
     pub idle_timeout: u64,
     #[command(flatten)]
-    pub ftl: crate::ftl_ingest::FtlArgs,
+    pub ftl: deadsfu_node::FtlArgs,
     /// Cluster identity (used when DEADSFU_CLUSTER_URL puts the node in cluster mode).
     #[command(flatten)]
     pub node: deadsfu_cluster::NodeArgs,
@@ -168,7 +168,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if http_addr.is_none() && args.https.is_none() {
         anyhow::bail!("--http \"\" turns plain HTTP off, so give --https ADDR");
     }
-    crate::https_args::check(&args.tls, args.https.is_some())?;
+    deadsfu_node::certificates::check(&args.tls, args.https.is_some())?;
     let http_listener = match http_addr {
         Some(a) => Some(
             tokio::net::TcpListener::bind(a)
@@ -193,10 +193,32 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // What the cluster records as this node's web port: HTTPS when on.
     let public_web = https_local.or(http_local).expect("one listener is on");
 
-    let cluster = crate::cluster_mode::join(&args, public_web, &ice_hosts, &engine).await?;
+    let cluster = deadsfu_node::membership::join(
+        &deadsfu_node::MembershipSettings {
+            node: args.node.clone(),
+            ftl_listen: args.ftl.ftl_listen.clone(),
+            web: public_web,
+            ice_hosts: ice_hosts.clone(),
+        },
+        &engine,
+    )
+    .await?;
+    let node_name = args
+        .node
+        .node_id
+        .clone()
+        .or_else(|| args.node.hostname.clone())
+        .unwrap_or_else(|| "standalone".to_string());
     let https = match https_local {
         Some(local) => Some(
-            crate::https_args::start(&args, local, http_local.is_some(), cluster.as_ref()).await?,
+            deadsfu_node::certificates::start(
+                &args.tls,
+                node_name,
+                local,
+                http_local.is_some(),
+                cluster.as_ref(),
+            )
+            .await?,
         ),
         None => None,
     };
@@ -214,7 +236,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }),
     };
     print_urls(http_local, https_local, &ice_hosts, engine.udp_ports());
-    let ftl = crate::ftl_ingest::start(&args.ftl, &engine, cluster.clone()).await?;
+    let ftl = deadsfu_node::ftl_bridge::start(&args.ftl, &engine, cluster.clone()).await?;
 
     // One shutdown signal for every listener; the cluster hears it first.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -17,7 +17,7 @@ use deadsfu_media::Codec;
 use deadsfu_media::sender_clock::SenderClock;
 use deadsfu_rtc::{Ingest, IngestPacket, MediaEngine, SessionError};
 
-use crate::cluster_mode::Membership;
+use crate::membership::Membership;
 
 #[derive(Debug, Clone, Args)]
 pub struct FtlArgs {
@@ -208,7 +208,7 @@ struct FtlRoomPublisher {
     /// The client's media clock from its sender reports, for audio/video sync.
     clock: SenderClock,
     /// Held while the stream is live; releases the cluster's `ftl:{channel}` lease on drop.
-    _lease: Option<crate::cluster_mode::FtlLease>,
+    _lease: Option<crate::membership::FtlLease>,
 }
 
 impl FtlPublisher for FtlRoomPublisher {

@@ -1,22 +1,30 @@
-//! Cluster mode of `deadsfu serve`: join the cluster named by `DEADSFU_CLUSTER_URL`, lease the
-//! rooms this node serves, report load, drain on shutdown.
+//! Cluster mode of a node: join the cluster named by `DEADSFU_CLUSTER_URL`, lease the rooms
+//! this node serves, report load, follow certificate events, drain on shutdown.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use deadsfu_cluster::{Claim, ClusterNode, NodeConfig, NodeLoad};
+use deadsfu_cluster::{Claim, ClusterNode, NodeConfig};
 use deadsfu_media::RoomChange;
 use deadsfu_rtc::MediaEngine;
 use tokio::sync::mpsc;
 
-use crate::serve::ServeArgs;
+/// What a node needs to join: its identity flags and where it listens.
+#[derive(Debug, Clone)]
+pub struct MembershipSettings {
+    pub node: deadsfu_cluster::NodeArgs,
+    /// `--ftl-listen` (empty: FTL off).
+    pub ftl_listen: String,
+    /// The port clients reach this node's web side on (HTTPS when on).
+    pub web: SocketAddr,
+    pub ice_hosts: Vec<IpAddr>,
+}
 
 /// Where other nodes (the FTL proxy) reach this node's FTL listener: its own address, or the
 /// first advertised media address when it listens on all interfaces.
-fn ftl_address(args: &ServeArgs, ice_hosts: &[IpAddr]) -> Option<String> {
-    let listen: SocketAddr = args.ftl.ftl_listen.trim().parse().ok()?;
+fn ftl_address(ftl_listen: &str, ice_hosts: &[IpAddr]) -> Option<String> {
+    let listen: SocketAddr = ftl_listen.trim().parse().ok()?;
     let ip = if listen.ip().is_unspecified() {
         *ice_hosts.first()?
     } else {
@@ -35,11 +43,12 @@ pub struct Membership {
 
 /// Joins the cluster when the environment names one; `None` runs standalone.
 pub async fn join(
-    args: &ServeArgs,
-    http: SocketAddr,
-    ice_hosts: &[IpAddr],
+    settings: &MembershipSettings,
     engine: &MediaEngine,
 ) -> anyhow::Result<Option<Membership>> {
+    let args = settings;
+    let ice_hosts = &settings.ice_hosts;
+    let http = settings.web;
     let hostname = match &args.node.hostname {
         Some(h) => h.clone(),
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -55,7 +64,7 @@ pub async fn join(
         hostname,
         https_port: http.port(),
         public_addrs: ice_hosts.iter().map(IpAddr::to_string).collect(),
-        ftl_addr: ftl_address(args, ice_hosts),
+        ftl_addr: ftl_address(&args.ftl_listen, ice_hosts),
         region: args.node.region.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
@@ -77,7 +86,10 @@ pub async fn join(
         let _ = tx.send(change);
     }));
     tokio::spawn(lease_rooms(node.clone(), rx));
-    tokio::spawn(report_load(node.clone(), engine.clone()));
+    tokio::spawn(crate::load_report::report_load(
+        node.clone(),
+        engine.clone(),
+    ));
     Ok(Some(Membership {
         node,
         bundle: Arc::new(bundle),
@@ -196,46 +208,4 @@ async fn lease_rooms(node: Arc<ClusterNode>, mut changes: mpsc::UnboundedReceive
             }
         }
     }
-}
-
-/// Reports rooms, sessions, egress bitrate and CPU once a second.
-async fn report_load(node: Arc<ClusterNode>, engine: MediaEngine) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last = (Instant::now(), engine.metrics().bytes_out, cpu_ticks());
-    loop {
-        tick.tick().await;
-        let now = Instant::now();
-        let bytes = engine.metrics().bytes_out;
-        let cpu = cpu_ticks();
-        let secs = now.duration_since(last.0).as_secs_f64().max(0.001);
-        let (publishers, viewers) = engine.session_counts();
-        node.report_load(NodeLoad {
-            rooms: engine.rooms().len() as u32,
-            viewers: viewers as u32,
-            publishers: publishers as u32,
-            egress_bps: ((bytes.saturating_sub(last.1)) as f64 * 8.0 / secs) as u64,
-            // /proc counts in USER_HZ, 100 per second on Linux.
-            cpu_percent: (cpu.saturating_sub(last.2) as f64 / secs) as f32,
-        });
-        last = (now, bytes, cpu);
-    }
-}
-
-/// User plus system CPU time of this process, in clock ticks.
-fn cpu_ticks() -> u64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0;
-    };
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    field(11) + field(12)
 }

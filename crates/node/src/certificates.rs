@@ -13,8 +13,7 @@ use deadsfu_tls::{
     AcmeConfig, CertResolver, CertStore, ChallengeKind, DirStore, HttpsOptions, NodeHttps,
 };
 
-use crate::cluster_mode::Membership;
-use crate::serve::ServeArgs;
+use crate::membership::Membership;
 
 #[derive(Debug, Clone, Args)]
 pub struct HttpsArgs {
@@ -99,13 +98,15 @@ pub struct RunningHttps {
     pub store: Arc<dyn CertStore>,
 }
 
+/// Starts the certificate sources of the HTTPS listener on `local`. `node_name` names this node
+/// in ACME lock values.
 pub async fn start(
-    args: &ServeArgs,
+    tls: &HttpsArgs,
+    node_name: String,
     local: SocketAddr,
     http_on: bool,
     cluster: Option<&Membership>,
 ) -> anyhow::Result<RunningHttps> {
-    let tls = &args.tls;
     let store: Arc<dyn CertStore> = match cluster {
         Some(c) => c.cert_store(),
         None => {
@@ -140,12 +141,7 @@ pub async fn start(
         config.renew_before = tls.acme_renew_before;
         config.retry_unit = tls.acme_retry_unit;
         config.lock_ttl = tls.acme_lock_ttl;
-        config.node_name = args
-            .node
-            .node_id
-            .clone()
-            .or_else(|| args.node.hostname.clone())
-            .unwrap_or_else(|| "standalone".to_string());
+        config.node_name = node_name.clone();
         config
     });
     let options = HttpsOptions {
