@@ -73,6 +73,26 @@ pub struct ServeArgs {
     /// Cluster identity (used when DEADSFU_CLUSTER_URL puts the node in cluster mode).
     #[command(flatten)]
     pub node: deadsfu_cluster::NodeArgs,
+    /// Connections from these sources (CIDR, repeatable) must start with a PROXY protocol v2
+    /// header, whose source address then stands for the client; others may not send one.
+    #[arg(
+        long = "proxy-protocol-from",
+        env = "DEADSFU_PROXY_PROTOCOL_FROM",
+        value_delimiter = ','
+    )]
+    pub proxy_protocol_from: Vec<deadsfu_server::Cidr>,
+    /// Cluster mode: on SIGTERM, keep live sessions this many seconds (or until they end)
+    /// while routing sends new ones elsewhere; 0 stops at once.
+    #[arg(long, env = "DEADSFU_DRAIN_TIMEOUT", default_value_t = 0)]
+    pub drain_timeout: u64,
+    /// Cluster mode: the one public name of the cluster (e.g. deadsfu.com). A session request
+    /// for it is sent with 307 to the node that serves the room.
+    #[arg(long, env = "DEADSFU_SERVICE_DOMAIN")]
+    pub service_domain: Option<String>,
+    /// Cluster mode: this node's own base URL as clients reach it (default
+    /// https://{hostname}:{https port}, without :443).
+    #[arg(long, env = "DEADSFU_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// Log format; filter with RUST_LOG (e.g. RUST_LOG=deadsfu=debug).
     #[arg(long, env = "DEADSFU_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
@@ -199,16 +219,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ftl_listen: args.ftl.ftl_listen.clone(),
             web: public_web,
             ice_hosts: ice_hosts.clone(),
+            public_url: args.public_url.clone(),
+            proxy_protocol: !args.proxy_protocol_from.is_empty(),
         },
         &engine,
     )
     .await?;
-    let node_name = args
-        .node
-        .node_id
-        .clone()
-        .or_else(|| args.node.hostname.clone())
-        .unwrap_or_else(|| "standalone".to_string());
+    let node_name = match &cluster {
+        Some(c) => c.node_id().to_string(),
+        None => "standalone".to_string(),
+    };
     let https = match https_local {
         Some(local) => Some(
             deadsfu_node::certificates::start(
@@ -222,18 +242,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let front_door: Option<Arc<dyn deadsfu_server::FrontDoor>> = cluster
+        .as_ref()
+        .map(|c| c.front_door(&engine, args.service_domain.clone()) as _);
     let state = AppState {
         engine: engine.clone(),
         bearer_token: args.bearer_token.as_deref().map(Arc::from),
         ice_servers: ice_servers.into(),
         html: args.html.clone(),
-        rooms: deadsfu_server::room_feed(engine.clone()),
+        rooms: deadsfu_server::room_feed(engine.clone(), front_door.clone()),
         https: https.as_ref().map(|h| deadsfu_server::HttpsState {
             port: public_web.port(),
             resolver: h.resolver.clone(),
             store: Some(h.store.clone()),
             acme: h.node.acme.clone(),
         }),
+        front_door,
     };
     print_urls(http_local, https_local, &ice_hosts, engine.udp_ports());
     let ftl = deadsfu_node::ftl_bridge::start(&args.ftl, &engine, cluster.clone()).await?;
@@ -241,11 +265,32 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // One shutdown signal for every listener; the cluster hears it first.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let draining = cluster.clone();
+    let drain_timeout = std::time::Duration::from_secs(args.drain_timeout);
+    let drain_engine = engine.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         // Tell routing first, so no new sessions are sent here while we close.
         if let Some(c) = draining {
             c.drain().await;
+            // Live sessions go on until they end or the drain timeout passes; a second
+            // signal stops at once.
+            if !drain_timeout.is_zero() {
+                tracing::info!(timeout = ?drain_timeout, "draining: new sessions go to other nodes, live ones continue");
+                let sessions_end = async {
+                    loop {
+                        let (p, v) = drain_engine.session_counts();
+                        if p + v == 0 {
+                            break;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(drain_timeout) => {}
+                    _ = sessions_end => {}
+                    _ = shutdown_signal() => {}
+                }
+            }
         }
         let _ = stop_tx.send(true);
     });
@@ -273,18 +318,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
 
     let app = deadsfu_server::router(state);
+    let proxy = Arc::new(deadsfu_server::ProxyPolicy::new(
+        args.proxy_protocol_from.clone(),
+    ));
     let plain = http_listener.map(|l| {
         let app = app.clone();
         let stop = stopped();
-        tokio::spawn(async move { deadsfu_server::serve(l, app, None, stop).await })
+        let proxy = proxy.clone();
+        tokio::spawn(async move { deadsfu_server::serve(l, app, None, proxy, stop).await })
     });
     let secure = match (https_listener, &https) {
         (Some(l), Some(h)) => {
             let app = app.clone();
             let stop = stopped();
             let acceptor = h.node.acceptor.clone();
+            let proxy = proxy.clone();
             Some(tokio::spawn(async move {
-                deadsfu_server::serve(l, app, Some(acceptor), stop).await
+                deadsfu_server::serve(l, app, Some(acceptor), proxy, stop).await
             }))
         }
         _ => None,

@@ -123,7 +123,14 @@ async fn node_joins_leases_rooms_and_leaves() {
     let last_line = |s: String| s.lines().last().unwrap_or_default().to_owned();
     let sfu_url = last_line(run(
         &[
-            "cluster", "issue", "--dir", cdir_s, "--role", "sfu", "--name", "sfu-a",
+            "cluster",
+            "issue",
+            "--dir",
+            cdir_s,
+            "--role",
+            "sfu",
+            "--name",
+            "sfu-a.test",
         ],
         &[],
         &log("issue-sfu.log"),

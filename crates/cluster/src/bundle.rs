@@ -27,7 +27,8 @@ pub struct BundleSettings {
     pub role: Role,
     /// `host:port` of Redis (TLS). The first that answers is used.
     pub redis_addrs: Vec<String>,
-    /// Redis ACL user (the role's user).
+    /// Redis ACL user: the name's own for sfu bundles issued since per-node users exist,
+    /// otherwise the role's shared user.
     pub user: String,
     /// Redis ACL password, this name's own.
     pub password: String,
@@ -40,6 +41,12 @@ pub struct BundleSettings {
     /// only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket_secret: Option<String>,
+    /// The public hostname the node must serve. Present in sfu bundles issued since per-node
+    /// ACL users exist: such a bundle may register only the node id `name` and lease only this
+    /// hostname. Absent in older sfu bundles (which may register any) and in proxy and admin
+    /// bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 
 /// `Some` values shown as a placeholder.
@@ -58,6 +65,7 @@ impl std::fmt::Debug for BundleSettings {
             .field("key_prefix", &self.key_prefix)
             .field("cluster_key", &redacted(&self.cluster_key))
             .field("ticket_secret", &redacted(&self.ticket_secret))
+            .field("hostname", &self.hostname)
             .finish()
     }
 }
@@ -214,6 +222,21 @@ impl Bundle {
     pub fn ticket_secret(&self) -> Option<Secret> {
         self.settings.ticket_secret.clone().map(Secret::new)
     }
+
+    /// The node id a node joining with this bundle must use: the bundle's name, for sfu
+    /// bundles bound to one node (see [`BundleSettings::hostname`]); `None` when any id will do.
+    pub fn node_id(&self) -> Option<&str> {
+        self.hostname().map(|_| self.settings.name.as_str())
+    }
+
+    /// The hostname a node joining with this bundle must serve, for sfu bundles bound to one
+    /// node; `None` when any hostname will do.
+    pub fn hostname(&self) -> Option<&str> {
+        match self.settings.role {
+            Role::Sfu => self.settings.hostname.as_deref(),
+            Role::Proxy | Role::Admin => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -234,6 +257,7 @@ mod tests {
                 key_prefix: "deadsfu:".into(),
                 cluster_key: Some("ab".repeat(32)),
                 ticket_secret: Some("cd".repeat(32)),
+                hostname: Some("sfu-1.example.test".into()),
             },
         }
     }
@@ -258,6 +282,8 @@ mod tests {
         assert_eq!(back.settings.role, Role::Sfu);
         assert_eq!(back.cluster_key().unwrap().to_hex(), "ab".repeat(32));
         assert_eq!(back.ticket_secret().unwrap().expose(), "cd".repeat(32));
+        assert_eq!(back.node_id(), Some("sfu-1"));
+        assert_eq!(back.hostname(), Some("sfu-1.example.test"));
     }
 
     #[test]
@@ -287,12 +313,17 @@ mod tests {
         assert!(bundle.settings.cluster_key.is_none());
         assert!(bundle.cluster_key().is_none());
         assert!(bundle.ticket_secret().is_none());
+        // Not bound to one node: any node id and hostname.
+        assert!(bundle.settings.hostname.is_none());
+        assert_eq!((bundle.node_id(), bundle.hostname()), (None, None));
         // And a bundle without them is written without the fields.
         let mut proxy = sample();
         proxy.settings.cluster_key = None;
         proxy.settings.ticket_secret = None;
+        proxy.settings.hostname = None;
         let toml = toml::to_string(&proxy.settings).unwrap();
         assert!(!toml.contains("cluster_key") && !toml.contains("ticket_secret"));
+        assert!(!toml.contains("hostname"));
     }
 
     #[test]

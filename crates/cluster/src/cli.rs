@@ -43,10 +43,16 @@ pub enum ClusterCommand {
         dir: PathBuf,
         #[arg(long, value_enum)]
         role: Role,
+        /// For sfu bundles, also the node id: the bundle may register only this node.
         #[arg(long)]
         name: String,
+        /// The public hostname the sfu node serves; its bundle may lease only this one
+        /// (default: the name). Sfu bundles only.
+        #[arg(long)]
+        hostname: Option<String>,
     },
-    /// Make a name's access token useless and drop its Redis password.
+    /// Make a name's access token useless and drop its Redis password (an sfu name's own
+    /// Redis user).
     Revoke {
         #[arg(long, env = "DEADSFU_CLUSTER_DIR")]
         dir: PathBuf,
@@ -109,13 +115,15 @@ pub enum FtlKeyCommand {
 /// The node identity flags of `deadsfu serve` in cluster mode, for the binary to flatten.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeArgs {
-    /// This node's own public hostname (its certificate name, target of redirects).
+    /// This node's own public hostname (its certificate name, target of redirects; default:
+    /// the hostname the sfu bundle was issued for).
     #[arg(long, env = "DEADSFU_HOSTNAME")]
     pub hostname: Option<String>,
     /// Region label shown to routing and operators.
     #[arg(long, env = "DEADSFU_REGION", default_value = "default")]
     pub region: String,
-    /// Unique node id (default: the hostname).
+    /// Unique node id (default: the bundle's name for sfu bundles issued with a hostname,
+    /// else the hostname).
     #[arg(long, env = "DEADSFU_NODE_ID")]
     pub node_id: Option<String>,
 }
@@ -150,8 +158,13 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
                 dir.root().display()
             );
         }
-        ClusterCommand::Issue { dir, role, name } => {
-            let issued = issue(&dir, role, &name).await?;
+        ClusterCommand::Issue {
+            dir,
+            role,
+            name,
+            hostname,
+        } => {
+            let issued = issue(&dir, role, &name, hostname.as_deref()).await?;
             match &issued.acl_reloaded {
                 AclReload::Reloaded => eprintln!("Redis ACL reloaded."),
                 AclReload::RedisNotReachable(reason) => eprintln!(
@@ -159,9 +172,16 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
                      (or run ACL LOAD)."
                 ),
             }
+            let what = match &issued.hostname {
+                Some(hostname) => format!(
+                    "{}, node id {}, hostname {hostname}",
+                    issued.role, issued.name
+                ),
+                None => issued.role.to_string(),
+            };
             eprintln!(
-                "Bundle for {} ({}). Give this URL to the node as {URL_ENV} (or in a file named by {URL_FILE_ENV}):",
-                issued.name, issued.role
+                "Bundle for {} ({what}). Give this URL to the node as {URL_ENV} (or in a file named by {URL_FILE_ENV}):",
+                issued.name
             );
             println!("{}", issued.url.expose());
         }

@@ -26,6 +26,16 @@ pub enum ClusterError {
     HostnameTaken { hostname: String, owner: String },
     #[error("bad {what} {value:?}")]
     BadName { what: &'static str, value: String },
+    /// The bundle is bound to one node and the configuration names another.
+    #[error(
+        "the cluster bundle was issued for {what} {bundle:?} but {configured:?} is configured; \
+         leave the {what} unset to use the bundle's, or issue a bundle for {configured:?}"
+    )]
+    IdentityMismatch {
+        what: &'static str,
+        configured: String,
+        bundle: String,
+    },
 }
 
 impl From<redis::RedisError> for ClusterError {

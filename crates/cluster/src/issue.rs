@@ -1,5 +1,6 @@
 //! `cluster issue` and `cluster revoke`: one client certificate, Redis password and access
-//! token per name, kept under `DIR/names/NAME/`.
+//! token per name, kept under `DIR/names/NAME/`. Each sfu name gets its own Redis ACL user
+//! (acl.rs), bound to the node id NAME and one hostname.
 //!
 //! Only hashes of the token and of the password stay beside the bundle, so the bootstrap
 //! server and the ACL file never hold them in clear (the bundle itself does, 0600).
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::acl;
+use crate::acl::{self, NodeUser};
 use crate::bundle::{Bundle, BundleSettings};
 use crate::cluster_dir::{ClusterDir, ClusterSettings, create_private_dir, write_private};
 use crate::keys::Keys;
@@ -29,6 +30,15 @@ pub enum IssueError {
     UnknownName(String),
     #[error("the name {0:?} is reserved")]
     ReservedName(String),
+    #[error(
+        "bad hostname {0:?}: use 1 to 253 letters, digits, '.', '_' or '-', not starting or \
+         ending with '.'"
+    )]
+    BadHostname(String),
+    #[error("a hostname is only issued with sfu bundles, not with {0} bundles")]
+    HostnameNotForRole(Role),
+    #[error("hostname {hostname:?} is already issued to {name:?} (revoke it first)")]
+    HostnameInUse { hostname: String, name: String },
     #[error("cannot read the bootstrap certificate")]
     BadBootstrapCert,
     #[error(transparent)]
@@ -47,6 +57,11 @@ pub struct NameMeta {
     pub role: Role,
     pub token_sha256: String,
     pub password_sha256: String,
+    /// The hostname an sfu name may lease. Present for sfu names issued since per-node ACL
+    /// users exist (their user is [`acl::node_acl_user`]); absent for older sfu names, whose
+    /// password sits on the shared `sfu` user, and for proxy and admin names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 
 /// Result of `issue`.
@@ -54,6 +69,8 @@ pub struct NameMeta {
 pub struct Issued {
     pub name: String,
     pub role: Role,
+    /// The hostname the node must serve (sfu bundles).
+    pub hostname: Option<String>,
     /// `https://BOOTSTRAP/bundle?access_token=...#sha256=...`: give it to the node as
     /// `DEADSFU_CLUSTER_URL`.
     pub url: Secret,
@@ -75,6 +92,39 @@ pub fn valid_name(name: &str) -> bool {
         && !name.starts_with('.')
 }
 
+/// A node's public hostname as issued: DNS-like characters only (so nothing that could act as
+/// a glob in an ACL key pattern), at most 253 of them, no leading or trailing dot. Compared
+/// in lower case, as DNS names are.
+pub fn valid_hostname(hostname: &str) -> bool {
+    (1..=253).contains(&hostname.len())
+        && hostname
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && !hostname.starts_with('.')
+        && !hostname.ends_with('.')
+        && acl::literal_in_pattern(hostname)
+}
+
+/// The hostname an sfu name is issued with: the one given, else the name; lower-cased.
+fn issued_hostname(
+    role: Role,
+    name: &str,
+    hostname: Option<&str>,
+) -> Result<Option<String>, IssueError> {
+    match (role, hostname) {
+        (Role::Sfu, given) => {
+            let hostname = given.unwrap_or(name).to_ascii_lowercase();
+            if valid_hostname(&hostname) {
+                Ok(Some(hostname))
+            } else {
+                Err(IssueError::BadHostname(given.unwrap_or(name).into()))
+            }
+        }
+        (role, Some(_)) => Err(IssueError::HostnameNotForRole(role)),
+        (_, None) => Ok(None),
+    }
+}
+
 fn open(dir: &Path) -> Result<(ClusterDir, ClusterSettings), IssueError> {
     let dir = ClusterDir::new(dir)?;
     let settings = dir
@@ -83,14 +133,34 @@ fn open(dir: &Path) -> Result<(ClusterDir, ClusterSettings), IssueError> {
     Ok((dir, settings))
 }
 
-pub async fn issue(dir: &Path, role: Role, name: &str) -> Result<Issued, IssueError> {
-    if !valid_name(name) {
+/// Issues a bundle to `name`. An sfu bundle is bound to the node id `name` and to `hostname`
+/// (default: `name`), and logs in as the name's own ACL user; proxy and admin bundles take no
+/// hostname. Issuing a name again replaces its credentials.
+pub async fn issue(
+    dir: &Path,
+    role: Role,
+    name: &str,
+    hostname: Option<&str>,
+) -> Result<Issued, IssueError> {
+    if !valid_name(name) || !acl::literal_in_pattern(name) {
         return Err(IssueError::BadName(name.into()));
     }
     if name == "operator" {
         return Err(IssueError::ReservedName(name.into()));
     }
+    let hostname = issued_hostname(role, name, hostname)?;
     let (dir, settings) = open(dir)?;
+    if let Some(hostname) = &hostname {
+        // Two users able to write one `host:` key would defeat the per-node grant.
+        for (other, meta) in list_names(&dir)? {
+            if other != name && meta.hostname.as_ref() == Some(hostname) {
+                return Err(IssueError::HostnameInUse {
+                    hostname: hostname.clone(),
+                    name: other,
+                });
+            }
+        }
+    }
     let ca_cert_pem = fs::read_to_string(dir.ca_cert())?;
     let signer = CaSigner::from_key_pem(&fs::read_to_string(dir.ca_key())?)?;
     // Proxies serve only public data: they never get the secrets. Directories made before
@@ -110,17 +180,22 @@ pub async fn issue(dir: &Path, role: Role, name: &str) -> Result<Issued, IssueEr
             name: name.into(),
             role,
             redis_addrs: vec![settings.redis_addr.clone()],
-            user: role.acl_user().into(),
+            user: match role {
+                Role::Sfu => acl::node_acl_user(name),
+                Role::Proxy | Role::Admin => role.acl_user().into(),
+            },
             password: password.expose().into(),
             key_prefix: settings.key_prefix.clone(),
             cluster_key: secrets.as_ref().map(|s| s.cluster_key.clone()),
             ticket_secret: secrets.map(|s| s.ticket_secret),
+            hostname: hostname.clone(),
         },
     };
     let meta = NameMeta {
         role,
         token_sha256: token.sha256_hex(),
         password_sha256: password.sha256_hex(),
+        hostname: hostname.clone(),
     };
     let name_dir = dir.name_dir(name);
     create_private_dir(&name_dir)?;
@@ -139,10 +214,11 @@ pub async fn issue(dir: &Path, role: Role, name: &str) -> Result<Issued, IssueEr
         fingerprint
     ));
     let acl_reloaded = rewrite_acl_and_reload(&dir, &settings).await?;
-    tracing::info!(%name, %role, "bundle issued");
+    tracing::info!(%name, %role, hostname = hostname.as_deref().unwrap_or("-"), "bundle issued");
     Ok(Issued {
         name: name.into(),
         role,
+        hostname,
         url,
         acl_reloaded,
     })
@@ -199,11 +275,32 @@ async fn rewrite_acl_and_reload(
             .trim()
             .to_string(),
     )];
-    for (_, meta) in list_names(dir)? {
-        hashes.push((meta.role, meta.password_sha256));
+    let mut nodes = Vec::new();
+    for (name, meta) in list_names(dir)? {
+        match (meta.role, meta.hostname) {
+            (Role::Sfu, Some(hostname)) => {
+                // Hand-edited metadata must not widen a node's grant.
+                if !valid_hostname(&hostname) || !acl::literal_in_pattern(&name) {
+                    return Err(IssueError::BadMeta {
+                        name,
+                        reason: format!("bad hostname {hostname:?}"),
+                    });
+                }
+                nodes.push(NodeUser {
+                    name,
+                    hostname,
+                    password_sha256: meta.password_sha256,
+                });
+            }
+            // Sfu names issued before per-node users: the shared `sfu` user.
+            (role, _) => hashes.push((role, meta.password_sha256)),
+        }
     }
     let keys = Keys::new(settings.key_prefix.clone());
-    write_private(&dir.redis_acl(), acl::acl_file(&keys, &hashes).as_bytes())?;
+    write_private(
+        &dir.redis_acl(),
+        acl::acl_file(&keys, &hashes, &nodes).as_bytes(),
+    )?;
     Ok(reload_acl(dir).await)
 }
 

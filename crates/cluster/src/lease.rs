@@ -12,10 +12,17 @@ use crate::error::ClusterError;
 /// Lifetime of a lease (and of a node record) without refresh.
 pub const LEASE_TTL: Duration = Duration::from_secs(3);
 
-/// Takes each key if free, refreshes it if it already holds our value, leaves it alone
-/// otherwise. KEYS: lease keys; ARGV[1]: TTL in ms; ARGV[1 + i]: our value for KEYS[i].
+/// Marks a room lease taken for viewers waiting in an empty room: a publisher on any node
+/// may take it over (the viewers' web player then follows the room to its publisher).
+pub const WEAK_SUFFIX: &str = "~viewers";
+
+/// Takes each key if free, refreshes it if it already holds our value, takes it over if it is
+/// held weakly (value ending in [`WEAK_SUFFIX`]) and ours is not, leaves it alone otherwise.
+/// KEYS: lease keys; ARGV[1]: TTL in ms; ARGV[1 + i]: our value for KEYS[i].
 /// Returns, per key, the outcome code and the current holder's value.
 const CLAIM_MANY: &str = r#"
+local weak = '~viewers'
+local function is_weak(v) return v and string.sub(v, -string.len(weak)) == weak end
 local out = {}
 for i, key in ipairs(KEYS) do
   local mine = ARGV[i + 1]
@@ -28,6 +35,10 @@ for i, key in ipairs(KEYS) do
       redis.call('PEXPIRE', key, ARGV[1])
       out[#out + 1] = 2
       out[#out + 1] = cur
+    elseif is_weak(cur) and not is_weak(mine) then
+      redis.call('SET', key, mine, 'PX', ARGV[1])
+      out[#out + 1] = 1
+      out[#out + 1] = mine
     else
       out[#out + 1] = 0
       out[#out + 1] = cur or ''

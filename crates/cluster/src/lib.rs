@@ -27,6 +27,7 @@ mod pki;
 pub mod redis_conn;
 pub mod registry;
 pub mod role;
+pub mod routing;
 pub mod secret;
 pub mod status;
 
@@ -39,7 +40,8 @@ pub use error::ClusterError;
 pub use events::{ClusterEvent, LeaseKind, subscribe_events};
 pub use join_url::JoinUrl;
 pub use keys::Keys;
-pub use node_record::{FtlOwner, NodeConfig, NodeLoad, NodeRecord, NodeState};
+pub use node_record::{FRESH_FOR, FtlOwner, NodeConfig, NodeLoad, NodeRecord, NodeState};
 pub use redis_conn::RedisConn;
-pub use registry::{Claim, ClusterNode, LeaseEvent};
+pub use registry::{Claim, ClusterNode, LeaseEvent, RoomOwner};
 pub use role::Role;
+pub use routing::{host_owner, live_nodes};

@@ -1,6 +1,12 @@
 //! What a node publishes about itself (`node:{id}`) and what the FTL lease holds.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+
+/// A node record whose last heartbeat is older than this is not routed to (DESIGN.md §6:
+/// "record < 3 s"); equal to the record's TTL.
+pub const FRESH_FOR: Duration = crate::lease::LEASE_TTL;
 
 /// A node's identity and addresses, fixed for its lifetime.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +22,23 @@ pub struct NodeConfig {
     pub ftl_addr: Option<String>,
     pub region: String,
     pub version: String,
+    /// The node's own base URL (`https://host[:port]`), where redirects send clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// Connections to this node must start with a PROXY protocol v2 header.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+impl NodeConfig {
+    /// `public_url`, or `https://{hostname}:{https_port}` (without `:443`).
+    pub fn base_url(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None if self.https_port == 443 => format!("https://{}", self.hostname),
+            None => format!("https://{}:{}", self.hostname, self.https_port),
+        }
+    }
 }
 
 /// Load figures, reported by the SFU as often as it likes (they are read once a heartbeat).
@@ -61,6 +84,11 @@ pub struct NodeRecord {
 }
 
 impl NodeRecord {
+    /// Heartbeat younger than `max_age_ms`.
+    pub fn is_fresh(&self, now_unix_ms: u64, max_age_ms: u64) -> bool {
+        now_unix_ms.saturating_sub(self.heartbeat_unix_ms) < max_age_ms
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("node records serialise")
     }

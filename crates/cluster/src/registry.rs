@@ -25,7 +25,7 @@ use crate::error::ClusterError;
 use crate::events::{ClusterEvent, LeaseKind};
 use crate::join_url::JoinUrl;
 use crate::keys::Keys;
-use crate::lease::{LEASE_TTL, LeaseOutcome, LeaseScripts};
+use crate::lease::{LEASE_TTL, LeaseOutcome, LeaseScripts, WEAK_SUFFIX};
 use crate::node_record::{FtlOwner, NodeConfig, NodeLoad, NodeRecord, NodeState, unix_ms_now};
 use crate::redis_conn::RedisConn;
 use crate::role::Role;
@@ -53,6 +53,29 @@ if cur and string.find(cur, ARGV[1], 1, true) then
 end
 return 0
 "#;
+
+/// Who holds a room lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomOwner {
+    pub node: String,
+    /// Held for viewers waiting in an empty room (a publisher elsewhere may take it over).
+    pub viewers_only: bool,
+}
+
+impl RoomOwner {
+    pub fn from_lease_value(value: &str) -> Self {
+        match value.strip_suffix(WEAK_SUFFIX) {
+            Some(node) => Self {
+                node: node.to_string(),
+                viewers_only: true,
+            },
+            None => Self {
+                node: value.to_string(),
+                viewers_only: false,
+            },
+        }
+    }
+}
 
 /// Outcome of a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,10 +154,19 @@ impl ClusterNode {
         Self::join_bundle(&bundle, config).await
     }
 
-    pub async fn join_bundle(bundle: &Bundle, config: NodeConfig) -> Result<Self, ClusterError> {
+    /// Joins with a bundle. A bundle bound to one node ([`Bundle::node_id`],
+    /// [`Bundle::hostname`]) needs `config` to name that node id and hostname (the hostname
+    /// compared without regard to case, and recorded as the bundle has it); anything else is
+    /// [`ClusterError::IdentityMismatch`], found before Redis is contacted. Callers default
+    /// their node id and hostname from the bundle.
+    pub async fn join_bundle(
+        bundle: &Bundle,
+        mut config: NodeConfig,
+    ) -> Result<Self, ClusterError> {
         if bundle.settings.role == Role::Proxy {
             return Err(ClusterError::WrongRole(Role::Proxy));
         }
+        check_identity(bundle, &mut config)?;
         let conn = RedisConn::connect(bundle).await?;
         let mut node = Self::join(conn, config).await?;
         node.cluster_key = bundle.cluster_key();
@@ -214,8 +246,39 @@ impl ClusterNode {
         &self.inner.config.node_id
     }
 
+    /// The hostname this node leases (`host:{hostname}`).
+    pub fn hostname(&self) -> &str {
+        &self.inner.config.hostname
+    }
+
+    /// The live node serving `hostname`, checked against its node record; see
+    /// [`crate::routing::host_owner`].
+    pub async fn host_owner(&self, hostname: &str) -> Result<Option<NodeRecord>, ClusterError> {
+        crate::routing::host_owner(&self.inner.conn, hostname).await
+    }
+
+    /// Every node with a fresh record; see [`crate::routing::live_nodes`].
+    pub async fn live_nodes(&self) -> Result<Vec<NodeRecord>, ClusterError> {
+        crate::routing::live_nodes(&self.inner.conn).await
+    }
+
     pub fn keys(&self) -> &Keys {
         &self.inner.keys
+    }
+
+    /// What this node registered (hostname, region, public URL...).
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    /// The Redis connection of this membership (shared; for reading routing state).
+    pub fn redis(&self) -> &RedisConn {
+        &self.inner.conn
+    }
+
+    /// True once [`ClusterNode::set_draining`] was called.
+    pub fn is_draining(&self) -> bool {
+        *self.inner.state.lock().expect("state lock") == NodeState::Draining
     }
 
     /// The shared certificate store on this node's connection, with the bundle's cluster key
@@ -259,6 +322,36 @@ impl ClusterNode {
         self.inner
             .claim(LeaseKind::Room, room, self.inner.config.node_id.clone())
             .await
+    }
+
+    /// Takes `room:{name}` weakly, for viewers waiting in a room nobody publishes to yet: later
+    /// viewers are sent here, but a publisher on another node may take the room over. Does
+    /// nothing when this node already holds the room (weakly or not).
+    pub async fn claim_room_for_viewers(&self, room: &str) -> Result<Claim, ClusterError> {
+        check_name("room", room)?;
+        let key = self.inner.keys.room(room);
+        if self
+            .inner
+            .leases
+            .lock()
+            .expect("lease lock")
+            .contains_key(&key)
+        {
+            return Ok(Claim::Won);
+        }
+        let value = format!("{}{WEAK_SUFFIX}", self.inner.config.node_id);
+        self.inner.claim(LeaseKind::Room, room, value).await
+    }
+
+    /// The node owning `room:{name}`, and whether it holds it only for waiting viewers.
+    pub async fn room_owner(&self, room: &str) -> Result<Option<RoomOwner>, ClusterError> {
+        check_name("room", room)?;
+        let mut conn = self.inner.conn.manager();
+        let value: Option<String> = redis::cmd("GET")
+            .arg(self.inner.keys.room(room))
+            .query_async(&mut conn)
+            .await?;
+        Ok(value.map(|v| RoomOwner::from_lease_value(&v)))
     }
 
     /// Releases `room:{name}` (when the room empties here).
@@ -514,7 +607,11 @@ impl Inner {
                             None
                         }
                     };
-                    if removed.is_some() {
+                    if removed.is_some() && lease.value.ends_with(WEAK_SUFFIX) {
+                        // Expected: a publisher elsewhere took a room held for waiting viewers.
+                        let owner = owner_node(lease.kind, &holder);
+                        tracing::info!(room = %lease.name, %owner, "room taken over by a publisher on another node");
+                    } else if removed.is_some() {
                         let owner = owner_node(lease.kind, &holder);
                         self.conflicts.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(kind = ?lease.kind, name = %lease.name, %owner, "lease taken by another node while Redis was unreachable; not taking it back");
@@ -569,8 +666,36 @@ fn owner_node(kind: LeaseKind, value: &str) -> String {
         LeaseKind::Ftl => FtlOwner::from_json(value)
             .map(|o| o.node)
             .unwrap_or_else(|| value.to_string()),
-        LeaseKind::Host | LeaseKind::Room => value.to_string(),
+        LeaseKind::Room => RoomOwner::from_lease_value(value).node,
+        LeaseKind::Host => value.to_string(),
     }
+}
+
+/// Holds `config` to the node a bundle is bound to, if it is.
+fn check_identity(bundle: &Bundle, config: &mut NodeConfig) -> Result<(), ClusterError> {
+    if let Some(node_id) = bundle.node_id()
+        && config.node_id != node_id
+    {
+        return Err(ClusterError::IdentityMismatch {
+            what: "node id",
+            configured: config.node_id.clone(),
+            bundle: node_id.to_string(),
+        });
+    }
+    if let Some(hostname) = bundle.hostname() {
+        if !config.hostname.eq_ignore_ascii_case(hostname) {
+            return Err(ClusterError::IdentityMismatch {
+                what: "hostname",
+                configured: config.hostname.clone(),
+                bundle: hostname.to_string(),
+            });
+        }
+        if config.hostname != hostname {
+            tracing::info!(configured = %config.hostname, %hostname, "using the bundle's spelling of the hostname");
+            config.hostname = hostname.to_string();
+        }
+    }
+    Ok(())
 }
 
 /// Names that become part of a key: printable, no spaces, bounded.

@@ -1,4 +1,6 @@
-//! The three roles a credential bundle can have, each a Redis ACL user.
+//! The three roles a credential bundle can have. Proxy and admin names share their role's
+//! Redis ACL user; each sfu name has its own (acl.rs), and the shared `sfu` user remains only
+//! for sfu names issued before that.
 
 use std::fmt;
 use std::str::FromStr;
@@ -19,7 +21,8 @@ pub enum Role {
 impl Role {
     pub const ALL: [Role; 3] = [Role::Sfu, Role::Proxy, Role::Admin];
 
-    /// The Redis ACL user name for this role.
+    /// The Redis ACL user shared by this role's names (for sfu: only names issued before
+    /// per-node users).
     pub fn acl_user(self) -> &'static str {
         match self {
             Role::Sfu => "sfu",

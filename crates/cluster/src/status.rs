@@ -15,6 +15,8 @@ pub struct ClusterStatus {
     pub nodes: Vec<NodeRecord>,
     /// (room, owning node id)
     pub rooms: Vec<(String, String)>,
+    /// Rooms whose lease is held only for viewers waiting for a publisher.
+    pub waiting_rooms: Vec<String>,
     /// (channel, owner)
     pub ftl_channels: Vec<(String, FtlOwner)>,
 }
@@ -22,19 +24,18 @@ pub struct ClusterStatus {
 pub async fn read_status(conn: &RedisConn) -> Result<ClusterStatus, ClusterError> {
     let keys = conn.keys();
     let mut manager = conn.manager();
-    let mut status = ClusterStatus::default();
-    for (key, value) in read_family(&mut manager, keys, "node:").await? {
-        if let Some(record) = NodeRecord::from_json(&value) {
-            status.nodes.push(record);
-        } else {
-            tracing::debug!(%key, "unreadable node record skipped");
-        }
-    }
+    let mut status = ClusterStatus {
+        nodes: read_node_records(&mut manager, keys).await?,
+        ..ClusterStatus::default()
+    };
     let room_prefix = format!("{}room:", keys.prefix());
     for (key, value) in read_family(&mut manager, keys, "room:").await? {
-        status
-            .rooms
-            .push((key[room_prefix.len()..].to_string(), value));
+        let owner = crate::registry::RoomOwner::from_lease_value(&value);
+        let room = key[room_prefix.len()..].to_string();
+        if owner.viewers_only {
+            status.waiting_rooms.push(room.clone());
+        }
+        status.rooms.push((room, owner.node));
     }
     let ftl_prefix = format!("{}ftl:", keys.prefix());
     for (key, value) in read_family(&mut manager, keys, "ftl:").await? {
@@ -44,12 +45,26 @@ pub async fn read_status(conn: &RedisConn) -> Result<ClusterStatus, ClusterError
                 .push((key[ftl_prefix.len()..].to_string(), owner));
         }
     }
-    status
-        .nodes
-        .sort_by(|a, b| a.config.node_id.cmp(&b.config.node_id));
     status.rooms.sort();
     status.ftl_channels.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(status)
+}
+
+/// Every node record that parses, by node id; stale ones included.
+pub(crate) async fn read_node_records(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+) -> Result<Vec<NodeRecord>, ClusterError> {
+    let mut nodes = Vec::new();
+    for (key, value) in read_family(conn, keys, "node:").await? {
+        if let Some(record) = NodeRecord::from_json(&value) {
+            nodes.push(record);
+        } else {
+            tracing::debug!(%key, "unreadable node record skipped");
+        }
+    }
+    nodes.sort_by(|a, b| a.config.node_id.cmp(&b.config.node_id));
+    Ok(nodes)
 }
 
 /// Every `(key, value)` of one key family; keys that expire mid-scan are skipped.

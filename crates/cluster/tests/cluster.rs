@@ -22,6 +22,8 @@ fn node_config(id: &str) -> NodeConfig {
         ftl_addr: Some("127.0.0.1:8084".into()),
         region: "test".into(),
         version: "0.0.0-test".into(),
+        public_url: None,
+        proxy_protocol: false,
     }
 }
 

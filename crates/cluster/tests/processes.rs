@@ -151,12 +151,10 @@ async fn operator_commands_and_node_processes() {
     let _serve = Proc::spawn(&["cluster", "serve", "--dir", dir_s], &[], &serve_log);
 
     let mut secrets = Vec::new();
-    let mut issue = async |role: &str, name: &str| -> String {
-        let (stdout, _) = cluster_cmd(
-            &["issue", "--dir", dir_s, "--role", role, "--name", name],
-            &[],
-        )
-        .await;
+    let mut issue = async |role: &str, name: &str, extra: &[&str]| -> String {
+        let mut args = vec!["issue", "--dir", dir_s, "--role", role, "--name", name];
+        args.extend_from_slice(extra);
+        let (stdout, _) = cluster_cmd(&args, &[]).await;
         let url = stdout.lines().last().unwrap().to_string();
         assert!(
             url.starts_with("https://") && url.contains("#sha256="),
@@ -165,9 +163,10 @@ async fn operator_commands_and_node_processes() {
         secrets.push(token_of(&url));
         url
     };
-    let url_a = issue("sfu", "sfu-a").await;
-    let url_b = issue("sfu", "sfu-b").await;
-    let url_ops = issue("admin", "ops").await;
+    let url_a = issue("sfu", "sfu-a", &[]).await;
+    // Bound to its node id and hostname: node b takes both from the bundle.
+    let url_b = issue("sfu", "sfu-b", &["--hostname", "b.example.test"]).await;
+    let url_ops = issue("admin", "ops", &[]).await;
     // Passwords, to check logs for them too.
     for name in ["sfu-a", "sfu-b", "ops"] {
         let zip = std::fs::read(dir.join("names").join(name).join("bundle.zip")).unwrap();
@@ -196,7 +195,7 @@ async fn operator_commands_and_node_processes() {
         &a_log,
     );
     let mut b = Proc::spawn(
-        &["node", "--node-id", "sfu-b", "--room", "same"],
+        &["node", "--room", "same"],
         &[("DEADSFU_CLUSTER_URL_FILE", url_file.to_str().unwrap())],
         &b_log,
     );
@@ -227,6 +226,22 @@ async fn operator_commands_and_node_processes() {
     })
     .await;
     assert!(status.contains("Nodes (2)"), "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("sfu-b ") && l.contains(" b.example.test ")),
+        "{status}"
+    );
+    // Each sfu name logs in as its own Redis user.
+    let mut m = admin.manager();
+    let users: Vec<String> = redis::cmd("ACL")
+        .arg("USERS")
+        .query_async(&mut m)
+        .await
+        .unwrap();
+    for user in ["sfu-sfu-a", "sfu-sfu-b"] {
+        assert!(users.iter().any(|u| u == user), "{users:?}");
+    }
     assert!(
         status
             .lines()

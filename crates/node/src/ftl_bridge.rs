@@ -181,6 +181,17 @@ impl ChannelDirectory for FtlChannels {
                 .get(&channel_id)
                 .cloned()
                 .unwrap_or_else(|| channel_id.to_string());
+            if let Some(c) = &self.cluster
+                && let Err(owner) = c.claim_room_for_publisher(&room).await
+            {
+                tracing::warn!(
+                    channel = channel_id,
+                    room,
+                    owner,
+                    "the room is published on another node"
+                );
+                return Err(ClaimError::InUse);
+            }
             let ingest = match self.engine.open_ingest(&room) {
                 Ok(i) => i,
                 Err(SessionError::RoomBusy(_)) => return Err(ClaimError::InUse),

@@ -4,10 +4,14 @@
 //! front door (307 to the node that serves a room, with a signed ticket).
 
 pub mod certificates;
+pub mod front_door;
 pub mod ftl_bridge;
 mod load_report;
 pub mod membership;
+pub mod routing;
+pub mod ticket;
 
 pub use certificates::{HttpsArgs, RunningHttps};
+pub use front_door::ClusterFrontDoor;
 pub use ftl_bridge::FtlArgs;
 pub use membership::{FtlLease, Membership, MembershipSettings};

@@ -19,6 +19,10 @@ pub struct MembershipSettings {
     /// The port clients reach this node's web side on (HTTPS when on).
     pub web: SocketAddr,
     pub ice_hosts: Vec<IpAddr>,
+    /// `--public-url`: this node's base URL as clients reach it (default from the hostname).
+    pub public_url: Option<String>,
+    /// Connections reach this node through proxies that send a PROXY v2 header.
+    pub proxy_protocol: bool,
 }
 
 /// Where other nodes (the FTL proxy) reach this node's FTL listener: its own address, or the
@@ -49,17 +53,30 @@ pub async fn join(
     let args = settings;
     let ice_hosts = &settings.ice_hosts;
     let http = settings.web;
-    let hostname = match &args.node.hostname {
-        Some(h) => h.clone(),
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "localhost".into()),
+    let Some(url) = deadsfu_cluster::JoinUrl::from_env().context("DEADSFU_CLUSTER_URL")? else {
+        return Ok(None);
     };
+    let bundle = deadsfu_cluster::bundle_fetch::fetch_bundle(&url)
+        .await
+        .context("fetching the cluster bundle")?;
+    // A node's bundle names it: its id and hostname default to the bundle's (and the cluster
+    // refuses others).
+    let hostname = args
+        .node
+        .hostname
+        .clone()
+        .or_else(|| bundle.hostname().map(str::to_owned))
+        .unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "localhost".into())
+        });
     let config = NodeConfig {
         node_id: args
             .node
             .node_id
             .clone()
+            .or_else(|| bundle.node_id().map(str::to_owned))
             .unwrap_or_else(|| hostname.clone()),
         hostname,
         https_port: http.port(),
@@ -67,19 +84,16 @@ pub async fn join(
         ftl_addr: ftl_address(&args.ftl_listen, ice_hosts),
         region: args.node.region.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        public_url: settings.public_url.clone(),
+        proxy_protocol: settings.proxy_protocol,
     };
-    let Some(url) = deadsfu_cluster::JoinUrl::from_env().context("DEADSFU_CLUSTER_URL")? else {
-        return Ok(None);
-    };
-    let bundle = deadsfu_cluster::bundle_fetch::fetch_bundle(&url)
-        .await
-        .context("fetching the cluster bundle")?;
     let node = ClusterNode::join_bundle(&bundle, config)
         .await
         .context("joining the cluster")?;
     let node = Arc::new(node);
     let cert_store = node.cert_store();
-    tracing::info!(node = node.node_id(), "joined the cluster");
+    tracing::info!(node = node.node_id(), url = %node.config().base_url(), "joined the cluster");
+    warn_if_hostname_is_elsewhere(&node.config().hostname, ice_hosts).await;
 
     let (tx, rx) = mpsc::unbounded_channel();
     engine.set_room_observer(Box::new(move |change| {
@@ -95,6 +109,33 @@ pub async fn join(
         bundle: Arc::new(bundle),
         cert_store: Arc::new(cert_store),
     }))
+}
+
+/// Redirects send clients to this node's hostname: warn when it does not lead here.
+async fn warn_if_hostname_is_elsewhere(hostname: &str, ice_hosts: &[IpAddr]) {
+    let mut own: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .collect();
+    own.extend_from_slice(ice_hosts);
+    let lookup = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        tokio::net::lookup_host((hostname, 443)),
+    )
+    .await;
+    match lookup {
+        Ok(Ok(addrs)) => {
+            let addrs: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
+            if !addrs.iter().any(|a| own.contains(a)) {
+                tracing::warn!(hostname, resolved = ?addrs, "--hostname does not resolve to an address of this node; redirects to it will go elsewhere");
+            }
+        }
+        _ => tracing::warn!(
+            hostname,
+            "--hostname does not resolve; redirects to this node will fail"
+        ),
+    }
 }
 
 /// This node's `ftl:{channel}` lease while a stream is live here; released when dropped.
@@ -118,6 +159,38 @@ impl Drop for FtlLease {
 }
 
 impl Membership {
+    /// This node's id in the cluster.
+    pub fn node_id(&self) -> &str {
+        self.node.node_id()
+    }
+
+    /// The SFU's half of the front door (307 routing, tickets, readiness, cluster rooms).
+    pub fn front_door(
+        &self,
+        engine: &MediaEngine,
+        service_domain: Option<String>,
+    ) -> Arc<crate::front_door::ClusterFrontDoor> {
+        crate::front_door::ClusterFrontDoor::start(
+            self.node.clone(),
+            engine.clone(),
+            service_domain,
+        )
+    }
+
+    /// Takes the room for a publisher that cannot be redirected (FTL), taking it over from
+    /// viewers waiting on another node. `Err(owner)` when another node's publisher has it.
+    pub async fn claim_room_for_publisher(&self, room: &str) -> Result<(), String> {
+        match self.node.claim_room(room).await {
+            Ok(Claim::Won) => Ok(()),
+            Ok(Claim::HeldBy(owner)) => Err(owner),
+            // Redis away: keep serving; the heartbeat takes the lease when it is back.
+            Err(e) => {
+                tracing::debug!(room, error = %e, "room lease deferred");
+                Ok(())
+            }
+        }
+    }
+
     /// The cluster's certificate store (Redis, private keys sealed with the cluster key).
     pub fn cert_store(&self) -> Arc<dyn deadsfu_tls::CertStore> {
         self.cert_store.clone()
@@ -189,18 +262,12 @@ impl Membership {
     }
 }
 
-/// Takes a room's lease when it opens here and gives it back when it closes.
+/// Gives a room's lease back when the room closes here. Leases are taken when sessions are
+/// routed (a publisher's, or waiting viewers'; see `front_door`) and by the FTL bridge.
 async fn lease_rooms(node: Arc<ClusterNode>, mut changes: mpsc::UnboundedReceiver<RoomChange>) {
     while let Some(change) = changes.recv().await {
         match change {
-            RoomChange::Opened(room) => match node.claim_room(&room).await {
-                Ok(Claim::Won) => tracing::debug!(room, "room lease taken"),
-                Ok(Claim::HeldBy(owner)) => {
-                    tracing::warn!(room, owner, "room is owned by another node")
-                }
-                // Redis is away: the heartbeat takes the lease when it returns.
-                Err(e) => tracing::debug!(room, error = %e, "room lease deferred"),
-            },
+            RoomChange::Opened(room) => tracing::debug!(room, "room opened"),
             RoomChange::Closed(room) => {
                 if let Err(e) = node.release_room(&room).await {
                     tracing::debug!(room, error = %e, "room lease release deferred");

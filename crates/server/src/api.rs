@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::WatchStream;
 
+use crate::front_door::{ClusterRoom, FrontDoor};
 use crate::problem::Problem;
 use crate::{AppState, auth};
 
@@ -26,6 +28,12 @@ pub struct RoomInfo {
     pub codec: Option<&'static str>,
     pub viewers: usize,
     pub bitrate_bps: u64,
+    /// Cluster mode: the node that owns the room, and where to create its sessions. The web
+    /// player moves a waiting viewer there when the room goes live on another node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -37,7 +45,12 @@ pub struct RoomsSnapshot {
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// Starts sampling the engine's rooms once a second; subscribers see each changed snapshot.
-pub fn room_feed(engine: MediaEngine) -> watch::Receiver<RoomsSnapshot> {
+/// In cluster mode (`cluster` set) the list is the cluster's: every room of every node, with
+/// its owner; details (viewers, bitrate) are this node's.
+pub fn room_feed(
+    engine: MediaEngine,
+    cluster: Option<Arc<dyn FrontDoor>>,
+) -> watch::Receiver<RoomsSnapshot> {
     let (tx, rx) = watch::channel(RoomsSnapshot::default());
     tokio::spawn(async move {
         let mut last: HashMap<String, (u64, Instant)> = HashMap::new();
@@ -68,10 +81,18 @@ pub fn room_feed(engine: MediaEngine) -> watch::Receiver<RoomsSnapshot> {
                         codec: r.codec,
                         viewers: r.viewers,
                         bitrate_bps,
+                        owner: None,
+                        owner_url: None,
                     }
                 })
-                .collect();
+                .collect::<Vec<_>>();
             last = next;
+            let mut rooms = rooms;
+            if let Some(cluster) = &cluster
+                && let Some(owned) = cluster.cluster_rooms().await
+            {
+                merge_cluster_rooms(&mut rooms, owned);
+            }
             tx.send_if_modified(|cur| {
                 let snapshot = RoomsSnapshot { rooms };
                 if *cur == snapshot {
@@ -87,6 +108,29 @@ pub fn room_feed(engine: MediaEngine) -> watch::Receiver<RoomsSnapshot> {
         }
     });
     rx
+}
+
+/// Adds the owner of every room of the cluster; rooms of other nodes join the list.
+fn merge_cluster_rooms(rooms: &mut Vec<RoomInfo>, owned: Vec<ClusterRoom>) {
+    for c in owned {
+        match rooms.iter_mut().find(|r| r.name == c.name) {
+            Some(r) => {
+                r.live |= c.live;
+                r.owner = Some(c.owner);
+                r.owner_url = Some(c.owner_url);
+            }
+            None => rooms.push(RoomInfo {
+                name: c.name,
+                live: c.live,
+                codec: None,
+                viewers: 0,
+                bitrate_bps: 0,
+                owner: Some(c.owner),
+                owner_url: Some(c.owner_url),
+            }),
+        }
+    }
+    rooms.sort_by(|a, b| a.name.cmp(&b.name));
 }
 
 pub(crate) async fn rooms(

@@ -32,7 +32,7 @@ fn stays_plain(path: &str) -> bool {
 }
 
 /// A Host header's host part, if it is a plain name or address (nothing to inject).
-fn host_part(host: &str) -> Option<&str> {
+pub(crate) fn host_part(host: &str) -> Option<&str> {
     let host = if let Some(rest) = host.strip_prefix('[') {
         // [v6]:port
         let end = rest.find(']')?;

@@ -10,6 +10,7 @@ use deadsfu_rtc::SessionKind;
 use serde::Deserialize;
 
 use crate::problem::Problem;
+use crate::session::Origin;
 use crate::{AppState, session};
 
 pub(crate) const DEFAULT_ROOM: &str = "mainroom";
@@ -35,6 +36,7 @@ pub(crate) async fn whip(
     Query(q): Query<RoomQuery>,
     headers: HeaderMap,
     uri: Uri,
+    origin: Origin,
     body: Body,
 ) -> Result<Response, Problem> {
     session::create(
@@ -43,6 +45,7 @@ pub(crate) async fn whip(
         q.room(),
         &headers,
         &uri,
+        origin,
         body,
     )
     .await
@@ -53,9 +56,19 @@ pub(crate) async fn whap(
     Query(q): Query<RoomQuery>,
     headers: HeaderMap,
     uri: Uri,
+    origin: Origin,
     body: Body,
 ) -> Result<Response, Problem> {
-    session::create(&state, SessionKind::Viewer, q.room(), &headers, &uri, body).await
+    session::create(
+        &state,
+        SessionKind::Viewer,
+        q.room(),
+        &headers,
+        &uri,
+        origin,
+        body,
+    )
+    .await
 }
 
 #[derive(Deserialize)]

@@ -9,11 +9,13 @@
 mod api;
 mod auth;
 mod cors;
+mod front_door;
 mod https;
 mod legacy;
 pub mod listen;
 mod metrics;
 mod problem;
+pub mod proxy_protocol;
 mod sdp_body;
 mod session;
 mod web;
@@ -27,9 +29,13 @@ use axum::routing::{get, post};
 use deadsfu_rtc::MediaEngine;
 
 pub use api::{RoomInfo, RoomsSnapshot, room_feed};
+pub use front_door::{
+    ClusterRoom, FrontDoor, RouteDecision, RouteRequest, SessionRole, TicketError,
+};
 pub use https::HttpsState;
-pub use listen::{Transport, serve};
+pub use listen::{ProxyProtocolRefusals, Transport, proxy_protocol_refusals, serve};
 pub use problem::Problem;
+pub use proxy_protocol::{Cidr, CidrError, ProxyPolicy};
 pub use web::HtmlSource;
 
 /// What the HTTP side needs to serve requests.
@@ -46,6 +52,8 @@ pub struct AppState {
     pub rooms: tokio::sync::watch::Receiver<RoomsSnapshot>,
     /// Set when the node serves HTTPS.
     pub https: Option<HttpsState>,
+    /// Cluster routing of new sessions (cluster mode); `None` serves everything here.
+    pub front_door: Option<Arc<dyn FrontDoor>>,
 }
 
 /// Longest time a request may take, reading its body included.
@@ -77,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         .route("/web/{*file}", get(web::asset))
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(metrics::healthz))
+        .route("/readyz", get(metrics::readyz))
         .route(
             "/.well-known/acme-challenge/{token}",
             get(https::http01_answer),

@@ -50,6 +50,22 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
             let _ = writeln!(out, "deadsfu_{name}_total {value}");
         }
     }
+    let refusals = crate::listen::proxy_protocol_refusals();
+    let _ = writeln!(
+        out,
+        "# HELP deadsfu_proxy_protocol_refusals_total Connections refused for their PROXY protocol header"
+    );
+    let _ = writeln!(out, "# TYPE deadsfu_proxy_protocol_refusals_total counter");
+    let _ = writeln!(
+        out,
+        "deadsfu_proxy_protocol_refusals_total{{reason=\"bad_header\"}} {}",
+        refusals.bad_header
+    );
+    let _ = writeln!(
+        out,
+        "deadsfu_proxy_protocol_refusals_total{{reason=\"untrusted_header\"}} {}",
+        refusals.untrusted_header
+    );
     if let Some(https) = state.https.as_ref() {
         let _ = writeln!(
             out,
@@ -89,4 +105,16 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
         "certificates": certificates,
     }))
     .into_response()
+}
+
+/// Readiness: 200 when this node takes new sessions (standalone, or in a cluster with Redis
+/// reachable and not draining), 503 otherwise.
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
+    let ready = state.front_door.as_ref().is_none_or(|f| f.ready());
+    let status = if ready {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(serde_json::json!({ "ready": ready }))).into_response()
 }

@@ -7,6 +7,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use deadsfu_rtc::{SessionKind, TrickleOutcome};
 
+use crate::front_door::{RouteDecision, RouteRequest, SessionRole};
+use crate::listen::Transport;
 use crate::problem::Problem;
 use crate::{AppState, SESSION_PATH, auth, check_room_name, cors, sdp_body};
 
@@ -17,23 +19,58 @@ pub(crate) async fn create(
     room: &str,
     headers: &HeaderMap,
     uri: &Uri,
+    origin: Origin,
     body: Body,
 ) -> Result<Response, Problem> {
-    auth::check(state, headers, uri)?;
+    let client = origin.peer.map(|p| p.ip());
     check_room_name(room)?;
+    let role = match kind {
+        SessionKind::Publisher => SessionRole::Publish,
+        SessionKind::Viewer => SessionRole::View,
+    };
+    auth::check_session(state, headers, uri, room, role)?;
+    if let Some(door) = &state.front_door {
+        let host = request_host(headers, uri);
+        let request = RouteRequest {
+            role,
+            room,
+            host: host.as_deref(),
+            path_and_query: uri.path_and_query().map_or("/", |p| p.as_str()),
+            redirected: auth::query_param(uri, "ticket").is_some(),
+        };
+        match door.route(request).await {
+            RouteDecision::Serve => {}
+            RouteDecision::Redirect(location) => {
+                tracing::info!(room, ?role, client = ?client, to = %location.split('?').next().unwrap_or(""), "redirected");
+                let mut res = StatusCode::TEMPORARY_REDIRECT.into_response();
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    res.headers_mut().insert(header::LOCATION, v);
+                }
+                return Ok(res);
+            }
+            RouteDecision::Refuse(problem) => return Err(problem),
+        }
+    }
     let offer = sdp_body::read(headers, body, "application/sdp").await?;
     let created = state
         .engine
         .create_session(kind, room, &offer)
         .await
-        .inspect_err(|e| tracing::info!(room, ?kind, error = %e, "session refused"))?;
+        .inspect_err(
+            |e| tracing::info!(room, ?kind, client = ?client, error = %e, "session refused"),
+        )?;
+    tracing::info!(room, ?kind, client = ?client, "session created");
     let mut res = (StatusCode::CREATED, created.answer).into_response();
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/sdp"),
     );
-    if let Ok(v) = HeaderValue::from_str(&format!("{SESSION_PATH}/{}", created.id)) {
+    let base = match &state.front_door {
+        Some(door) => door.public_url().to_string(),
+        None => own_base_url(headers, uri, origin.transport),
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!("{base}{SESSION_PATH}/{}", created.id)) {
         h.insert(header::LOCATION, v);
     }
     if let Ok(v) = HeaderValue::from_str(&created.etag) {
@@ -41,6 +78,63 @@ pub(crate) async fn create(
     }
     add_ice_server_links(state, h);
     Ok(res)
+}
+
+/// How a request reached this node: the listener, and the client's address (a trusted proxy's
+/// PROXY header replaces the TCP peer's).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Origin {
+    pub transport: Transport,
+    pub peer: Option<std::net::SocketAddr>,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Origin {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Origin {
+            transport: parts
+                .extensions
+                .get::<Transport>()
+                .copied()
+                .unwrap_or(Transport::Http),
+            peer: parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0),
+        })
+    }
+}
+
+/// The Host header's host part, lower case (no port).
+fn request_host(headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.host())?;
+    crate::https::host_part(host).map(|h| h.to_ascii_lowercase())
+}
+
+/// `scheme://host[:port]` as the client reached this node (standalone `Location`s are absolute
+/// too, so a client behind any proxy path resolves them alike).
+fn own_base_url(headers: &HeaderMap, uri: &Uri, transport: Transport) -> String {
+    let scheme = match transport {
+        Transport::Https => "https",
+        Transport::Http => "http",
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+        })
+        .unwrap_or("localhost");
+    format!("{scheme}://{host}")
 }
 
 pub(crate) fn add_ice_server_links(state: &AppState, h: &mut HeaderMap) {

@@ -7,6 +7,7 @@ use axum::response::Response;
 use deadsfu_rtc::SessionKind;
 
 use crate::problem::Problem;
+use crate::session::Origin;
 use crate::{AppState, cors, session};
 
 pub(crate) async fn create(
@@ -14,9 +15,19 @@ pub(crate) async fn create(
     Path(room): Path<String>,
     headers: HeaderMap,
     uri: Uri,
+    origin: Origin,
     body: Body,
 ) -> Result<Response, Problem> {
-    session::create(&state, SessionKind::Publisher, &room, &headers, &uri, body).await
+    session::create(
+        &state,
+        SessionKind::Publisher,
+        &room,
+        &headers,
+        &uri,
+        origin,
+        body,
+    )
+    .await
 }
 
 pub(crate) async fn options(State(state): State<AppState>) -> Response {

@@ -41,6 +41,7 @@
     whepPosts: 0, // WHEP sessions created (POST /whep/...)
     switches: 0, // rooms switched in place (POST {session}/room)
     reconnects: 0,
+    follows: 0, // cluster mode: reconnects to the node that became the room's owner
     rooms: null, // last room list from the server, null until known
     roomsAvailable: null, // false when the server has no room API
     firstFrameMs: null, // from the start of the connection to the first decoded frame
@@ -246,7 +247,26 @@
     if (!Array.isArray(rooms)) return;
     S.rooms = rooms.slice().sort((a, b) => String(a.name).localeCompare(String(b.name)));
     S.roomsAvailable = true;
+    followOwner();
     render();
+  }
+
+  // Cluster mode: a viewer waiting in an empty room on one node, when the room goes live on
+  // another node (its owner), reconnects: the request is sent to the owner with a 307.
+  let followedAt = 0;
+  function followOwner() {
+    const info = currentRoomInfo();
+    if (!info || !info.live || !info.owner_url || !S.sessionUrl) return;
+    if (S.sessionUrl.startsWith(info.owner_url + '/')) return;
+    // At most once every 5 s, so flapping ownership cannot make a reconnect storm.
+    const now = performance.now();
+    if (now - followedAt < 5000) return;
+    followedAt = now;
+    S.follows++;
+    W.endSession(S.sessionUrl, token);
+    S.sessionUrl = null;
+    attempt = 0;
+    connect();
   }
 
   // Server-sent events read with fetch, so that the bearer token goes in a header.

@@ -6,7 +6,8 @@ use std::io::Write;
 
 use anyhow::Context;
 use clap::Parser;
-use deadsfu_cluster::{Claim, ClusterCommand, ClusterNode, NodeConfig, NodeLoad};
+use deadsfu_cluster::bundle_fetch::fetch_bundle;
+use deadsfu_cluster::{Claim, ClusterCommand, ClusterNode, JoinUrl, NodeConfig, NodeLoad};
 
 #[derive(Parser)]
 #[command(name = "deadsfu-cluster-node")]
@@ -16,8 +17,10 @@ enum Cli {
     Cluster(ClusterCommand),
     /// Join the cluster named by DEADSFU_CLUSTER_URL and hold rooms until SIGTERM.
     Node {
+        /// Default: the bundle's name (sfu bundles issued with a hostname), else the hostname.
         #[arg(long)]
-        node_id: String,
+        node_id: Option<String>,
+        /// Default: the bundle's hostname, else the node id.
         #[arg(long)]
         hostname: Option<String>,
         #[arg(long, default_value = "default")]
@@ -44,18 +47,29 @@ async fn main() -> anyhow::Result<()> {
             region,
             rooms,
         } => {
+            let url = JoinUrl::from_env()?.context("DEADSFU_CLUSTER_URL is not set")?;
+            let bundle = fetch_bundle(&url).await?;
+            // Flags first, then what the bundle is bound to; a flag contradicting the bundle
+            // is refused by `join_bundle`.
+            let hostname = hostname
+                .or_else(|| bundle.hostname().map(str::to_owned))
+                .or_else(|| node_id.clone())
+                .context("--hostname or --node-id is needed with this bundle")?;
+            let node_id = node_id
+                .or_else(|| bundle.node_id().map(str::to_owned))
+                .unwrap_or_else(|| hostname.clone());
             let config = NodeConfig {
-                hostname: hostname.unwrap_or_else(|| node_id.clone()),
+                hostname,
                 node_id,
                 https_port: 443,
                 public_addrs: vec!["127.0.0.1".into()],
                 ftl_addr: None,
                 region,
                 version: env!("CARGO_PKG_VERSION").into(),
+                public_url: None,
+                proxy_protocol: false,
             };
-            let node = ClusterNode::join_from_env(config)
-                .await?
-                .context("DEADSFU_CLUSTER_URL is not set")?;
+            let node = ClusterNode::join_bundle(&bundle, config).await?;
             // Lines on stdout are the test-visible protocol: one per claim.
             let mut stdout = std::io::stdout();
             for room in &rooms {

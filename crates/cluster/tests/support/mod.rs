@@ -240,9 +240,24 @@ impl TestCluster {
         self.dir.path().join("cluster")
     }
 
-    /// Issues a bundle and returns its URL (text, as a node would get it).
+    /// Issues a bundle and returns its URL (text, as a node would get it). Sfu bundles get
+    /// the hostname `{name}.example.test`, as the tests' node configurations have.
     pub async fn issue(&mut self, role: Role, name: &str) -> String {
-        let issued = issue(&self.cluster_dir(), role, name).await.expect("issue");
+        let hostname = (role == Role::Sfu).then(|| format!("{name}.example.test"));
+        self.issue_with_hostname(role, name, hostname.as_deref())
+            .await
+    }
+
+    /// Issues a bundle with the given hostname (sfu only; `None`: the name).
+    pub async fn issue_with_hostname(
+        &mut self,
+        role: Role,
+        name: &str,
+        hostname: Option<&str>,
+    ) -> String {
+        let issued = issue(&self.cluster_dir(), role, name, hostname)
+            .await
+            .expect("issue");
         let url = issued.url.expose().to_string();
         let token = url
             .split("access_token=")
@@ -268,6 +283,16 @@ impl TestCluster {
     /// Issues and fetches a bundle through the bootstrap server.
     pub async fn bundle(&mut self, role: Role, name: &str) -> Bundle {
         let url = self.issue(role, name).await;
+        fetch_bundle(&JoinUrl::parse(&url).unwrap())
+            .await
+            .expect("bundle fetch")
+    }
+
+    /// Issues and fetches an sfu bundle bound to `name` and `hostname`.
+    pub async fn sfu_bundle(&mut self, name: &str, hostname: &str) -> Bundle {
+        let url = self
+            .issue_with_hostname(Role::Sfu, name, Some(hostname))
+            .await;
         fetch_bundle(&JoinUrl::parse(&url).unwrap())
             .await
             .expect("bundle fetch")
