@@ -21,6 +21,7 @@ pub mod issue;
 pub mod join_url;
 pub mod keys;
 pub mod lease;
+pub mod node_choice;
 pub mod node_record;
 mod pinned_tls;
 mod pki;

@@ -19,6 +19,8 @@ pub struct ClusterStatus {
     pub waiting_rooms: Vec<String>,
     /// (channel, owner)
     pub ftl_channels: Vec<(String, FtlOwner)>,
+    /// (hostname, node id) from the `host:` leases.
+    pub hosts: Vec<(String, String)>,
 }
 
 pub async fn read_status(conn: &RedisConn) -> Result<ClusterStatus, ClusterError> {
@@ -44,6 +46,12 @@ pub async fn read_status(conn: &RedisConn) -> Result<ClusterStatus, ClusterError
                 .ftl_channels
                 .push((key[ftl_prefix.len()..].to_string(), owner));
         }
+    }
+    let host_prefix = format!("{}host:", keys.prefix());
+    for (key, value) in read_family(&mut manager, keys, "host:").await? {
+        status
+            .hosts
+            .push((key[host_prefix.len()..].to_string(), value));
     }
     status.rooms.sort();
     status.ftl_channels.sort_by(|a, b| a.0.cmp(&b.0));

@@ -18,8 +18,9 @@ use deadsfu_server::{
     ClusterRoom, FrontDoor, Problem, RouteDecision, RouteRequest, SessionRole, TicketError,
 };
 
-use crate::routing::{Facts, Plan, RoomClaim, choose_node, plan};
+use crate::routing::{Facts, Plan, RoomClaim, plan};
 use crate::ticket::TicketKey;
+use deadsfu_cluster::node_choice::choose_node;
 
 /// How often node records and room owners are re-read.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
@@ -143,7 +144,7 @@ impl ClusterFrontDoor {
         let snapshot = self.snapshot.load();
         let live = snapshot
             .node(&owner.node)
-            .is_some_and(|r| r.is_fresh(unix_ms(), crate::routing::FRESH_MS));
+            .is_some_and(|r| r.is_fresh(unix_ms(), deadsfu_cluster::FRESH_FOR.as_millis() as u64));
         live.then_some(owner)
     }
 

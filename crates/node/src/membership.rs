@@ -87,9 +87,23 @@ pub async fn join(
         public_url: settings.public_url.clone(),
         proxy_protocol: settings.proxy_protocol,
     };
-    let node = ClusterNode::join_bundle(&bundle, config)
-        .await
-        .context("joining the cluster")?;
+    // Redis drops every client when its ACL is reloaded (`cluster issue`, `revoke`): a join
+    // caught by that is retried, not fatal.
+    let mut attempt = 0;
+    let node = loop {
+        match ClusterNode::join_bundle(&bundle, config.clone()).await {
+            Ok(node) => break node,
+            Err(
+                e @ (deadsfu_cluster::ClusterError::Redis(_)
+                | deadsfu_cluster::ClusterError::Connect(_)),
+            ) if attempt < 5 => {
+                attempt += 1;
+                tracing::info!(error = %e, attempt, "joining the cluster failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(500 * attempt)).await;
+            }
+            Err(e) => return Err(e).context("joining the cluster"),
+        }
+    };
     let node = Arc::new(node);
     let cert_store = node.cert_store();
     tracing::info!(node = node.node_id(), url = %node.config().base_url(), "joined the cluster");
