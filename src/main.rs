@@ -22,6 +22,9 @@ struct Cli {
 enum Command {
     /// Run an SFU node (the default).
     Serve(Box<serve::ServeArgs>),
+    /// Run a front-line proxy: SNI passthrough to the SFUs, ACME HTTP-01 and 308 on port 80,
+    /// FTL relay (needs a proxy bundle's DEADSFU_CLUSTER_URL).
+    Proxy(Box<deadsfu_proxy::ProxyArgs>),
     /// Operate a cluster: make its CA and Redis config, issue credential bundles, serve them,
     /// show its state, manage FTL stream keys.
     #[command(subcommand)]
@@ -43,6 +46,10 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Cluster(cmd)) => {
             serve::init_logging(serve::LogFormat::Human)?;
             runtime.block_on(deadsfu_cluster::run(cmd))
+        }
+        Some(Command::Proxy(args)) => {
+            serve::init_logging(serve::LogFormat::Human)?;
+            runtime.block_on(deadsfu_proxy::run(*args, serve::shutdown_signal()))
         }
         Some(Command::FtlPush(args)) => {
             serve::init_logging(serve::LogFormat::Human)?;

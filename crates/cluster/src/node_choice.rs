@@ -70,6 +70,7 @@ mod tests {
                 version: "t".into(),
                 public_url: None,
                 proxy_protocol: false,
+                https_addr: None,
             },
             state,
             load: NodeLoad {

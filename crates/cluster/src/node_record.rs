@@ -28,6 +28,9 @@ pub struct NodeConfig {
     /// Connections to this node must start with a PROXY protocol v2 header.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// `ip:port` where proxies reach this node's HTTPS listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_addr: Option<String>,
 }
 
 impl NodeConfig {

@@ -24,6 +24,7 @@ fn node_config(id: &str) -> NodeConfig {
         version: "0.0.0-test".into(),
         public_url: None,
         proxy_protocol: false,
+        https_addr: None,
     }
 }
 

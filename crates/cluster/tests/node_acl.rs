@@ -26,6 +26,7 @@ fn node_config(id: &str, hostname: &str) -> NodeConfig {
         version: "0.0.0-test".into(),
         public_url: None,
         proxy_protocol: false,
+        https_addr: None,
     }
 }
 

@@ -25,6 +25,16 @@ pub struct MembershipSettings {
     pub proxy_protocol: bool,
 }
 
+/// Where proxies reach this node's HTTPS: its listen address, or the first advertised media
+/// address when it listens on all interfaces.
+fn web_address(web: SocketAddr, ice_hosts: &[IpAddr]) -> String {
+    let ip = match (web.ip().is_unspecified(), ice_hosts.first()) {
+        (true, Some(ip)) => *ip,
+        _ => web.ip(),
+    };
+    SocketAddr::new(ip, web.port()).to_string()
+}
+
 /// Where other nodes (the FTL proxy) reach this node's FTL listener: its own address, or the
 /// first advertised media address when it listens on all interfaces.
 fn ftl_address(ftl_listen: &str, ice_hosts: &[IpAddr]) -> Option<String> {
@@ -86,6 +96,7 @@ pub async fn join(
         version: env!("CARGO_PKG_VERSION").to_owned(),
         public_url: settings.public_url.clone(),
         proxy_protocol: settings.proxy_protocol,
+        https_addr: Some(web_address(settings.web, ice_hosts)),
     };
     // Redis drops every client when its ACL is reloaded (`cluster issue`, `revoke`): a join
     // caught by that is retried, not fatal.

@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
                 version: env!("CARGO_PKG_VERSION").into(),
                 public_url: None,
                 proxy_protocol: false,
+                https_addr: None,
             };
             let node = ClusterNode::join_bundle(&bundle, config).await?;
             // Lines on stdout are the test-visible protocol: one per claim.
