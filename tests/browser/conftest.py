@@ -289,18 +289,21 @@ def pages_for(static_pages):
 class Browser:
     """One headless Chromium (its own process and profile) with helpers for the pages."""
 
-    def __init__(self, label, profile_dir, artifacts, test_id, window_size=None):
+    def __init__(self, label, profile_dir, artifacts, test_id, window_size=None, extra_flags=(),
+                 performance_log=False):
         self.label = label
         self.artifacts = artifacts
         self.test_id = test_id
         opts = webdriver.ChromeOptions()
         opts.binary_location = os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
-        for flag in CHROMIUM_FLAGS:
+        for flag in [*CHROMIUM_FLAGS, *extra_flags]:
             opts.add_argument(flag)
         if window_size:
             opts.add_argument(f"--window-size={window_size[0]},{window_size[1]}")
         opts.add_argument(f"--user-data-dir={profile_dir}")
-        opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        # performance_log: DevTools events (Network.*) for driver.get_log("performance").
+        prefs = {"browser": "ALL", **({"performance": "ALL"} if performance_log else {})}
+        opts.set_capability("goog:loggingPrefs", prefs)
         service = Service(
             executable_path=os.environ.get("CHROMEDRIVER_BIN", "/usr/bin/chromedriver"),
             log_output=str(artifacts / f"{test_id}-{label}-chromedriver.log"),
@@ -391,16 +394,18 @@ class Browser:
 
 @pytest.fixture
 def browser(tmp_path, artifacts, test_id):
-    """browser(label, window_size=None) -> Browser; a fresh profile each; closed at teardown
-    with a screenshot and the console log saved under the artifacts directory."""
+    """browser(label, window_size=None, extra_flags=(), performance_log=False) -> Browser; a
+    fresh profile each (extra_flags: more Chromium flags; performance_log: keep DevTools
+    events); closed at teardown with a screenshot and the console log saved under the
+    artifacts directory."""
     if not shutil.which(os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")):
         pytest.fail("chromium not found: apt-get install chromium chromium-driver")
     opened = []
 
-    def open_browser(label, window_size=None):
+    def open_browser(label, window_size=None, extra_flags=(), performance_log=False):
         profile = tmp_path / f"profile-{label}"
         profile.mkdir()
-        b = Browser(label, profile, artifacts, test_id, window_size)
+        b = Browser(label, profile, artifacts, test_id, window_size, extra_flags, performance_log)
         opened.append(b)
         return b
 
