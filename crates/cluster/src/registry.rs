@@ -400,8 +400,9 @@ impl ClusterNode {
     }
 
     /// Orderly exit: stops the heartbeat, releases every lease and deletes the node record.
-    /// Bounded in time; what it cannot delete expires by itself.
-    pub async fn leave(self) {
+    /// Bounded in time; what it cannot delete expires by itself. Other holders of the node
+    /// (routing, load reports) may still exist: claims they make after this are not refreshed.
+    pub async fn leave(&self) {
         self.heartbeat.abort();
         let inner = self.inner.clone();
         let work = async {

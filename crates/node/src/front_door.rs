@@ -179,6 +179,15 @@ impl ClusterFrontDoor {
         });
     }
 
+    /// The room's lease names a node that is gone; the lease expires within its TTL.
+    fn owner_gone(room: &str) -> RouteDecision {
+        RouteDecision::Refuse(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Room owner unavailable",
+            format!("the node that had room {room} is gone; retry in a few seconds"),
+        ))
+    }
+
     fn conflict(room: &str, owner: &str) -> RouteDecision {
         RouteDecision::Refuse(Problem::new(
             StatusCode::CONFLICT,
@@ -206,7 +215,9 @@ impl FrontDoor for ClusterFrontDoor {
             redirected: req.redirected,
             owner: owner.as_ref(),
             this_node: self.this(),
-            this_can_take: self.ready(),
+            // Not Redis reachability: a node keeps taking sessions through an outage (it
+            // claims rooms when Redis is back); `/readyz` reports the outage.
+            this_can_take: !self.node.is_draining(),
         };
         let decided = plan(&facts);
         tracing::debug!(room = req.room, role = ?req.role, ?decided, via_service_name, "routing");
@@ -225,7 +236,7 @@ impl FrontDoor for ClusterFrontDoor {
                     Err(owner) => match self.url_of(&owner) {
                         Some(url) => self.redirect(&url, &req),
                         None => match req.role {
-                            SessionRole::Publish => Self::conflict(req.room, &owner),
+                            SessionRole::Publish => Self::owner_gone(req.room),
                             SessionRole::View => RouteDecision::Serve,
                         },
                     },
@@ -233,12 +244,16 @@ impl FrontDoor for ClusterFrontDoor {
             }
             Plan::RedirectHere(claim) => {
                 if let Some(claim) = claim {
-                    if let Err(owner) = self.claim(req.room, claim).await
-                        && let Some(url) = self.url_of(&owner)
-                    {
-                        return self.redirect(&url, &req);
+                    match self.claim(req.room, claim).await {
+                        Ok(()) => self.release_if_unused(req.room),
+                        Err(owner) => match (self.url_of(&owner), req.role) {
+                            (Some(url), _) => return self.redirect(&url, &req),
+                            // The owner's lease outlives its record for up to a TTL: a
+                            // publisher sent here would be refused, so ask it to retry.
+                            (None, SessionRole::Publish) => return Self::owner_gone(req.room),
+                            (None, SessionRole::View) => {}
+                        },
                     }
-                    self.release_if_unused(req.room);
                 }
                 self.redirect(&self.public_url.clone(), &req)
             }

@@ -279,11 +279,7 @@ impl Membership {
 
     /// Releases every lease and removes the node record.
     pub async fn leave(self) {
-        match Arc::try_unwrap(self.node) {
-            Ok(node) => node.leave().await,
-            // Background tasks still hold it: dropping stops the heartbeat; leases expire.
-            Err(node) => drop(node),
-        }
+        self.node.leave().await;
     }
 }
 

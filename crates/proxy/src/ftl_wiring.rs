@@ -1,7 +1,11 @@
 //! Starts the FTL proxy of `deadsfu proxy` when `--ftl-listen` is set.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use anyhow::Context;
+
+use crate::ftl::{FtlProxy, FtlProxyConfig};
 use crate::ftl_routes::FtlRoutes;
 use crate::run::ProxyArgs;
 
@@ -13,6 +17,24 @@ pub async fn start(
     routes: Arc<dyn FtlRoutes>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Option<FtlMetrics>> {
-    let _ = (args, routes, stop);
-    Ok(None)
+    let listen = args.ftl_listen.trim();
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    let control: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("--ftl-listen {listen:?}"))?;
+    let proxy = FtlProxy::bind(FtlProxyConfig::new(control, args.ftl_udp_port), routes)
+        .await
+        .with_context(|| format!("binding the FTL proxy on {control}"))?;
+    println!(
+        "  ftl: control {}, media UDP {}",
+        proxy.control_addr(),
+        proxy.udp_addr()
+    );
+    let stats = proxy.stats();
+    tokio::spawn(proxy.run(stop));
+    Ok(Some(Arc::new(move |out: &mut String| {
+        stats.snapshot().write_prometheus(out)
+    })))
 }

@@ -11,6 +11,7 @@
 //! - `admin`: `/metrics`, `/healthz`, `/readyz`.
 
 pub mod client_hello;
+pub mod ftl;
 pub mod ftl_routes;
 mod ftl_wiring;
 pub mod http_front;
