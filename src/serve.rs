@@ -220,6 +220,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             web: public_web,
             ice_hosts: ice_hosts.clone(),
             public_url: args.public_url.clone(),
+            web_is_https: https_local.is_some(),
             proxy_protocol: !args.proxy_protocol_from.is_empty(),
         },
         &engine,

@@ -292,6 +292,10 @@ impl FrontDoor for ClusterFrontDoor {
         &self.public_url
     }
 
+    fn is_service_name(&self, host: &str) -> bool {
+        self.service_domain.as_deref() == Some(host)
+    }
+
     fn ready(&self) -> bool {
         !self.node.is_draining() && self.node.redis_reachable()
     }

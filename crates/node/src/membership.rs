@@ -21,6 +21,8 @@ pub struct MembershipSettings {
     pub ice_hosts: Vec<IpAddr>,
     /// `--public-url`: this node's base URL as clients reach it (default from the hostname).
     pub public_url: Option<String>,
+    /// `web` is an HTTPS listener (else plain HTTP: the default public URL says `http://`).
+    pub web_is_https: bool,
     /// Connections reach this node through proxies that send a PROXY v2 header.
     pub proxy_protocol: bool,
 }
@@ -88,13 +90,15 @@ pub async fn join(
             .clone()
             .or_else(|| bundle.node_id().map(str::to_owned))
             .unwrap_or_else(|| hostname.clone()),
-        hostname,
+        hostname: hostname.clone(),
         https_port: http.port(),
         public_addrs: ice_hosts.iter().map(IpAddr::to_string).collect(),
         ftl_addr: ftl_address(&args.ftl_listen, ice_hosts),
         region: args.node.region.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        public_url: settings.public_url.clone(),
+        public_url: settings.public_url.clone().or_else(|| {
+            (!settings.web_is_https).then(|| format!("http://{hostname}:{}", http.port()))
+        }),
         proxy_protocol: settings.proxy_protocol,
         https_addr: Some(web_address(settings.web, ice_hosts)),
     };

@@ -70,8 +70,10 @@ pub trait FrontDoor: Send + Sync + 'static {
     async fn route(&self, request: RouteRequest<'_>) -> RouteDecision;
     /// Checks `ticket` for a session of `role` in `room`.
     fn check_ticket(&self, ticket: &str, room: &str, role: SessionRole) -> Result<(), TicketError>;
-    /// This node's own base URL (`https://host[:port]`): the `Location` of its sessions.
+    /// This node's own base URL (`https://host[:port]`): where redirects to it point.
     fn public_url(&self) -> &str;
+    /// Whether `host` is the cluster's service name (sessions are never created under it).
+    fn is_service_name(&self, host: &str) -> bool;
     /// Whether this node takes new sessions (for `/readyz`).
     fn ready(&self) -> bool;
     /// Every live room of the cluster with its owner, or `None` when unknown (Redis away).

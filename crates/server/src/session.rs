@@ -66,9 +66,11 @@ pub(crate) async fn create(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/sdp"),
     );
-    let base = match &state.front_door {
-        Some(door) => door.public_url().to_string(),
-        None => own_base_url(headers, uri, origin.transport),
+    // The session lives on this node: its URL is the name the client reached it by, or the
+    // node's own public URL if that name was the cluster's service name.
+    let base = match (&state.front_door, request_host(headers, uri)) {
+        (Some(door), Some(host)) if door.is_service_name(&host) => door.public_url().to_string(),
+        _ => own_base_url(headers, uri, origin.transport),
     };
     if let Ok(v) = HeaderValue::from_str(&format!("{base}{SESSION_PATH}/{}", created.id)) {
         h.insert(header::LOCATION, v);
