@@ -274,6 +274,31 @@ async fn every_error_status_has_a_problem_body() {
 
     let (s, b, h) = post(&whip, "application/sdp", "not sdp".into(), None).await;
     assert_problem(s, &b, &h, 400);
+    // Errors never echo a parser's internals (its debug text once held a heap address).
+    for broken in [
+        offer("sendonly", "H264").replace("a=rtpmap:96 H264/90000", "a=rtpmap:99 "),
+        offer("sendonly", "H264").replace("m=video 9", "m=video x"),
+    ] {
+        let (s, b, h) = post(&sfu.url("/whip/broken"), "application/sdp", broken, None).await;
+        let expected = if s == 422 { 422 } else { 400 };
+        assert_problem(s, &b, &h, expected);
+        assert!(!b.contains("0x") && !b.contains("{ "), "{b}");
+    }
+    // Dots only are not a room name (encoded or not).
+    for room in ["..", "%2e%2e", "."] {
+        let (s, b, h) = post(
+            &sfu.url(&format!("/whip/{room}")),
+            "application/sdp",
+            offer("sendonly", "H264"),
+            None,
+        )
+        .await;
+        // URL normalisation may turn the path into another route (405); never a session.
+        assert!(s.is_client_error(), "{room}: {s}");
+        if s == 400 {
+            assert_problem(s, &b, &h, 400);
+        }
+    }
     let (s, b, h) = post(
         &sfu.url("/whip/second"),
         "application/sdp",
@@ -373,6 +398,29 @@ async fn every_error_status_has_a_problem_body() {
     .unwrap();
     let (s, h) = (res.status(), res.headers().clone());
     assert_problem(s, &res.text().await.unwrap(), &h, 428);
+    // A wrong entity tag on a restart is a failed precondition, not a missing one.
+    let res = patch(
+        session.clone(),
+        restart.clone(),
+        Some("\"stale\""),
+        "application/trickle-ice-sdpfrag",
+    )
+    .await
+    .unwrap();
+    let (s, h) = (res.status(), res.headers().clone());
+    assert_problem(s, &res.text().await.unwrap(), &h, 412);
+    // Credentials outside RFC 8839's lengths are refused.
+    let long_ufrag = frag.replace("abcd", &"u".repeat(20_000));
+    let res = patch(
+        session.clone(),
+        long_ufrag,
+        Some("*"),
+        "application/trickle-ice-sdpfrag",
+    )
+    .await
+    .unwrap();
+    let (s, h) = (res.status(), res.headers().clone());
+    assert_problem(s, &res.text().await.unwrap(), &h, 400);
     let res = patch(
         session.clone(),
         restart,

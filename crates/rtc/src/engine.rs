@@ -246,8 +246,11 @@ impl MediaEngine {
                 None
             }
         };
-        let sdp =
-            SdpOffer::from_sdp_string(offer).map_err(|e| SessionError::BadSdp(e.to_string()))?;
+        let sdp = SdpOffer::from_sdp_string(offer).map_err(|e| {
+            // The parser's message can quote its own internals: log it, answer plainly.
+            tracing::debug!(error = %e, "SDP offer not parsed");
+            SessionError::BadSdp("the offer is not valid SDP".into())
+        })?;
 
         let inner = &self.inner;
         let serial = inner.next_serial.fetch_add(1, Ordering::Relaxed);
@@ -387,8 +390,21 @@ impl MediaEngine {
         };
         let worker = &self.inner.workers[entry.worker];
         if restart {
-            if if_match.map(str::trim) != Some("\"*\"") && if_match.map(str::trim) != Some("*") {
-                return Err(SessionError::RestartNeedsIfMatch);
+            match if_match.map(str::trim) {
+                None => return Err(SessionError::RestartNeedsIfMatch),
+                // RFC 9725 §4.4.1: an ICE restart carries `If-Match: "*"`; any other
+                // entity tag that does not match is a failed precondition.
+                Some("*" | "\"*\"") => {}
+                Some(m) if m == entry.etag => {}
+                Some(_) => return Err(SessionError::EtagMismatch),
+            }
+            // RFC 8839 §5.4: ufrag 4 to 256 characters, password 22 to 256.
+            let ufrag_len = frag.ice_ufrag.as_deref().map_or(0, str::len);
+            let pwd_len = frag.ice_pwd.as_deref().map_or(0, str::len);
+            if !(4..=256).contains(&ufrag_len) || !(22..=256).contains(&pwd_len) {
+                return Err(SessionError::BadSdp(
+                    "ice-ufrag must be 4 to 256 characters and ice-pwd 22 to 256".into(),
+                ));
             }
             let remote = IceCreds {
                 ufrag: frag.ice_ufrag.clone().unwrap_or_default(),

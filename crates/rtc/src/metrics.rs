@@ -44,6 +44,7 @@ counters! {
     keyframe_requests_sent: "keyframe requests sent to publishers",
     sessions_started: "sessions created",
     sessions_ended: "sessions ended",
+    seal_failures: "packets dropped because SRTP/SRTCP sealing failed (never sent in clear)",
 }
 
 impl Counters {

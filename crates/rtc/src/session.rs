@@ -202,8 +202,14 @@ impl TrackOut {
         let payload = &p.packet.payload;
         let max = header.len() + payload.len() + RTP_OVERHEAD + SCRATCH;
         let srtp = &mut *wire.srtp;
-        wire.sends.write(wire.to, max, wire.counters, |out| {
+        let counters = wire.counters;
+        wire.sends.write(wire.to, max, counters, |out| {
+            // Fail closed: a packet that could not be sealed is dropped and counted.
             srtp.protect_rtp(header, payload, p.index, out)
+                .unwrap_or_else(|| {
+                    Counters::add(&counters.seal_failures, 1);
+                    0
+                })
         });
     }
 
@@ -397,7 +403,10 @@ impl Viewer {
                 continue;
             }
             sends.write(to, len + RTCP_OVERHEAD + SCRATCH, counters, |out| {
-                srtp.protect_rtcp(&plain[..len], out)
+                srtp.protect_rtcp(&plain[..len], out).unwrap_or_else(|| {
+                    Counters::add(&counters.seal_failures, 1);
+                    0
+                })
             });
         }
     }

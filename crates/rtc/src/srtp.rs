@@ -146,14 +146,16 @@ impl SrtpSender {
 
     /// Writes the SRTP packet for `header` (with SSRC and sequence number in place) and
     /// `payload` into `out`, which must hold `header.len() + payload.len() + RTP_OVERHEAD +
-    /// SCRATCH` bytes. `index` is the packet's extended sequence number. Returns its length.
+    /// SCRATCH` bytes. `index` is the packet's extended sequence number. Returns its length,
+    /// or `None` when sealing failed: the buffer may then hold plaintext and must not be sent
+    /// (fail closed).
     pub fn protect_rtp(
         &mut self,
         header: &[u8],
         payload: &[u8],
         index: u64,
         out: &mut [u8],
-    ) -> usize {
+    ) -> Option<usize> {
         let hlen = header.len();
         let ssrc = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
         out[..hlen].copy_from_slice(header);
@@ -191,8 +193,7 @@ impl SrtpSender {
                 ok
             }
         };
-        debug_assert!(ok, "SRTP encryption failed");
-        body_end + self.rtp_tag_len()
+        ok.then(|| body_end + self.rtp_tag_len())
     }
 
     fn rtp_tag_len(&self) -> usize {
@@ -203,8 +204,9 @@ impl SrtpSender {
     }
 
     /// Writes the SRTCP packet for the compound RTCP packet `plain` into `out`, which must hold
-    /// `plain.len() + RTCP_OVERHEAD + SCRATCH` bytes. Returns its length.
-    pub fn protect_rtcp(&mut self, plain: &[u8], out: &mut [u8]) -> usize {
+    /// `plain.len() + RTCP_OVERHEAD + SCRATCH` bytes. Returns its length, or `None` when
+    /// sealing failed (nothing may be sent).
+    pub fn protect_rtcp(&mut self, plain: &[u8], out: &mut [u8]) -> Option<usize> {
         let index = self.srtcp_index;
         // RFC 3711 3.3.2: starts at zero, one more per packet, modulo 2^31.
         self.srtcp_index = (index + 1) & 0x7fff_ffff;
@@ -220,19 +222,20 @@ impl SrtpSender {
                 aad[..8].copy_from_slice(&plain[..8]);
                 aad[8..].copy_from_slice(&e_and_index);
                 out[8..end].copy_from_slice(body);
-                if let Ok(tag) = key.seal_in_place_separate_tag(
-                    Nonce::assume_unique_for_key(iv),
-                    Aad::from(aad),
-                    &mut out[8..end],
-                ) {
-                    out[end..end + 16].copy_from_slice(tag.as_ref());
-                }
+                let tag = key
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key(iv),
+                        Aad::from(aad),
+                        &mut out[8..end],
+                    )
+                    .ok()?;
+                out[end..end + 16].copy_from_slice(tag.as_ref());
                 out[end + 16..end + 20].copy_from_slice(&e_and_index);
-                end + 20
+                Some(end + 20)
             }
             Cipher::Cm128 { salt, auth, enc } => {
                 let iv = Aes128CmSha1_80::rtp_iv(*salt, ssrc, index as u64);
-                let _ = enc.encrypt(&iv, body, &mut out[8..end + SCRATCH]);
+                enc.encrypt(&iv, body, &mut out[8..end + SCRATCH]).ok()?;
                 out[end..end + 4].copy_from_slice(&e_and_index);
                 let hmac = self.hmac;
                 Aes128CmSha1_80::rtcp_hmac(
@@ -241,7 +244,7 @@ impl SrtpSender {
                     out,
                     end + 4,
                 );
-                end + 4 + Aes128CmSha1_80::HMAC_TAG_LEN
+                Some(end + 4 + Aes128CmSha1_80::HMAC_TAG_LEN)
             }
         }
     }
@@ -305,11 +308,11 @@ pub(crate) mod tests {
         ] {
             let mut s = SrtpSender::new(&crypto, &keys(profile)).unwrap();
             let mut out = [0u8; 200];
-            let n = s.protect_rtp(&header, &payload, 1, &mut out);
+            let n = s.protect_rtp(&header, &payload, 1, &mut out).unwrap();
             assert_eq!(n, 12 + 100 + tag, "{profile:?}");
             assert_eq!(&out[..12], &header);
             assert_ne!(&out[12..112], &payload[..]);
-            let n = s.protect_rtcp(&rtcp, &mut out);
+            let n = s.protect_rtcp(&rtcp, &mut out).unwrap();
             assert_eq!(n, rtcp.len() + 4 + tag, "{profile:?}");
             assert_eq!(&out[..8], &rtcp[..8]);
         }
@@ -359,7 +362,7 @@ pub(crate) mod tests {
             }
             let mut s = SrtpSender::new(&crypto, &k).unwrap();
             let mut out = vec![0u8; 2048];
-            let n = s.protect_rtp(&header, &payload, index, &mut out);
+            let n = s.protect_rtp(&header, &payload, index, &mut out).unwrap();
             assert_eq!(&out[..header.len()], &header);
             assert_eq!(&out[header.len()..n], &expected[..], "{profile:?}");
         }

@@ -111,18 +111,46 @@ pub fn router(state: AppState) -> Router {
 
 /// Room names are path segments and log fields: keep them short and plain.
 pub(crate) fn check_room_name(name: &str) -> Result<(), Problem> {
+    // Dots are allowed inside names ("stage.2"), but a name of dots only ("." or "..") would
+    // read as a path step wherever room names become paths or keys.
     let plain = !name.is_empty()
         && name.len() <= 64
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !name.bytes().all(|b| b == b'.');
     if plain {
         Ok(())
     } else {
         Err(Problem::new(
             axum::http::StatusCode::BAD_REQUEST,
             "Invalid room name",
-            "room names are 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' and '.'",
+            "room names are 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' and '.', not dots only",
         ))
+    }
+}
+
+#[cfg(test)]
+mod room_name_tests {
+    use super::check_room_name;
+
+    #[test]
+    fn plain_names_pass_and_path_steps_do_not() {
+        for ok in ["mainroom", "stage.2", "a-b_c", &"x".repeat(64)] {
+            assert!(check_room_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "...",
+            "a/b",
+            "a b",
+            "%2e%2e",
+            &"x".repeat(65),
+            "é",
+        ] {
+            assert!(check_room_name(bad).is_err(), "{bad}");
+        }
     }
 }
