@@ -138,6 +138,8 @@ const RECHECK: Duration = Duration::from_secs(300);
 /// says: guards the CA's duplicate-certificate limits against a renew-before longer than
 /// the lifetime.
 pub const MIN_RENEW_AGE: Duration = Duration::from_secs(3600);
+/// How often a certificate's ARI window is asked for again.
+const ARI_RECHECK: Duration = Duration::from_secs(6 * 3600);
 
 async fn step<T, E: Into<AcmeError>>(
     what: &'static str,
@@ -190,6 +192,10 @@ pub struct AcmeManager {
     wake: Notify,
     pub stats: AcmeStats,
     account: tokio::sync::Mutex<Option<Account>>,
+    /// False once the CA said it has no ARI.
+    ari_supported: std::sync::atomic::AtomicBool,
+    /// (fingerprint, suggested due time, when asked) of the last ARI answer.
+    ari_cache: tokio::sync::Mutex<Option<(String, Option<i64>, std::time::Instant)>>,
 }
 
 impl AcmeManager {
@@ -212,6 +218,8 @@ impl AcmeManager {
             wake: Notify::new(),
             stats: AcmeStats::default(),
             account: tokio::sync::Mutex::new(None),
+            ari_supported: std::sync::atomic::AtomicBool::new(true),
+            ari_cache: tokio::sync::Mutex::new(None),
         }))
     }
 
@@ -290,12 +298,62 @@ impl AcmeManager {
         let Some(served) = self.install(domain, &stored) else {
             return Ok(None);
         };
-        let due = renewal_due(
+        let mut due = renewal_due(
             served.not_before,
             served.not_after,
             self.config.renew_before,
         );
+        if self.config.renew_before.is_none()
+            && let Some(suggested) = self.ari_due(&served).await
+        {
+            // The CA's window (RFC 9773) wins over the rule of thumb, within the same guard
+            // against renewing a fresh certificate.
+            due = suggested.max(served.not_before + MIN_RENEW_AGE.as_secs() as i64);
+        }
         Ok(Some((served, due)))
+    }
+
+    /// ACME Renewal Information: a time inside the CA's suggested window for `served`, when the
+    /// CA offers ARI. Asked at most once per [`ARI_RECHECK`] per certificate.
+    async fn ari_due(&self, served: &ServedCert) -> Option<i64> {
+        if !self.ari_supported.load(Ordering::Relaxed) {
+            return None;
+        }
+        {
+            let cache = self.ari_cache.lock().await;
+            if let Some((fingerprint, due, asked)) = cache.as_ref()
+                && *fingerprint == served.fingerprint
+                && asked.elapsed() < ARI_RECHECK
+            {
+                return *due;
+            }
+        }
+        let account = self.account(false).await.ok()?;
+        let leaf = served.certified.cert.first()?;
+        let id = instant_acme::CertificateIdentifier::try_from(leaf).ok()?;
+        let answer = tokio::time::timeout(STEP_TIMEOUT, account.renewal_info(&id)).await;
+        let due = match answer {
+            Ok(Ok((info, _retry_after))) => {
+                let start = info.suggested_window.start.unix_timestamp();
+                let end = info.suggested_window.end.unix_timestamp().max(start);
+                // A random point in the window spreads a fleet's renewals (RFC 9773 §4.2).
+                let due = start + rand::rng().random_range(0..=(end - start));
+                tracing::debug!(fingerprint = %served.fingerprint, due, "renewal window from the CA");
+                Some(due)
+            }
+            Ok(Err(instant_acme::Error::Unsupported(_))) => {
+                self.ari_supported.store(false, Ordering::Relaxed);
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "renewal information unavailable");
+                None
+            }
+            Err(_) => None,
+        };
+        *self.ari_cache.lock().await =
+            Some((served.fingerprint.clone(), due, std::time::Instant::now()));
+        due
     }
 
     async fn run_domain(self: Arc<Self>, domain: String) {
