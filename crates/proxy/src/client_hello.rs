@@ -160,6 +160,29 @@ fn parse(buf: &[u8]) -> HelloProgress {
     }
 }
 
+/// Entry point of the `client_hello` fuzz target (and of the corpus test): the first byte
+/// chooses the size of the pieces the rest is fed in. Checks the reader's promises: it never
+/// buffers more than [`MAX_HELLO`], and once it has decided it stays decided.
+pub fn fuzz(data: &[u8]) {
+    let Some((&piece, rest)) = data.split_first() else {
+        return;
+    };
+    let piece = usize::from(piece).max(1);
+    let mut reader = HelloReader::new();
+    let mut decided: Option<HelloProgress> = None;
+    for chunk in rest.chunks(piece) {
+        let progress = reader.push(chunk);
+        assert!(reader.buffered().len() <= MAX_HELLO);
+        if progress != HelloProgress::NeedMore {
+            decided = Some(progress);
+            break;
+        }
+    }
+    if let Some(HelloProgress::Hello(info)) = decided {
+        assert!(info.sni.iter().all(|s| !s.is_empty() && s.len() <= 253));
+    }
+}
+
 /// A fatal TLS alert record `unrecognized_name` (RFC 6066), sent before closing a connection
 /// whose SNI no node serves.
 pub const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
@@ -192,6 +215,18 @@ mod tests {
         let mut out = Vec::new();
         conn.write_tls(&mut out).unwrap();
         out
+    }
+
+    /// `DEADSFU_WRITE_FIXTURES=1 cargo test -p deadsfu-proxy write_rustls_fixture` records
+    /// the rustls fixture of `tests/client_hello_fixtures.rs`.
+    #[test]
+    fn write_rustls_fixture() {
+        if std::env::var_os("DEADSFU_WRITE_FIXTURES").is_none() {
+            return;
+        }
+        let hello = rustls_hello("sfu-a.test", &[b"h2", b"http/1.1"]);
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        std::fs::write(dir.join("rustls_hello.bin"), hello).unwrap();
     }
 
     #[test]
