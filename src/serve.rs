@@ -40,9 +40,16 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub ice_candidate_host: Vec<IpAddr>,
-    /// When set, WHIP and WHEP require this bearer token.
+    /// When set, publishing and viewing both require this bearer token (see --publish-token
+    /// and --view-token to tell them apart).
     #[arg(long, env = "DEADSFU_BEARER_TOKEN", hide_env_values = true)]
     pub bearer_token: Option<String>,
+    /// Token required to publish (WHIP, FTL keys aside); overrides --bearer-token for it.
+    #[arg(long, env = "DEADSFU_PUBLISH_TOKEN", hide_env_values = true)]
+    pub publish_token: Option<String>,
+    /// Token required to view (WHEP, the room list); overrides --bearer-token for it.
+    #[arg(long, env = "DEADSFU_VIEW_TOKEN", hide_env_values = true)]
+    pub view_token: Option<String>,
     /// STUN server URL advertised to clients (repeatable), e.g. stun:stun.example.net:3478.
     #[arg(
         long = "stun-server",
@@ -248,7 +255,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .map(|c| c.front_door(&engine, args.service_domain.clone()) as _);
     let state = AppState {
         engine: engine.clone(),
-        bearer_token: args.bearer_token.as_deref().map(Arc::from),
+        tokens: deadsfu_server::AccessTokens {
+            publish: args
+                .publish_token
+                .as_deref()
+                .or(args.bearer_token.as_deref())
+                .map(Arc::from),
+            view: args
+                .view_token
+                .as_deref()
+                .or(args.bearer_token.as_deref())
+                .map(Arc::from),
+        },
         ice_servers: ice_servers.into(),
         html: args.html.clone(),
         rooms: deadsfu_server::room_feed(engine.clone(), front_door.clone()),

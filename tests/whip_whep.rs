@@ -556,8 +556,7 @@ async fn bearer_token_and_ice_server_links() {
     );
     let session = h.get("location").unwrap().to_str().unwrap().to_owned();
     let http = reqwest::Client::new();
-    // The session resource needs the token as well; ?access_token= works like the header.
-    assert_eq!(http.delete(&session).send().await.unwrap().status(), 401);
+    // ?access_token= works like the header.
     let (s, b, _) = post(
         &sfu.url("/whep/auth?access_token=s3cret"),
         "application/sdp",
@@ -566,14 +565,16 @@ async fn bearer_token_and_ice_server_links() {
     )
     .await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
+    // The session's own URL is its capability: no token needed to end it; an unknown one is
+    // 404 whatever the token.
+    assert_eq!(http.delete(&session).send().await.unwrap().status(), 200);
     assert_eq!(
-        http.delete(&session)
-            .bearer_auth("s3cret")
+        http.delete(sfu.url("/session/00112233445566778899aabbccddeeff"))
             .send()
             .await
             .unwrap()
             .status(),
-        200
+        404
     );
 
     // Real peers with the token.
@@ -585,6 +586,45 @@ async fn bearer_token_and_ice_server_links() {
     let v = watch_ok(&sfu, "auth2", with_token).await;
     assert_eq!(v.delete().await.unwrap(), 200);
     assert_eq!(p.delete().await.unwrap(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_and_view_tokens_are_separate_rights() {
+    let sfu = Sfu::start(&["--publish-token", "pub-t", "--view-token", "view-t"]);
+    let whip = sfu.url("/whip/rights");
+    let whep = sfu.url("/whep/rights");
+    let cases = [
+        (&whip, "sendonly", Some("view-t"), 401),
+        (&whep, "recvonly", Some("pub-t"), 401),
+        (&whep, "recvonly", None, 401),
+        (&whip, "sendonly", Some("pub-t"), 201),
+        (&whep, "recvonly", Some("view-t"), 201),
+    ];
+    for (url, dir, token, want) in cases {
+        let (s, b, _) = post(url, "application/sdp", offer(dir, "H264"), token).await;
+        assert_eq!(s.as_u16(), want, "{url} with {token:?}: {b}");
+    }
+    let http = reqwest::Client::new();
+    let rooms = |t: Option<&str>| {
+        let mut r = http.get(sfu.url("/api/rooms"));
+        if let Some(t) = t {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(rooms(Some("pub-t")).await.unwrap().status(), 401);
+    assert_eq!(rooms(Some("view-t")).await.unwrap().status(), 200);
+
+    // Only a publish token: viewing is open.
+    let open_view = Sfu::start(&["--publish-token", "pub-t"]);
+    let (s, b, _) = post(
+        &open_view.url("/whep/x"),
+        "application/sdp",
+        offer("recvonly", "H264"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,8 @@ pub enum SessionKind {
 }
 
 pub(crate) struct Session {
+    /// The session's URL segment: a capability, so logged at debug level only (info lines use
+    /// `serial`).
     pub id: Arc<str>,
     pub serial: u64,
     pub rtc: Rtc,
@@ -538,7 +540,7 @@ impl Session {
         };
         viewer.srtp = SrtpSender::new(&crate::dtls_tap::crypto_provider(), keys);
         if viewer.srtp.is_none() {
-            tracing::warn!(session = %self.id, ?keys, "unusable SRTP keys");
+            tracing::warn!(session = self.serial, ?keys, "unusable SRTP keys");
         }
     }
 
@@ -629,7 +631,7 @@ impl Session {
         match event {
             Event::Connected => {
                 self.connected = true;
-                tracing::info!(session = %self.id, room = %self.room.name, kind = ?self.kind(), "connected");
+                tracing::info!(session = self.serial, room = %self.room.name, kind = ?self.kind(), "connected");
                 if matches!(self.role, Role::Viewer(_)) {
                     out.viewer_connected = true;
                     out.keyframe_request = true;

@@ -580,7 +580,7 @@ impl Worker {
         }
         self.rooms.entry(room.id).or_default().viewers.push(serial);
         room.viewer_joined();
-        tracing::info!(session = %session.id, from = %old.name, to = %room.name, "viewer switched rooms");
+        tracing::info!(session = session.serial, from = %old.name, to = %room.name, "viewer switched rooms");
         self.shared.rooms.release(old);
         self.replay_gop(serial, room.id, now);
         self.request_keyframe(&room, now);
@@ -801,7 +801,7 @@ impl Worker {
             }
         }
         Counters::add(&self.counters.sessions_ended, 1);
-        tracing::info!(session = %session.id, room = %room.name, kind = ?session.kind(), reason, "session ended");
+        tracing::info!(session = session.serial, room = %room.name, kind = ?session.kind(), reason, "session ended");
         self.shared.forget_session(&session.id);
         drop(session);
         self.shared.rooms.release(room);

@@ -138,7 +138,7 @@ pub(crate) async fn rooms(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, Problem> {
-    auth::check(&state, &headers, &uri)?;
+    auth::check(&state, &headers, &uri, crate::front_door::SessionRole::View)?;
     let snapshot = state.rooms.borrow().clone();
     Ok(Json(snapshot).into_response())
 }
@@ -148,7 +148,7 @@ pub(crate) async fn room_events(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
-    auth::check(&state, &headers, &uri)?;
+    auth::check(&state, &headers, &uri, crate::front_door::SessionRole::View)?;
     let stream = WatchStream::new(state.rooms.clone()).map(|snapshot| {
         Ok(Event::default()
             .event("rooms")

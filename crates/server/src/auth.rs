@@ -1,4 +1,9 @@
-//! Bearer-token check for WHIP, WHEP and session requests.
+//! Who may do what. Two rights, each with its own optional token: publishing (WHIP) and
+//! viewing (WHEP, the room list). `--bearer-token` sets both. A session, once created, is
+//! controlled through its own unguessable URL (PATCH, DELETE, room switch): the URL is the
+//! capability, so it needs no token and is never logged at info level.
+
+use std::sync::Arc;
 
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use subtle::ConstantTimeEq;
@@ -6,6 +11,22 @@ use subtle::ConstantTimeEq;
 use crate::AppState;
 use crate::front_door::SessionRole;
 use crate::problem::Problem;
+
+/// The tokens a node requires; `None` leaves that right open.
+#[derive(Debug, Clone, Default)]
+pub struct AccessTokens {
+    pub publish: Option<Arc<str>>,
+    pub view: Option<Arc<str>>,
+}
+
+impl AccessTokens {
+    fn for_role(&self, role: SessionRole) -> Option<&str> {
+        match role {
+            SessionRole::Publish => self.publish.as_deref(),
+            SessionRole::View => self.view.as_deref(),
+        }
+    }
+}
 
 /// The value of query parameter `name`, if present.
 pub(crate) fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
@@ -15,7 +36,7 @@ pub(crate) fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
     })
 }
 
-/// For creating a session: the bearer token, or a redirect ticket of this cluster for this
+/// For creating a session: the role's token, or a redirect ticket of this cluster for this
 /// room and role (browsers drop `Authorization` on a cross-origin redirect).
 pub(crate) fn check_session(
     state: &AppState,
@@ -24,7 +45,7 @@ pub(crate) fn check_session(
     room: &str,
     role: SessionRole,
 ) -> Result<(), Problem> {
-    if state.bearer_token.is_none() {
+    if state.tokens.for_role(role).is_none() {
         return Ok(());
     }
     let has_token =
@@ -33,14 +54,19 @@ pub(crate) fn check_session(
         (Some(ticket), Some(door)) if !has_token => door
             .check_ticket(ticket, room, role)
             .map_err(|e| Problem::new(StatusCode::UNAUTHORIZED, "Invalid ticket", e.to_string())),
-        _ => check(state, headers, uri),
+        _ => check(state, headers, uri, role),
     }
 }
 
 /// Accepts `Authorization: Bearer TOKEN` or `?access_token=TOKEN` (for pages and players that
-/// cannot set headers). Compared in constant time.
-pub(crate) fn check(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<(), Problem> {
-    let Some(expected) = state.bearer_token.as_deref() else {
+/// cannot set headers) for `role`. Compared in constant time.
+pub(crate) fn check(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    role: SessionRole,
+) -> Result<(), Problem> {
+    let Some(expected) = state.tokens.for_role(role) else {
         return Ok(());
     };
     let from_header = headers

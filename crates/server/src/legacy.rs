@@ -82,10 +82,8 @@ pub(crate) struct SwitchQuery {
 pub(crate) async fn switch_room(
     State(state): State<AppState>,
     Query(q): Query<SwitchQuery>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> Result<Response, Problem> {
-    crate::auth::check(&state, &headers, &uri)?;
+    // The session id is the capability (see auth.rs).
     let room = if q.room.is_empty() {
         DEFAULT_ROOM
     } else {

@@ -29,6 +29,7 @@ use axum::routing::{get, post};
 use deadsfu_rtc::MediaEngine;
 
 pub use api::{RoomInfo, RoomsSnapshot, room_feed};
+pub use auth::AccessTokens;
 pub use front_door::{
     ClusterRoom, FrontDoor, RouteDecision, RouteRequest, SessionRole, TicketError,
 };
@@ -42,8 +43,8 @@ pub use web::HtmlSource;
 #[derive(Clone)]
 pub struct AppState {
     pub engine: MediaEngine,
-    /// When set, WHIP, WHEP and session requests must carry it.
-    pub bearer_token: Option<Arc<str>>,
+    /// Tokens required to publish and to view (each optional).
+    pub tokens: auth::AccessTokens,
     /// STUN/TURN URLs advertised in `Link: <url>; rel="ice-server"` headers.
     pub ice_servers: Arc<[String]>,
     /// Where the web pages come from.
