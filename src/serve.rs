@@ -220,10 +220,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // What the cluster records as this node's web port: HTTPS when on.
     let public_web = https_local.or(http_local).expect("one listener is on");
 
+    // FTL on port 0 (tests): choose the port now, so the cluster records the real one.
+    let mut ftl_args = args.ftl.clone();
+    if let Ok(listen) = ftl_args.ftl_listen.trim().parse::<SocketAddr>()
+        && listen.port() == 0
+    {
+        let port = std::net::TcpListener::bind(listen)
+            .and_then(|l| l.local_addr())
+            .with_context(|| format!("--ftl-listen {listen}"))?
+            .port();
+        ftl_args.ftl_listen = SocketAddr::new(listen.ip(), port).to_string();
+    }
     let cluster = deadsfu_node::membership::join(
         &deadsfu_node::MembershipSettings {
             node: args.node.clone(),
-            ftl_listen: args.ftl.ftl_listen.clone(),
+            ftl_listen: ftl_args.ftl_listen.clone(),
             web: public_web,
             ice_hosts: ice_hosts.clone(),
             public_url: args.public_url.clone(),
@@ -279,7 +290,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         front_door,
     };
     print_urls(http_local, https_local, &ice_hosts, engine.udp_ports());
-    let ftl = deadsfu_node::ftl_bridge::start(&args.ftl, &engine, cluster.clone()).await?;
+    let ftl = deadsfu_node::ftl_bridge::start(&ftl_args, &engine, cluster.clone()).await?;
 
     // One shutdown signal for every listener; the cluster hears it first.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

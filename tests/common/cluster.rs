@@ -9,7 +9,7 @@
 
 #![allow(dead_code)]
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
@@ -177,7 +177,7 @@ impl TestPki {
 pub struct Cluster {
     dir: tempfile::TempDir,
     cdir: PathBuf,
-    _redis: Proc,
+    redis_proc: Mutex<Proc>,
     _boot: Proc,
     pub admin_url: String,
     pub redis: RedisConn,
@@ -210,14 +210,7 @@ impl Cluster {
             ),
             &log("init.log"),
         );
-        let redis_proc = Proc(
-            Command::new("redis-server")
-                .arg(cdir.join("redis/redis.conf"))
-                .stdout(std::fs::File::create(log("redis.log")).unwrap())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server (apt-get install redis-server)"),
-        );
+        let redis_proc = spawn_redis(&cdir, &log("redis.log"));
         let boot = Proc(
             deadsfu(
                 &["cluster", "serve", "--dir", &cdir_s],
@@ -234,7 +227,7 @@ impl Cluster {
         Cluster {
             dir,
             cdir,
-            _redis: redis_proc,
+            redis_proc: Mutex::new(redis_proc),
             _boot: boot,
             admin_url,
             redis,
@@ -251,13 +244,46 @@ impl Cluster {
         issue(self.dir.path(), &self.cdir, role, name, extra)
     }
 
-    /// SIGKILL to redis-server (it stays dead).
+    /// SIGKILL to redis-server (it stays dead until [`Cluster::restart_redis`]); waits for
+    /// the process to be gone.
     pub fn kill_redis(&self) {
+        let mut redis = self.redis_proc.lock().unwrap_or_else(|e| e.into_inner());
         let status = Command::new("kill")
-            .args(["-KILL", &self._redis.0.id().to_string()])
+            .args(["-KILL", &redis.0.id().to_string()])
             .status()
             .expect("kill");
         assert!(status.success(), "kill -KILL redis-server");
+        let _ = redis.0.wait();
+    }
+
+    /// Starts redis-server again with the same config (killing it first if it still runs),
+    /// and waits until the test's own connection answers PING again.
+    pub async fn restart_redis(&self) {
+        {
+            let mut redis = self.redis_proc.lock().unwrap_or_else(|e| e.into_inner());
+            if redis.0.try_wait().ok().flatten().is_none() {
+                let _ = redis.0.kill();
+                let _ = redis.0.wait();
+            }
+            *redis = spawn_redis(&self.cdir, &self.path("redis.log"));
+        }
+        let deadline = Deadline::new("Redis to answer again", Duration::from_secs(20));
+        loop {
+            let ping = redis::cmd("PING")
+                .query_async::<String>(&mut self.redis.manager())
+                .await;
+            if ping.is_ok() {
+                return;
+            }
+            deadline
+                .tick(|| {
+                    format!(
+                        "last: {ping:?}\n{}",
+                        tail(&self.path("redis.log"), LOG_TAIL)
+                    )
+                })
+                .await;
+        }
     }
 
     /// The test CA's certificate as a file (for curl).
@@ -303,6 +329,23 @@ impl Cluster {
             .await
             .unwrap_or_else(|e| panic!("DEL {key}: {e}"));
     }
+}
+
+/// redis-server with the cluster's config, its output appended to `log`.
+fn spawn_redis(cdir: &Path, log: &Path) -> Proc {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Proc(
+        Command::new("redis-server")
+            .arg(cdir.join("redis/redis.conf"))
+            .stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)"),
+    )
 }
 
 fn issue(dir: &Path, cdir: &Path, role: &str, name: &str, extra: &[&str]) -> String {
@@ -372,7 +415,8 @@ pub struct Node {
     pub ip: Ipv4Addr,
     pub https: SocketAddr,
     pub http: SocketAddr,
-    /// `https://{hostname}:{https port}`, as given with --public-url.
+    /// `https://{hostname}:{https port}` as given with --public-url by default, or the
+    /// `--public-url` of the node's own flags (e.g. a proxy's port).
     pub public_url: String,
     /// The sfu bundle URL the node joined with.
     pub bundle_url: String,
@@ -383,6 +427,11 @@ pub struct Node {
 impl Node {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.public_url)
+    }
+
+    /// `https://{hostname}:{its own HTTPS port}{path}`: the node itself, not its public URL.
+    pub fn direct_url(&self, path: &str) -> String {
+        format!("https://{}:{}{path}", self.hostname, self.https.port())
     }
 
     pub fn log_text(&self) -> String {
@@ -433,7 +482,21 @@ impl Drop for Node {
 pub struct Nodes {
     pub list: Vec<Node>,
     pub https_port: u16,
+    pub http_port: u16,
     pub ca_pem: String,
+    /// The source address of [`Nodes::client`]'s connections (default: the kernel's choice).
+    pub client_source: Option<IpAddr>,
+}
+
+/// Choices of [`Nodes::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct NodesOptions {
+    /// Source address of the test's direct connections to the nodes (readiness and
+    /// [`Nodes::client`]), e.g. one the nodes' `--proxy-protocol-from` does not cover.
+    pub client_source: Option<IpAddr>,
+    /// Addresses of nodes started later ([`Nodes::spawn_more`]): the HTTPS and HTTP port
+    /// numbers are chosen free on these too.
+    pub later_ips: Vec<Ipv4Addr>,
 }
 
 impl Nodes {
@@ -442,13 +505,22 @@ impl Nodes {
     /// `/readyz` with 200 and every node record is in Redis. `common` flags go to every node
     /// (before its own).
     pub async fn start(cluster: &Cluster, specs: Vec<NodeSpec>, common: &[String]) -> Nodes {
-        let ips: Vec<Ipv4Addr> = specs.iter().map(|s| s.ip).collect();
+        Self::start_with(cluster, specs, common, NodesOptions::default()).await
+    }
+
+    /// [`Nodes::start`] with options. A node's own `--public-url` or `--ftl-listen` (in
+    /// `common` or its `extra`) replaces the default one.
+    pub async fn start_with(
+        cluster: &Cluster,
+        specs: Vec<NodeSpec>,
+        common: &[String],
+        options: NodesOptions,
+    ) -> Nodes {
+        let mut ips: Vec<Ipv4Addr> = specs.iter().map(|s| s.ip).collect();
+        ips.extend(&options.later_ips);
         let https_port = port_free_on_all(&ips);
         let http_port = port_free_on_all(&ips);
-        let urls: Vec<String> = specs
-            .iter()
-            .map(|s| cluster.issue("sfu", s.name, &["--hostname", &format!("{}.test", s.name)]))
-            .collect();
+        let urls: Vec<String> = specs.iter().map(|s| issue_sfu(cluster, s.name)).collect();
         let list: Vec<Node> = specs
             .into_iter()
             .zip(urls)
@@ -457,29 +529,12 @@ impl Nodes {
         let nodes = Nodes {
             list,
             https_port,
+            http_port,
             ca_pem: cluster.pki.ca_pem.clone(),
+            client_source: options.client_source,
         };
-        let client = nodes.client(None, false);
         for node in &nodes.list {
-            let deadline = Deadline::new(
-                format!("{} to answer /readyz with 200", node.name),
-                Duration::from_secs(30),
-            );
-            loop {
-                nodes.assert_running();
-                let status = client
-                    .get(node.url("/readyz"))
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16());
-                let registered = cluster.get(&cluster.node_key(node.name)).await.is_some();
-                if matches!(status, Ok(200)) && registered {
-                    break;
-                }
-                deadline
-                    .tick(|| format!("last: {status:?}\n{}", nodes.tails()))
-                    .await;
-            }
+            nodes.wait_ready_inner(cluster, node, true).await;
         }
         // Every node's record in Redis (a node reads the others' into its routing snapshot).
         for node in &nodes.list {
@@ -490,6 +545,71 @@ impl Nodes {
             }
         }
         nodes
+    }
+
+    /// Starts one more node of the cluster (not added to `list`) with a bundle issued earlier
+    /// ([`issue_sfu`]), at the common port numbers, and waits until it is ready and
+    /// registered.
+    pub async fn spawn_more(
+        &self,
+        cluster: &Cluster,
+        spec: NodeSpec,
+        bundle_url: String,
+        common: &[String],
+    ) -> Node {
+        let node = spawn(
+            cluster,
+            spec,
+            bundle_url,
+            self.https_port,
+            self.http_port,
+            common,
+        );
+        self.wait_ready(cluster, &node).await;
+        node
+    }
+
+    /// Waits until `node` answers `/readyz` (at its own address) with 200 and its record is in
+    /// Redis.
+    pub async fn wait_ready(&self, cluster: &Cluster, node: &Node) {
+        self.wait_ready_inner(cluster, node, false).await
+    }
+
+    /// `all`: panic if any node of `list` exits meanwhile (else only `node`).
+    async fn wait_ready_inner(&self, cluster: &Cluster, node: &Node, all: bool) {
+        let client = self
+            .client_builder(false)
+            .resolve(&node.hostname, node.https)
+            .build()
+            .unwrap();
+        let deadline = Deadline::new(
+            format!("{} to answer /readyz with 200", node.name),
+            Duration::from_secs(30),
+        );
+        loop {
+            if all {
+                self.assert_running();
+            }
+            if let Some(status) = node.exited() {
+                panic!(
+                    "{} exited unexpectedly ({status})\n{}",
+                    node.name,
+                    node.tail()
+                );
+            }
+            let status = client
+                .get(node.direct_url("/readyz"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16());
+            let registered = cluster.get(&cluster.node_key(node.name)).await.is_some();
+            if matches!(status, Ok(200)) && registered {
+                break;
+            }
+            deadline
+                .tick(|| format!("last: {status:?}\n{}\n{}", self.tails(), node.tail()))
+                .await;
+        }
     }
 
     pub fn get(&self, name: &str) -> &Node {
@@ -508,7 +628,20 @@ impl Nodes {
     /// at `entry` (a node's name). `follow`: reqwest's default redirect policy (up to 10,
     /// `Authorization` dropped when crossing origins); else redirects are returned.
     pub fn client(&self, entry: Option<&str>, follow: bool) -> reqwest::Client {
-        let mut b = reqwest::Client::builder()
+        let mut b = self.client_builder(follow);
+        for n in &self.list {
+            b = b.resolve(&n.hostname, n.https);
+        }
+        if let Some(entry) = entry {
+            b = b.resolve(SERVICE, self.get(entry).https);
+        }
+        b.build().unwrap()
+    }
+
+    /// A client builder trusting the test CA, with the redirect policy of `follow` (see
+    /// [`Nodes::client`]) and the source address `client_source`; it resolves nothing.
+    pub fn client_builder(&self, follow: bool) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
             .no_proxy()
             .add_root_certificate(
                 reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).expect("CA PEM"),
@@ -518,14 +651,8 @@ impl Nodes {
                 reqwest::redirect::Policy::default()
             } else {
                 reqwest::redirect::Policy::none()
-            });
-        for n in &self.list {
-            b = b.resolve(&n.hostname, n.https);
-        }
-        if let Some(entry) = entry {
-            b = b.resolve(SERVICE, self.get(entry).https);
-        }
-        b.build().unwrap()
+            })
+            .local_address(self.client_source)
     }
 
     pub fn tails(&self) -> String {
@@ -558,6 +685,20 @@ impl Drop for Nodes {
     }
 }
 
+/// The sfu bundle of node `name` (hostname `{name}.test`); issuing reloads Redis's ACL.
+pub fn issue_sfu(cluster: &Cluster, name: &str) -> String {
+    cluster.issue("sfu", name, &["--hostname", &format!("{name}.test")])
+}
+
+/// The value of `flag` in `args` (the last one), if given.
+fn flag_value<'a>(args: impl IntoIterator<Item = &'a String>, flag: &str) -> Option<String> {
+    let args: Vec<&String> = args.into_iter().collect();
+    args.windows(2)
+        .rev()
+        .find(|w| w[0] == flag)
+        .map(|w| w[1].clone())
+}
+
 fn spawn(
     cluster: &Cluster,
     spec: NodeSpec,
@@ -569,7 +710,16 @@ fn spawn(
     let hostname = format!("{}.test", spec.name);
     let https = SocketAddr::from((spec.ip, https_port));
     let http = SocketAddr::from((spec.ip, http_port));
-    let public_url = format!("https://{hostname}:{https_port}");
+    let own = || common.iter().chain(spec.extra.iter());
+    let public_url = flag_value(own(), "--public-url")
+        .unwrap_or_else(|| format!("https://{hostname}:{https_port}"));
+    let mut defaults = vec![];
+    if flag_value(own(), "--public-url").is_none() {
+        defaults.extend(["--public-url".to_string(), public_url.clone()]);
+    }
+    if flag_value(own(), "--ftl-listen").is_none() {
+        defaults.extend(["--ftl-listen".to_string(), String::new()]);
+    }
     let log = cluster.path(&format!("{}.log", spec.name));
     let data_dir = cluster.path(&format!("{}-data", spec.name));
     let args: Vec<String> = [
@@ -584,8 +734,6 @@ fn spawn(
         "1",
         "--ice-candidate-host",
         "127.0.0.1",
-        "--ftl-listen",
-        "",
         "--tls-cert",
         cluster.pki.cert.to_str().unwrap(),
         "--tls-key",
@@ -598,11 +746,10 @@ fn spawn(
         spec.name,
         "--service-domain",
         SERVICE,
-        "--public-url",
-        &public_url,
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(defaults)
     .chain(common.iter().cloned())
     .chain(spec.extra)
     .collect();

@@ -111,7 +111,12 @@ pub async fn start(
         rooms: args.ftl_room.iter().cloned().collect(),
         engine: engine.clone(),
         cluster: cluster.clone(),
-        ftl_addr: control.to_string(),
+        // What proxies connect to: the address in this node's record (a listen address of
+        // 0.0.0.0 becomes the node's public address there).
+        ftl_addr: cluster
+            .as_ref()
+            .and_then(|c| c.ftl_addr())
+            .unwrap_or_else(|| control.to_string()),
     });
     let udp = SocketAddr::new(control.ip(), args.ftl_udp_port);
     let server = FtlServer::bind(FtlServerConfig::new(control, udp), directory.clone())

@@ -188,6 +188,11 @@ impl Drop for FtlLease {
 }
 
 impl Membership {
+    /// Where proxies reach this node's FTL listener, as recorded in its node record.
+    pub fn ftl_addr(&self) -> Option<String> {
+        self.node.config().ftl_addr.clone()
+    }
+
     /// This node's id in the cluster.
     pub fn node_id(&self) -> &str {
         self.node.node_id()

@@ -24,7 +24,9 @@ pub async fn start(
     let control: SocketAddr = listen
         .parse()
         .with_context(|| format!("--ftl-listen {listen:?}"))?;
-    let proxy = FtlProxy::bind(FtlProxyConfig::new(control, args.ftl_udp_port), routes)
+    let mut config = FtlProxyConfig::new(control, args.ftl_udp_port);
+    config.backend_source = args.backend_source;
+    let proxy = FtlProxy::bind(config, routes)
         .await
         .with_context(|| format!("binding the FTL proxy on {control}"))?;
     println!(

@@ -23,6 +23,8 @@ pub struct HttpsFrontConfig {
     pub hello_timeout: Duration,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Source address of connections to SFUs (`--backend-source`).
+    pub backend_source: Option<std::net::IpAddr>,
 }
 
 impl Default for HttpsFrontConfig {
@@ -33,6 +35,7 @@ impl Default for HttpsFrontConfig {
             hello_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(300),
+            backend_source: None,
         }
     }
 }
@@ -128,7 +131,7 @@ impl HttpsFront {
         };
         let connected = tokio::time::timeout(
             self.config.connect_timeout,
-            TcpStream::connect(backend.addr),
+            crate::net_util::connect_from(self.config.backend_source, backend.addr),
         )
         .await;
         let mut upstream = match connected {

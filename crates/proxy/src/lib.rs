@@ -17,6 +17,7 @@ mod ftl_wiring;
 pub mod http_front;
 pub mod https_front;
 pub mod limits;
+pub mod net_util;
 pub mod pipe;
 pub mod route_cache;
 pub mod route_table;

@@ -66,6 +66,10 @@ pub struct ProxyArgs {
     /// Seconds a client has to send its whole ClientHello.
     #[arg(long, env = "DEADSFU_PROXY_HELLO_TIMEOUT", default_value_t = 5)]
     pub hello_timeout: u64,
+    /// Source address of connections to SFUs (what their --proxy-protocol-from trusts);
+    /// default: the kernel's choice.
+    #[arg(long, env = "DEADSFU_PROXY_BACKEND_SOURCE")]
+    pub backend_source: Option<std::net::IpAddr>,
     /// Seconds without a byte either way before a proxied connection is closed.
     #[arg(long, env = "DEADSFU_PROXY_IDLE_TIMEOUT", default_value_t = 300)]
     pub idle_timeout: u64,
@@ -141,6 +145,7 @@ pub async fn run(
             region: args.region.clone(),
             hello_timeout: Duration::from_secs(args.hello_timeout.max(1)),
             idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+            backend_source: args.backend_source,
             ..HttpsFrontConfig::default()
         },
         routes: routes.clone(),

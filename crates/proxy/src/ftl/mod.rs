@@ -79,6 +79,8 @@ pub struct FtlProxyConfig {
     /// listener's IP; 0 picks an ephemeral port.
     pub udp_port: u16,
     pub limits: FtlLimits,
+    /// Source address of connections to SFUs (`--backend-source`); `None`: the kernel's.
+    pub backend_source: Option<std::net::IpAddr>,
 }
 
 impl FtlProxyConfig {
@@ -87,6 +89,7 @@ impl FtlProxyConfig {
             control,
             udp_port,
             limits: FtlLimits::default(),
+            backend_source: None,
         }
     }
 }

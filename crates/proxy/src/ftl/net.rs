@@ -114,6 +114,7 @@ impl FtlProxy {
             relay,
             write_timeout: limits.write_timeout,
             sfu_connect_timeout: limits.sfu_connect_timeout,
+            backend_source: config.backend_source,
             routes,
             udp,
             table: Mutex::default(),
@@ -228,6 +229,7 @@ struct Shared {
     relay: RelayConfig,
     write_timeout: Duration,
     sfu_connect_timeout: Duration,
+    backend_source: Option<std::net::IpAddr>,
     routes: Arc<dyn FtlRoutes>,
     /// The proxy's UDP port: receives from clients, sends the SFUs' replies back.
     udp: Arc<UdpSocket>,
@@ -527,7 +529,8 @@ impl Session {
         let until = self
             .deadline
             .min(tokio::time::Instant::now() + self.shared.sfu_connect_timeout);
-        match tokio::time::timeout_at(until, TcpStream::connect(addr)).await {
+        let connect = crate::net_util::connect_from(self.shared.backend_source, addr);
+        match tokio::time::timeout_at(until, connect).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 let (rd, wr) = stream.into_split();
