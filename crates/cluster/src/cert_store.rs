@@ -205,13 +205,7 @@ impl RedisCertStore {
     }
 
     async fn publish(&self, event: ClusterEvent) {
-        let mut conn = self.conn.manager();
-        let result: Result<i64, _> = redis::cmd("PUBLISH")
-            .arg(self.keys.events_channel())
-            .arg(event.to_json())
-            .query_async(&mut conn)
-            .await;
-        if let Err(err) = result {
+        if let Err(err) = crate::events::publish(&self.conn, &event).await {
             // The certificate is stored; nodes also find it when they next list the store.
             tracing::warn!(error = %describe(&err), ?event, "announcing a stored certificate failed");
         }
@@ -550,51 +544,16 @@ impl CertStore for RedisCertStore {
     }
 }
 
-/// Every `(key, value)` of one key family, at most `limit` keys; keys that vanish between
-/// SCAN and MGET are skipped.
+/// [`crate::status::scan_family`] with the store's error type.
 pub(crate) async fn scan_family(
     conn: &mut ConnectionManager,
     keys: &Keys,
     family: &str,
     limit: usize,
 ) -> Result<Vec<(String, String)>, StoreError> {
-    let pattern = keys.pattern(family);
-    let mut cursor: u64 = 0;
-    let mut names: Vec<String> = Vec::new();
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(500)
-            .query_async(conn)
-            .await
-            .map_err(unavailable)?;
-        names.extend(batch);
-        cursor = next;
-        if cursor == 0 || names.len() >= limit {
-            break;
-        }
-    }
-    // SCAN may return a key more than once.
-    names.sort();
-    names.dedup();
-    names.truncate(limit);
-    let mut out = Vec::with_capacity(names.len());
-    for chunk in names.chunks(200) {
-        let values: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(chunk)
-            .query_async(conn)
-            .await
-            .map_err(unavailable)?;
-        for (name, value) in chunk.iter().zip(values) {
-            if let Some(value) = value {
-                out.push((name.clone(), value));
-            }
-        }
-    }
-    Ok(out)
+    crate::status::scan_family(conn, keys, family, limit)
+        .await
+        .map_err(unavailable)
 }
 
 #[cfg(test)]

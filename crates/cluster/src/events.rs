@@ -55,6 +55,20 @@ impl ClusterEvent {
     }
 }
 
+/// Publishes `event` on the events channel.
+pub(crate) async fn publish(
+    conn: &RedisConn,
+    event: &ClusterEvent,
+) -> Result<(), redis::RedisError> {
+    let mut manager = conn.manager();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(conn.keys().events_channel())
+        .arg(event.to_json())
+        .query_async(&mut manager)
+        .await?;
+    Ok(())
+}
+
 /// Largest event payload accepted from the channel.
 const MAX_EVENT_BYTES: usize = 4096;
 

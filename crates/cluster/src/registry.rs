@@ -557,13 +557,7 @@ impl Inner {
 
     /// Best effort: events only speed up caches, which also expire on their own.
     async fn publish(&self, event: ClusterEvent) {
-        let mut conn = self.conn.manager();
-        let result: Result<i64, _> = redis::cmd("PUBLISH")
-            .arg(self.keys.events_channel())
-            .arg(event.to_json())
-            .query_async(&mut conn)
-            .await;
-        if let Err(err) = result {
+        if let Err(err) = crate::events::publish(&self.conn, &event).await {
             tracing::debug!(error = %crate::redis_conn::describe(&err), "publishing a cluster event failed");
         }
     }

@@ -74,13 +74,23 @@ pub(crate) async fn read_node_records(
     nodes.sort_by(|a, b| a.config.node_id.cmp(&b.config.node_id));
     Ok(nodes)
 }
-
-/// Every `(key, value)` of one key family; keys that expire mid-scan are skipped.
+/// Every `(key, value)` of one key family (at most [`MAX_KEYS_PER_FAMILY`]).
 async fn read_family(
     conn: &mut ConnectionManager,
     keys: &Keys,
     family: &str,
 ) -> Result<Vec<(String, String)>, ClusterError> {
+    Ok(scan_family(conn, keys, family, MAX_KEYS_PER_FAMILY).await?)
+}
+
+/// Every `(key, value)` of one key family, at most `limit` keys; keys that vanish between
+/// SCAN and MGET are skipped. The one reader of key families (status, routing, certificates).
+pub(crate) async fn scan_family(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    family: &str,
+    limit: usize,
+) -> Result<Vec<(String, String)>, redis::RedisError> {
     let pattern = keys.pattern(family);
     let mut cursor: u64 = 0;
     let mut names: Vec<String> = Vec::new();
@@ -95,13 +105,14 @@ async fn read_family(
             .await?;
         names.extend(batch);
         cursor = next;
-        if cursor == 0 || names.len() >= MAX_KEYS_PER_FAMILY {
+        if cursor == 0 || names.len() >= limit {
             break;
         }
     }
+    // SCAN may return a key more than once.
     names.sort();
     names.dedup();
-    names.truncate(MAX_KEYS_PER_FAMILY);
+    names.truncate(limit);
     let mut out = Vec::with_capacity(names.len());
     for chunk in names.chunks(200) {
         let values: Vec<Option<String>> = redis::cmd("MGET").arg(chunk).query_async(conn).await?;
