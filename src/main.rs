@@ -37,10 +37,17 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The proxy's connections are all control-plane work: one worker per core it may run on
+    // (a process pinned to one core gets one, without cross-thread wake-ups). An SFU's
+    // control plane needs two; its media runs on its own threads.
+    let control_threads = match &cli.command {
+        Some(Command::Proxy(_)) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        _ => 2,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("control")
-        .worker_threads(2)
+        .worker_threads(control_threads)
         .build()?;
     match cli.command {
         Some(Command::Cluster(cmd)) => {

@@ -1,7 +1,10 @@
-//! Copying a proxied connection both ways. The bytes move socket → pipe → socket with
-//! `splice(2)`, inside the kernel, never through user space. A side that finishes sending
-//! (half-close) has its direction shut down on the other side while the other direction goes
-//! on; the whole connection ends after `idle` without a byte either way.
+//! Copying a proxied connection both ways. The first bytes of each direction (a TLS handshake,
+//! a request or two) are copied through one small buffer: for short connections that is two
+//! system calls per chunk and no pipes. A direction that carries more than [`SPLICE_AFTER`]
+//! switches to `splice(2)`, socket → pipe → socket inside the kernel, never through user
+//! space. A side that finishes sending (half-close) has its direction shut down on the other
+//! side while the other direction goes on; the whole connection ends after `idle` without a
+//! byte either way.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -14,6 +17,10 @@ use tokio::net::TcpStream;
 
 /// Bytes moved by one splice call at most (the pipe's default capacity).
 const CHUNK: usize = 64 * 1024;
+/// A direction that has carried this much is bulk: it moves on to splice.
+pub const SPLICE_AFTER: u64 = 64 * 1024;
+/// The copy buffer of the first bytes.
+const COPY_BUF: usize = 16 * 1024;
 
 /// Bytes copied each way, for `/metrics`.
 #[derive(Debug, Default)]
@@ -71,6 +78,26 @@ async fn one_way(
     counter: &AtomicU64,
     activity: &AtomicU64,
 ) -> io::Result<()> {
+    // Copy phase: through a buffer until the direction looks like bulk.
+    let mut copied: u64 = 0;
+    let mut buf = vec![0u8; COPY_BUF];
+    while copied < SPLICE_AFTER {
+        src.readable().await?;
+        let n = match src.try_read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return finish(dst);
+        }
+        activity.fetch_add(1, Ordering::Relaxed);
+        write_all(dst, &buf[..n]).await?;
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        copied += n as u64;
+    }
+    drop(buf);
+    // Splice phase.
     let pipe = KernelPipe::new()?;
     let (pr, pw) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
     loop {
@@ -84,10 +111,7 @@ async fn one_way(
             }
         };
         if n == 0 {
-            // The source finished sending: pass the half-close on.
-            // SAFETY: shutdown on a valid socket descriptor.
-            unsafe { libc::shutdown(dst.as_raw_fd(), libc::SHUT_WR) };
-            return Ok(());
+            return finish(dst);
         }
         activity.fetch_add(1, Ordering::Relaxed);
         // Pipe → socket, until the pipe is empty.
@@ -104,6 +128,26 @@ async fn one_way(
         counter.fetch_add(n as u64, Ordering::Relaxed);
         activity.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        dst.writable().await?;
+        match dst.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The source finished sending: pass the half-close on.
+fn finish(dst: &TcpStream) -> io::Result<()> {
+    // SAFETY: shutdown on a valid socket descriptor.
+    unsafe { libc::shutdown(dst.as_raw_fd(), libc::SHUT_WR) };
+    Ok(())
 }
 
 /// Copies both ways until both sides have finished, an error, or `idle` without traffic.
