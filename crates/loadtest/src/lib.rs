@@ -10,9 +10,11 @@
 //! - [`wire`]: datagram demultiplexing and clear RTP headers.
 //! - [`publish`], [`signal`]: the publishing and signalling sides.
 //! - [`udprate`]: the machine's raw UDP send rate, the yardstick of the benchmark.
+//! - [`proxybench`]: the front-line proxy benchmark's load tools and fake backends.
 
 pub mod accounting;
 mod procstat;
+pub mod proxybench;
 pub mod publish;
 mod recv;
 pub mod signal;
