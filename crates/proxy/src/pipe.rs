@@ -80,10 +80,12 @@ async fn one_way(
 ) -> io::Result<()> {
     // Copy phase: through a buffer until the direction looks like bulk.
     let mut copied: u64 = 0;
-    let mut buf = vec![0u8; COPY_BUF];
+    // Read into spare capacity: no zero-filling of the buffer per connection.
+    let mut buf: Vec<u8> = Vec::with_capacity(COPY_BUF);
     while copied < SPLICE_AFTER {
         src.readable().await?;
-        let n = match src.try_read(&mut buf) {
+        buf.clear();
+        let n = match src.try_read_buf(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),

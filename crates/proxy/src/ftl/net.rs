@@ -59,12 +59,23 @@ pub struct FtlProxy {
     stats: FtlStats,
 }
 
+/// Receive and send buffer asked for on the proxy's UDP port.
+const UDP_BUFFER: usize = 8 * 1024 * 1024;
+
 impl FtlProxy {
     /// Binds the control listener and the UDP port (on the listener's IP).
     pub async fn bind(config: FtlProxyConfig, routes: Arc<dyn FtlRoutes>) -> io::Result<Self> {
         let listener = TcpListener::bind(config.control).await?;
         let control_addr = listener.local_addr()?;
         let udp = UdpSocket::bind(SocketAddr::new(control_addr.ip(), config.udp_port)).await?;
+        // Every client's media arrives on this one socket: a pause of a millisecond at a few
+        // hundred thousand packets a second overflows the kernel's default 208 KiB.
+        let sock = socket2::SockRef::from(&udp);
+        let _ = sock.set_recv_buffer_size(UDP_BUFFER);
+        let _ = sock.set_send_buffer_size(UDP_BUFFER);
+        if sock.recv_buffer_size().unwrap_or(0) < UDP_BUFFER {
+            debug!("FTL proxy UDP buffer below {UDP_BUFFER} bytes (raise net.core.rmem_max)");
+        }
         let udp_addr = udp.local_addr()?;
         info!(control = %control_addr, udp = %udp_addr, "FTL proxy listening");
         Ok(Self {
