@@ -45,4 +45,4 @@ pub use node_record::{FRESH_FOR, FtlOwner, NodeConfig, NodeLoad, NodeRecord, Nod
 pub use redis_conn::RedisConn;
 pub use registry::{Claim, ClusterNode, LeaseEvent, RoomOwner};
 pub use role::Role;
-pub use routing::{host_owner, live_nodes};
+pub use routing::{host_lease_believed, host_owner, live_nodes};

@@ -34,15 +34,25 @@ pub async fn host_owner(
         tracing::debug!(%hostname, node = %node_id, "hostname lease names no readable node record");
         return Ok(None);
     };
-    if record.config.node_id != node_id || record.config.hostname != hostname {
-        tracing::debug!(%hostname, node = %node_id, record_hostname = %record.config.hostname, "hostname lease contradicts the node record");
-        return Ok(None);
-    }
-    if !record.is_fresh(unix_ms_now(), fresh_ms()) {
-        tracing::debug!(%hostname, node = %node_id, "hostname lease names a stale node record");
+    if !host_lease_believed(hostname, &node_id, &record, unix_ms_now()) {
+        tracing::debug!(%hostname, node = %node_id, record_hostname = %record.config.hostname, "hostname lease names a stale or contradicting node record");
         return Ok(None);
     }
     Ok(Some(record))
+}
+
+/// The rule both readers apply (this module's, with Redis round trips, and the proxy's route
+/// table, on its cached copy): a `host:{hostname}` lease naming `node_id` is believed when
+/// `record` is that node's, claims that hostname, and is fresh at `now_unix_ms`.
+pub fn host_lease_believed(
+    hostname: &str,
+    node_id: &str,
+    record: &NodeRecord,
+    now_unix_ms: u64,
+) -> bool {
+    record.config.node_id == node_id
+        && record.config.hostname.eq_ignore_ascii_case(hostname)
+        && record.is_fresh(now_unix_ms, fresh_ms())
 }
 
 /// Every node whose record parses and is fresh, by node id (SCAN and MGET over `node:*`).

@@ -86,11 +86,10 @@ impl RouteTable {
         let sni = hello.sni.as_deref()?;
         let clock = self.clock(now_unix_ms, redis_away);
         if let Some(id) = self.hosts.get(sni) {
-            let node = self.fresh_node(id, clock)?;
-            if node.config.hostname.eq_ignore_ascii_case(sni) {
-                return Self::backend(node);
-            }
-            return None;
+            let node = self.nodes.iter().find(|n| n.config.node_id == *id)?;
+            return deadsfu_cluster::host_lease_believed(sni, id, node, clock)
+                .then(|| Self::backend(node))
+                .flatten();
         }
         if sni == service_domain {
             return self.choose(region, clock, rng);
