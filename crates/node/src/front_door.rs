@@ -55,6 +55,9 @@ pub struct ClusterFrontDoor {
     public_url: String,
     tickets: Option<TicketKey>,
     snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Rooms with a pending check of an unused claim: one check per room, however many
+    /// requests for it are redirected meanwhile.
+    unused_checks: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl ClusterFrontDoor {
@@ -98,6 +101,7 @@ impl ClusterFrontDoor {
             engine,
             tickets,
             snapshot,
+            unused_checks: Arc::default(),
         })
     }
 
@@ -168,11 +172,23 @@ impl ClusterFrontDoor {
 
     /// Gives back a lease taken for a client that was redirected here but never came.
     fn release_if_unused(&self, room: &str) {
+        let pending = self.unused_checks.clone();
+        if !pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(room.to_string())
+        {
+            return;
+        }
         let node = self.node.clone();
         let engine = self.engine.clone();
         let room = room.to_string();
         tokio::spawn(async move {
             tokio::time::sleep(UNUSED_CLAIM).await;
+            pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&room);
             if !engine.rooms().iter().any(|r| r.name == room) {
                 let _ = node.release_room(&room).await;
             }
