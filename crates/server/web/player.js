@@ -253,7 +253,7 @@
 
   // Cluster mode: a viewer waiting in an empty room on one node, when the room goes live on
   // another node (its owner), reconnects: the request is sent to the owner with a 307.
-  let followedAt = 0;
+  let followedAt = -Infinity; // performance.now() starts at page load: a first follow may come at once
   function followOwner() {
     const info = currentRoomInfo();
     if (!info || !info.live || !info.owner_url || !S.sessionUrl) return;
