@@ -18,10 +18,9 @@ use crate::ingest::Ingest;
 use crate::metrics::{Counters, MetricsSnapshot};
 use crate::sdp::{OfferSummary, TrickleFragment, VideoFamily};
 use crate::session::SessionKind;
-use crate::worker::{Command, CreateSession, Worker, WorkerHandle};
-
-/// Room-packet inbox size per worker; beyond it, cross-worker packets are dropped and counted.
-const INBOX_CAPACITY: usize = 8192;
+use crate::session_setup::{SessionRequest, prepare_session};
+use crate::worker_core::{Command, Control, Reply};
+use crate::worker_shell::{CONTROL_CAPACITY, INBOX_CAPACITY, ToWorker, WorkerHandle, WorkerShell};
 
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +63,23 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    pub fn new(config: EngineConfig) -> Shared {
+        let dtls_cert = crate::dtls_tap::crypto_provider()
+            .dtls_provider
+            .generate_certificate();
+        if dtls_cert.is_none() {
+            tracing::warn!("no shared DTLS certificate: each session will make its own");
+        }
+        Shared {
+            config,
+            dtls_cert,
+            rooms: Rooms::new(),
+            ingests: AtomicUsize::new(0),
+            ingest_drops: AtomicU64::new(0),
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
     pub fn forget_session(&self, id: &str) {
         self.lock_sessions().remove(id);
     }
@@ -154,27 +170,14 @@ impl MediaEngine {
             .map(|s| s.local_addr().map(|a| a.port()).unwrap_or(0))
             .collect();
 
-        let dtls_cert = crate::dtls_tap::crypto_provider()
-            .dtls_provider
-            .generate_certificate();
-        if dtls_cert.is_none() {
-            tracing::warn!("no shared DTLS certificate: each session will make its own");
-        }
-        let shared = Arc::new(Shared {
-            config,
-            dtls_cert,
-            rooms: Rooms::new(),
-            ingests: AtomicUsize::new(0),
-            ingest_drops: AtomicU64::new(0),
-            sessions: Mutex::new(HashMap::new()),
-        });
+        let shared = Arc::new(Shared::new(config));
         let mut handles = Vec::new();
         let mut receivers = Vec::new();
         for _ in 0..sockets.len() {
-            let (ctx, crx) = mpsc::unbounded_channel();
+            let (ctx, crx) = mpsc::channel(CONTROL_CAPACITY);
             let (itx, irx) = mpsc::channel(INBOX_CAPACITY);
             handles.push(WorkerHandle {
-                commands: ctx,
+                control: ctx,
                 inbox: itx,
             });
             receivers.push((crx, irx));
@@ -192,17 +195,16 @@ impl MediaEngine {
             let send_socket = socket
                 .try_clone()
                 .map_err(|source| EngineError::Bind { addr, source })?;
-            let worker = Worker::new(
+            let shell = WorkerShell {
                 index,
-                ports[index],
-                shared.clone(),
-                workers.clone(),
-                c,
-                send_socket,
-            );
+                local_port: ports[index],
+                shared: shared.clone(),
+                peers: workers.clone(),
+                counters: c,
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("media-{index}"))
-                .spawn(move || worker.run(socket, crx, irx))
+                .spawn(move || shell.run(socket, send_socket, crx, irx))
                 .map_err(EngineError::Thread)?;
             threads.push(thread);
         }
@@ -281,8 +283,7 @@ impl MediaEngine {
                 receivable: (kind == SessionKind::Viewer).then(|| summary.receivable_codecs()),
             },
         );
-        let (reply, rx) = oneshot::channel();
-        let req = Box::new(CreateSession {
+        let req = SessionRequest {
             id: id.clone(),
             serial,
             kind,
@@ -290,22 +291,27 @@ impl MediaEngine {
             offer: sdp,
             summary,
             video_family,
-        });
-        let sent = inner.workers[worker]
-            .commands
-            .send(Command::Create { req, reply })
-            .is_ok();
-        let result = if sent {
-            rx.await.unwrap_or(Err(SessionError::Unavailable))
-        } else {
-            Err(SessionError::Unavailable)
+        };
+        // The peer is built and the answer written here, off the media worker.
+        let result = match prepare_session(
+            &inner.shared,
+            inner.ports[worker],
+            req,
+            std::time::Instant::now(),
+        ) {
+            Ok((session, answer)) => self
+                .call(worker, Command::Adopt(Box::new(session)))
+                .await
+                .and_then(done)
+                .map(|()| answer),
+            Err(e) => Err(e),
         };
         match result {
-            Ok(created) => {
+            Ok(answer) => {
                 inner.shared.rooms.release(room_arc);
                 Ok(SessionCreated {
                     id: id.to_string(),
-                    answer: created.answer,
+                    answer,
                     etag,
                 })
             }
@@ -388,7 +394,6 @@ impl MediaEngine {
             (Some(u), Some(_)) => entry.remote_ufrag.as_deref() != Some(u.as_str()),
             _ => false,
         };
-        let worker = &self.inner.workers[entry.worker];
         if restart {
             match if_match.map(str::trim) {
                 None => return Err(SessionError::RestartNeedsIfMatch),
@@ -410,16 +415,19 @@ impl MediaEngine {
                 ufrag: frag.ice_ufrag.clone().unwrap_or_default(),
                 pass: frag.ice_pwd.clone().unwrap_or_default(),
             };
-            let (reply, rx) = oneshot::channel();
-            worker
-                .commands
-                .send(Command::RestartIce {
-                    serial: entry.serial,
-                    remote,
-                    reply,
-                })
-                .map_err(|_| SessionError::Unavailable)?;
-            let local = rx.await.map_err(|_| SessionError::Unavailable)??;
+            let reply = self
+                .call(
+                    entry.worker,
+                    Command::RestartIce {
+                        serial: entry.serial,
+                        remote,
+                    },
+                )
+                .await?;
+            let Reply::IceRestarted(local) = reply else {
+                return Err(SessionError::Unavailable);
+            };
+            let local = local?;
             let etag = new_etag();
             if let Some(e) = self.inner.shared.lock_sessions().get_mut(id) {
                 e.etag = etag.clone();
@@ -452,13 +460,11 @@ impl MediaEngine {
             candidates.push(c);
         }
         if !candidates.is_empty() {
-            worker
-                .commands
-                .send(Command::AddCandidates {
-                    serial: entry.serial,
-                    candidates,
-                })
-                .map_err(|_| SessionError::Unavailable)?;
+            let command = Command::AddCandidates {
+                serial: entry.serial,
+                candidates,
+            };
+            self.call(entry.worker, command).await.and_then(done)?;
         }
         Ok(TrickleOutcome::Added)
     }
@@ -479,18 +485,11 @@ impl MediaEngine {
             )));
         }
         let room_arc = self.inner.shared.rooms.get_or_create(room);
-        let (reply, rx) = oneshot::channel();
-        let sent = self.inner.workers[entry.worker]
-            .commands
-            .send(Command::SwitchRoom {
-                serial: entry.serial,
-                room: room_arc,
-                reply,
-            });
-        if sent.is_err() {
-            return Err(SessionError::Unavailable);
-        }
-        rx.await.map_err(|_| SessionError::Unavailable)??;
+        let command = Command::SwitchRoom {
+            serial: entry.serial,
+            room: room_arc,
+        };
+        self.call(entry.worker, command).await.and_then(done)?;
         if let Some(e) = self.inner.shared.lock_sessions().get_mut(id) {
             e.room = room.to_owned();
         }
@@ -500,19 +499,27 @@ impl MediaEngine {
     /// Ends a session (DELETE).
     pub async fn close_session(&self, id: &str) -> Result<(), SessionError> {
         let entry = self.entry(id)?;
-        let (reply, rx) = oneshot::channel();
-        self.inner.workers[entry.worker]
-            .commands
-            .send(Command::Close {
-                serial: entry.serial,
-                reply,
-            })
+        let command = Command::Close {
+            serial: entry.serial,
+        };
+        self.call(entry.worker, command).await.and_then(done)
+    }
+
+    /// Sends `command` to a worker and waits for its answer. A worker whose command queue is
+    /// full makes the caller wait (the queue is bounded; the caller is an HTTP request).
+    async fn call(&self, worker: usize, command: Command) -> Result<Reply, SessionError> {
+        let (tx, rx) = oneshot::channel();
+        let reply = Box::new(move |r: Reply| tx.send(r).is_ok());
+        let control = Control {
+            command,
+            reply: Some(reply),
+        };
+        self.inner.workers[worker]
+            .control
+            .send(ToWorker::Control(control))
+            .await
             .map_err(|_| SessionError::Unavailable)?;
-        match rx.await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(SessionError::NotFound),
-            Err(_) => Err(SessionError::Unavailable),
-        }
+        rx.await.map_err(|_| SessionError::Unavailable)
     }
 
     /// Counters summed over all workers.
@@ -555,7 +562,7 @@ impl MediaEngine {
     /// Closes every session (sending DTLS close_notify) and stops the workers.
     pub fn shutdown(&self) {
         for w in self.inner.workers.iter() {
-            let _ = w.commands.send(Command::Shutdown);
+            let _ = w.control.try_send(ToWorker::Shutdown);
         }
         let threads =
             std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|e| e.into_inner()));
@@ -642,5 +649,13 @@ fn spawn_heap_trimmer(shared: std::sync::Weak<Shared>) {
         });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "no heap trimming thread");
+    }
+}
+
+/// The outcome of a command answered with [`Reply::Done`].
+fn done(reply: Reply) -> Result<(), SessionError> {
+    match reply {
+        Reply::Done(result) => result,
+        Reply::IceRestarted(_) => Err(SessionError::Unavailable),
     }
 }

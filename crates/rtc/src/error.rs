@@ -21,6 +21,9 @@ pub enum SessionError {
     /// `If-Match` names another version of the session (HTTP 412).
     #[error("If-Match does not match the session's ETag")]
     EtagMismatch,
+    /// Over a per-session or per-client rate (HTTP 429).
+    #[error("too many requests; try again in a second")]
+    TooManyRequests,
     /// The media workers are gone or saturated (HTTP 503).
     #[error("media workers unavailable")]
     Unavailable,

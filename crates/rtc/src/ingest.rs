@@ -10,7 +10,8 @@ use deadsfu_media::seq::SeqExtender;
 use deadsfu_media::{Codec, MediaKind, MediaPacket, Room, SourceId};
 
 use crate::engine::Shared;
-use crate::worker::{RoomPacket, WorkerHandle};
+use crate::worker_core::PeerMessage;
+use crate::worker_shell::WorkerHandle;
 
 /// A live non-WebRTC publisher of one room. Dropping it frees the room.
 pub struct Ingest {
@@ -63,7 +64,7 @@ impl Ingest {
         room.record_ingress(packet.codec, packet.payload.len());
         // Every worker gets it: those with viewers forward it, all keep the room's GOP.
         for worker in self.workers.iter() {
-            let msg = RoomPacket {
+            let msg = PeerMessage::Packet {
                 room: room.id,
                 packet: packet.clone(),
             };

@@ -1,27 +1,40 @@
 //! deadsfu's WebRTC side: str0m peer connections (in RTP mode) on a fixed set of media workers.
 //!
 //! - [`MediaEngine`] (`engine.rs`): starts the workers; creates, patches and closes sessions.
-//! - `worker.rs`: one thread per worker owning a UDP socket and its sessions; fan-out.
-//! - `session.rs`: one peer connection as publisher or viewer; viewers' media egress.
+//! - `session_setup.rs`: a new session's peer and SDP answer, built off the workers.
+//! - `worker_core/`: a worker's sessions, rooms, demultiplexing, fan-out and timers, without
+//!   I/O (fed datagrams, packets, commands and time; tested with fake time).
+//! - `worker_shell.rs`, `turn.rs`, `udp_sink.rs`: the worker's thread, socket and channels; one
+//!   fair turn of its loop; its datagrams out with `sendmmsg` and GSO.
+//! - `session.rs`: one peer connection as publisher or viewer; `egress.rs`: a viewer's media
+//!   out (SRTP sealing, NACK history, sender reports); `budget.rs`: per-second allowances.
 //! - `srtp.rs`, `dtls_tap.rs`: viewers' SRTP, sent by deadsfu itself with the keys of str0m's
 //!   DTLS handshake.
-//! - `send_batch.rs`: a turn's datagrams, sent with `sendmmsg` and UDP GSO.
+//! - `send_batch.rs`: a turn's datagrams, grouped for the sink.
 //! - [`Ingest`] (`ingest.rs`): non-WebRTC publishers (FTL) feeding a room's fan-out.
 //! - [`sdp`]: checks on offers and trickle fragments that str0m leaves to us.
 
+mod budget;
 mod codec;
 pub mod config;
 mod dtls_tap;
+mod egress;
 mod engine;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 mod ingest;
 pub mod metrics;
 pub mod sdp;
 mod send_batch;
 mod session;
+mod session_setup;
 mod srtp;
 mod stun;
-mod worker;
+mod turn;
+mod udp_sink;
+mod worker_core;
+mod worker_shell;
 
 pub use config::EngineConfig;
 pub use engine::{EngineError, MediaEngine, RoomSummary, SessionCreated, TrickleOutcome};

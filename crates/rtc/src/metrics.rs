@@ -44,6 +44,10 @@ counters! {
     keyframe_requests_sent: "keyframe requests sent to publishers",
     sessions_started: "sessions created",
     sessions_ended: "sessions ended",
+    unknown_datagrams: "datagrams from unknown sources that were not a check for a session here",
+    stun_rate_limited: "STUN checks from unknown sources refused by rate limits before any integrity check",
+    replays_refused: "GOP replays refused because the viewer's replay budget was spent",
+    peer_drops: "messages to other workers dropped because their inbox was full",
     seal_failures: "packets dropped because SRTP/SRTCP sealing failed (never sent in clear)",
 }
 

@@ -6,6 +6,11 @@ pub(crate) fn is_stun(buf: &[u8]) -> bool {
     buf.len() >= 20 && buf[0] < 4 && buf[4..8] == [0x21, 0x12, 0xa4, 0x42]
 }
 
+/// True when `buf` is a STUN Binding success response (type 0x0101).
+pub(crate) fn is_binding_success(buf: &[u8]) -> bool {
+    is_stun(buf) && buf[0] == 0x01 && buf[1] == 0x01
+}
+
 /// The local (our) ufrag from a Binding request's USERNAME attribute (`ours:theirs`).
 pub(crate) fn local_ufrag(buf: &[u8]) -> Option<&str> {
     if !is_stun(buf) {

@@ -43,6 +43,10 @@ impl IntoResponse for Problem {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         res
     }
 }
@@ -61,6 +65,7 @@ impl From<SessionError> for Problem {
             }
             SessionError::EtagMismatch => (StatusCode::PRECONDITION_FAILED, "ETag mismatch"),
             SessionError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "Overloaded"),
+            SessionError::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "Too many requests"),
         };
         Problem::new(status, title, e.to_string())
     }

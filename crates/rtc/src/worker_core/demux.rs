@@ -1,0 +1,202 @@
+//! Which session a datagram belongs to: by its source address, or, for a source not seen
+//! before, by the ufrag of the STUN check it carries. Unknown sources must cost nothing lasting:
+//! a source is bound to a session only once that session has answered its check (str0m answers
+//! only checks whose integrity it verified), each session binds a few addresses at most, and
+//! checks from unknown sources are rate-limited per ufrag, per source and in all before any
+//! integrity check is made.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A session's place in the worker's session table.
+pub(crate) type Slot = u32;
+
+/// Addresses one session may have bound at once (candidates of a multi-homed peer, an ICE
+/// restart's new path); a new one beyond it replaces the oldest.
+pub(crate) const MAX_ADDRS_PER_SESSION: usize = 8;
+/// Checks from unknown sources per second: per ufrag, per source, and for the whole worker.
+pub(crate) const CHECKS_PER_UFRAG: u32 = 50;
+pub(crate) const CHECKS_PER_SOURCE: u32 = 20;
+pub(crate) const CHECKS_PER_WORKER: u32 = 5_000;
+/// Sources whose checks are counted in one window; beyond, unknown sources are refused until
+/// the window turns (a spoofed flood must not grow the table).
+const MAX_COUNTED_SOURCES: usize = 8_192;
+const WINDOW: Duration = Duration::from_secs(1);
+
+/// Why a datagram was not routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// From an unknown source and not a check for a ufrag we issued.
+    Unknown,
+    /// A check over its rate limit.
+    RateLimited,
+}
+
+#[derive(Default)]
+pub(crate) struct Demux {
+    by_addr: HashMap<SocketAddr, Slot>,
+    by_ufrag: HashMap<String, UfragEntry>,
+    window_start: Option<Instant>,
+    checks_in_window: u32,
+    checks_by_source: HashMap<SocketAddr, u32>,
+}
+
+struct UfragEntry {
+    slot: Slot,
+    checks: u32,
+    window_start: Option<Instant>,
+}
+
+impl Demux {
+    pub fn add_ufrag(&mut self, ufrag: String, slot: Slot) {
+        self.by_ufrag.insert(
+            ufrag,
+            UfragEntry {
+                slot,
+                checks: 0,
+                window_start: None,
+            },
+        );
+    }
+
+    pub fn remove_ufrag(&mut self, ufrag: &str) {
+        self.by_ufrag.remove(ufrag);
+    }
+
+    pub fn remove_addr(&mut self, addr: &SocketAddr) {
+        self.by_addr.remove(addr);
+    }
+
+    /// The session of a datagram from `from`; `local_ufrag` is the ufrag of its STUN check,
+    /// if it is one. A known source needs no check.
+    pub fn route<'u>(
+        &mut self,
+        from: SocketAddr,
+        local_ufrag: impl FnOnce() -> Option<&'u str>,
+        now: Instant,
+    ) -> Result<(Slot, bool), Refused> {
+        if let Some(slot) = self.by_addr.get(&from) {
+            return Ok((*slot, true));
+        }
+        let ufrag = local_ufrag().ok_or(Refused::Unknown)?;
+        let entry = self.by_ufrag.get_mut(ufrag).ok_or(Refused::Unknown)?;
+        if self
+            .window_start
+            .is_none_or(|t| now.saturating_duration_since(t) >= WINDOW)
+        {
+            self.window_start = Some(now);
+            self.checks_in_window = 0;
+            self.checks_by_source.clear();
+        }
+        if entry
+            .window_start
+            .is_none_or(|t| now.saturating_duration_since(t) >= WINDOW)
+        {
+            entry.window_start = Some(now);
+            entry.checks = 0;
+        }
+        if entry.checks >= CHECKS_PER_UFRAG || self.checks_in_window >= CHECKS_PER_WORKER {
+            return Err(Refused::RateLimited);
+        }
+        let counted = self.checks_by_source.len();
+        let per_source = match self.checks_by_source.get_mut(&from) {
+            Some(n) => n,
+            None if counted >= MAX_COUNTED_SOURCES => return Err(Refused::RateLimited),
+            None => self.checks_by_source.entry(from).or_insert(0),
+        };
+        if *per_source >= CHECKS_PER_SOURCE {
+            return Err(Refused::RateLimited);
+        }
+        *per_source += 1;
+        entry.checks += 1;
+        self.checks_in_window += 1;
+        Ok((entry.slot, false))
+    }
+
+    /// Binds `from` to `slot` (its check was answered); `addrs` are the session's bound
+    /// addresses, of which the oldest goes when there are too many. Returns the address
+    /// unbound, if any.
+    pub fn bind(
+        &mut self,
+        from: SocketAddr,
+        slot: Slot,
+        addrs: &mut Vec<SocketAddr>,
+    ) -> Option<SocketAddr> {
+        if self.by_addr.contains_key(&from) {
+            return None;
+        }
+        let evicted = (addrs.len() >= MAX_ADDRS_PER_SESSION).then(|| addrs.remove(0));
+        if let Some(old) = evicted {
+            self.by_addr.remove(&old);
+        }
+        self.by_addr.insert(from, slot);
+        addrs.push(from);
+        evicted
+    }
+
+    #[cfg(test)]
+    pub fn bound(&self) -> usize {
+        self.by_addr.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn checks_are_limited_per_source_per_ufrag_and_per_second() {
+        let mut d = Demux::default();
+        d.add_ufrag("u1".into(), 7);
+        let t0 = Instant::now();
+        let check = || Some("u1");
+        let routed = (0..100)
+            .filter(|_| d.route(addr(1), check, t0).is_ok())
+            .count();
+        assert_eq!(routed, CHECKS_PER_SOURCE as usize);
+        let routed = (0..200)
+            .filter(|i| d.route(addr(100 + i), check, t0).is_ok())
+            .count();
+        assert_eq!(
+            routed,
+            (CHECKS_PER_UFRAG - CHECKS_PER_SOURCE) as usize,
+            "the ufrag's budget is shared by all sources"
+        );
+        // A second later the budgets are new.
+        let t1 = t0 + WINDOW;
+        assert_eq!(d.route(addr(1), check, t1), Ok((7, false)));
+        // Unknown ufrags and non-checks are refused outright and bind nothing.
+        assert_eq!(d.route(addr(2), || Some("nope"), t1), Err(Refused::Unknown));
+        assert_eq!(d.route(addr(2), || None, t1), Err(Refused::Unknown));
+        assert_eq!(d.bound(), 0);
+    }
+
+    #[test]
+    fn a_session_binds_a_bounded_number_of_addresses() {
+        let mut d = Demux::default();
+        let mut addrs = Vec::new();
+        for p in 0..(MAX_ADDRS_PER_SESSION as u16 + 3) {
+            d.bind(addr(p), 1, &mut addrs);
+        }
+        assert_eq!(addrs.len(), MAX_ADDRS_PER_SESSION);
+        assert_eq!(d.bound(), MAX_ADDRS_PER_SESSION);
+        // The oldest went; the newest routes without a check.
+        assert_eq!(
+            d.route(addr(0), || None, Instant::now()),
+            Err(Refused::Unknown)
+        );
+        assert_eq!(
+            d.route(
+                addr(MAX_ADDRS_PER_SESSION as u16 + 2),
+                || None,
+                Instant::now()
+            ),
+            Ok((1, true))
+        );
+    }
+}

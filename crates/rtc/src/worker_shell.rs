@@ -1,0 +1,178 @@
+//! A media worker's shell: its thread, its UDP socket, its channels and the clock, around the
+//! [`WorkerCore`]. Everything the worker owns is touched only by its thread, so nothing on the
+//! media path takes a lock.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::engine::Shared;
+use crate::metrics::Counters;
+use crate::send_batch::MAX_DATAGRAM;
+use crate::turn::{TurnIo, run_turn};
+use crate::udp_sink::UdpSink;
+use crate::worker_core::{Control, PeerMessage, WorkerCore};
+
+/// Commands waiting for one worker; beyond, the control side waits (it is the HTTP handler of
+/// the request that made the command).
+pub(crate) const CONTROL_CAPACITY: usize = 1024;
+/// Packets and requests from other workers waiting for one worker; beyond, they are dropped
+/// and counted.
+pub(crate) const INBOX_CAPACITY: usize = 8192;
+
+/// What the control side sends a worker.
+pub(crate) enum ToWorker {
+    Control(Control),
+    Shutdown,
+}
+
+/// How other threads reach a worker.
+#[derive(Clone)]
+pub(crate) struct WorkerHandle {
+    pub control: mpsc::Sender<ToWorker>,
+    pub inbox: mpsc::Sender<PeerMessage>,
+}
+
+pub(crate) struct WorkerShell {
+    pub index: usize,
+    pub local_port: u16,
+    pub shared: Arc<Shared>,
+    pub peers: Arc<[WorkerHandle]>,
+    pub counters: Arc<Counters>,
+}
+
+struct Io<'a> {
+    socket: &'a UdpSocket,
+    control: &'a mut mpsc::Receiver<ToWorker>,
+    inbox: &'a mut mpsc::Receiver<PeerMessage>,
+    peers: &'a [WorkerHandle],
+    /// An input taken while waiting, for the next turn.
+    waiting_peer: Option<PeerMessage>,
+    waiting_control: Option<ToWorker>,
+    shutdown: bool,
+}
+
+impl TurnIo for Io<'_> {
+    fn datagram(&mut self, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+        self.socket.try_recv_from(buf).ok()
+    }
+
+    fn peer_message(&mut self) -> Option<PeerMessage> {
+        self.waiting_peer
+            .take()
+            .or_else(|| self.inbox.try_recv().ok())
+    }
+
+    fn control(&mut self) -> Option<Control> {
+        if self.shutdown {
+            return None;
+        }
+        match self
+            .waiting_control
+            .take()
+            .or_else(|| self.control.try_recv().ok())?
+        {
+            ToWorker::Control(c) => Some(c),
+            ToWorker::Shutdown => {
+                self.shutdown = true;
+                None
+            }
+        }
+    }
+
+    fn now(&mut self) -> Instant {
+        Instant::now()
+    }
+
+    fn send_to_peer(&mut self, worker: usize, msg: PeerMessage) -> bool {
+        self.peers
+            .get(worker)
+            .is_some_and(|p| p.inbox.try_send(msg).is_ok())
+    }
+}
+
+/// What ended a wait.
+enum Woke {
+    Socket,
+    Control(ToWorker),
+    Peer(PeerMessage),
+    Timer,
+}
+
+impl WorkerShell {
+    pub fn run(
+        self,
+        socket: std::net::UdpSocket,
+        send_socket: std::net::UdpSocket,
+        mut control: mpsc::Receiver<ToWorker>,
+        mut inbox: mpsc::Receiver<PeerMessage>,
+    ) {
+        let index = self.index;
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(worker = index, error = %e, "cannot start worker runtime");
+                return;
+            }
+        };
+        let mut core = WorkerCore::new(
+            index,
+            self.local_port,
+            self.peers.len(),
+            self.shared.clone(),
+            self.counters.clone(),
+            Box::new(UdpSink::new(send_socket)),
+            Instant::now(),
+            SystemTime::now(),
+        );
+        rt.block_on(async move {
+            let socket = match UdpSocket::from_std(socket) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(worker = index, error = %e, "cannot register UDP socket");
+                    return;
+                }
+            };
+            let mut buf = vec![0u8; MAX_DATAGRAM];
+            let mut io = Io {
+                socket: &socket,
+                control: &mut control,
+                inbox: &mut inbox,
+                peers: &self.peers,
+                waiting_peer: None,
+                waiting_control: None,
+                shutdown: false,
+            };
+            loop {
+                let report = run_turn(&mut core, &mut io, &mut buf, &self.counters);
+                if io.shutdown {
+                    break;
+                }
+                if !report.idle() {
+                    continue;
+                }
+                // Nothing waiting anywhere: sleep until something arrives or a timer is due.
+                let deadline = core.poll_timeout(Instant::now());
+                let woke = tokio::select! {
+                    _ = io.socket.readable() => Woke::Socket,
+                    msg = io.control.recv() => Woke::Control(msg.unwrap_or(ToWorker::Shutdown)),
+                    Some(msg) = io.inbox.recv() => Woke::Peer(msg),
+                    _ = tokio::time::sleep_until(deadline.into()) => Woke::Timer,
+                };
+                match woke {
+                    Woke::Control(msg) => io.waiting_control = Some(msg),
+                    Woke::Peer(msg) => io.waiting_peer = Some(msg),
+                    Woke::Socket | Woke::Timer => {}
+                }
+            }
+            // The goodbyes (DTLS close_notify, RTCP BYE) go out before we stop.
+            core.shutdown(Instant::now());
+        });
+    }
+}
