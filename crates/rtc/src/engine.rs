@@ -1,107 +1,27 @@
 //! The media engine: starts the workers and is the control side's door to them.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use deadsfu_media::Rooms;
 use deadsfu_media::room::MAX_WORKERS;
 use str0m::change::SdpOffer;
 use str0m::{Candidate, IceCreds};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::EngineConfig;
-use crate::error::SessionError;
+use crate::error::{EngineError, SessionError};
 use crate::ingest::Ingest;
 use crate::metrics::{Counters, MetricsSnapshot};
 use crate::sdp::{OfferSummary, TrickleFragment, VideoFamily};
 use crate::session::SessionKind;
 use crate::session_setup::{SessionRequest, prepare_session};
+pub(crate) use crate::shared::Shared;
+use crate::shared::{SessionEntry, new_etag};
+use crate::udp_socket::{bind_udp, spawn_heap_trimmer};
 use crate::worker_core::{Command, Control, Reply};
 use crate::worker_shell::{CONTROL_CAPACITY, INBOX_CAPACITY, ToWorker, WorkerHandle, WorkerShell};
-
-/// Why the engine could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("cannot bind UDP {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("workers must be between 1 and {MAX_WORKERS}, not {0}")]
-    Workers(usize),
-    #[error("cannot start a worker thread: {0}")]
-    Thread(std::io::Error),
-}
-
-/// A session as the control side knows it.
-#[derive(Debug, Clone)]
-struct SessionEntry {
-    worker: usize,
-    serial: u64,
-    kind: SessionKind,
-    room: String,
-    etag: String,
-    remote_ufrag: Option<String>,
-    /// Video codecs a viewer can receive (to refuse switching into a room it cannot play).
-    receivable: Option<Vec<String>>,
-}
-
-/// State shared by the engine handle and the workers (touched off the media path only).
-pub(crate) struct Shared {
-    pub config: EngineConfig,
-    /// One DTLS certificate for every session (generating a key per session costs time at
-    /// each join for nothing: peers check the fingerprint in the SDP, not an identity).
-    pub dtls_cert: Option<str0m::config::DtlsCert>,
-    pub rooms: Rooms,
-    /// Live non-WebRTC publishers, and packets of theirs dropped at a full worker inbox.
-    pub ingests: AtomicUsize,
-    pub ingest_drops: AtomicU64,
-    sessions: Mutex<HashMap<Arc<str>, SessionEntry>>,
-}
-
-impl Shared {
-    pub fn new(config: EngineConfig) -> Shared {
-        let dtls_cert = crate::dtls_tap::crypto_provider()
-            .dtls_provider
-            .generate_certificate();
-        if dtls_cert.is_none() {
-            tracing::warn!("no shared DTLS certificate: each session will make its own");
-        }
-        Shared {
-            config,
-            dtls_cert,
-            rooms: Rooms::new(),
-            ingests: AtomicUsize::new(0),
-            ingest_drops: AtomicU64::new(0),
-            sessions: Mutex::new(HashMap::new()),
-        }
-    }
-
-    pub fn forget_session(&self, id: &str) {
-        self.lock_sessions().remove(id);
-    }
-
-    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, SessionEntry>> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The advertised address a datagram from `from` was (most likely) sent to.
-    pub fn local_ip_for(&self, from: SocketAddr) -> IpAddr {
-        let hosts = &self.config.ice_hosts;
-        hosts
-            .iter()
-            .find(|ip| {
-                ip.is_loopback() == from.ip().is_loopback() && ip.is_ipv4() == from.is_ipv4()
-            })
-            .or_else(|| hosts.iter().find(|ip| ip.is_ipv4() == from.is_ipv4()))
-            .or(hosts.first())
-            .copied()
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]))
-    }
-}
 
 /// A created session: what the HTTP side returns to the client.
 #[derive(Debug, Clone)]
@@ -232,7 +152,8 @@ impl MediaEngine {
         &self.inner.ports
     }
 
-    /// Creates a publisher or viewer session in `room` from an SDP offer.
+    /// Creates a publisher or viewer session in `room` from an SDP offer (the peer is built
+    /// here, off the media workers).
     pub async fn create_session(
         &self,
         kind: SessionKind,
@@ -292,7 +213,6 @@ impl MediaEngine {
             summary,
             video_family,
         };
-        // The peer is built and the answer written here, off the media worker.
         let result = match prepare_session(
             &inner.shared,
             inner.ports[worker],
@@ -569,86 +489,6 @@ impl MediaEngine {
         for t in threads {
             let _ = t.join();
         }
-    }
-}
-
-fn new_etag() -> String {
-    format!("\"{}\"", hex::encode(rand::random::<[u8; 8]>()))
-}
-
-/// Socket buffer size asked for: a turn's output to thousands of viewers is megabytes, which a
-/// NIC's queue holds against the send buffer until it has gone out.
-const SOCKET_BUFFER: usize = 16 << 20;
-
-/// A non-blocking UDP socket with roomy buffers (bursts of keyframes to many viewers).
-fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    #[cfg(target_os = "linux")]
-    {
-        // Beyond net.core.wmem_max/rmem_max when privileged; the plain options below otherwise.
-        use std::os::fd::AsRawFd;
-        for opt in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
-            let v = SOCKET_BUFFER as libc::c_int;
-            // SAFETY: an int option of the stated size on a socket we own.
-            unsafe {
-                libc::setsockopt(
-                    socket.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&v as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-        }
-    }
-    // The kernel reports twice what it grants (it counts its bookkeeping).
-    if socket.send_buffer_size().unwrap_or(0) < SOCKET_BUFFER {
-        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
-    }
-    if socket.recv_buffer_size().unwrap_or(0) < SOCKET_BUFFER {
-        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
-    }
-    let granted = socket.send_buffer_size().unwrap_or(0) / 2;
-    if granted < SOCKET_BUFFER / 2 {
-        tracing::warn!(
-            %addr,
-            send_buffer_kib = granted / 1024,
-            "small UDP send buffer: bursts to many viewers may be dropped; raise net.core.wmem_max \
-             (e.g. sysctl -w net.core.wmem_max=16777216) or run with CAP_NET_ADMIN"
-        );
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
-}
-
-/// How often freed memory is handed back to the system.
-const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Hands freed heap pages back to the system every [`TRIM_EVERY`] while the engine lives.
-/// Sessions free most of their DTLS state a few seconds after connecting (see `dtls_tap.rs`), in
-/// between other sessions' allocations, and glibc keeps such holes resident unless asked. A
-/// trim can take milliseconds on a large heap, so it runs here rather than on a media worker,
-/// whose fan-out allocates nothing and so goes on meanwhile.
-fn spawn_heap_trimmer(shared: std::sync::Weak<Shared>) {
-    let spawned = std::thread::Builder::new()
-        .name("heap-trim".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(TRIM_EVERY);
-                if shared.upgrade().is_none() {
-                    return;
-                }
-                #[cfg(all(target_os = "linux", target_env = "gnu"))]
-                // SAFETY: malloc_trim only walks and trims the allocator's own free lists.
-                unsafe {
-                    libc::malloc_trim(0);
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "no heap trimming thread");
     }
 }
 

@@ -28,3 +28,17 @@ pub enum SessionError {
     #[error("media workers unavailable")]
     Unavailable,
 }
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("workers must be between 1 and {max}, not {0}", max = deadsfu_media::room::MAX_WORKERS)]
+    Workers(usize),
+    #[error("cannot start a worker thread: {0}")]
+    Thread(std::io::Error),
+}

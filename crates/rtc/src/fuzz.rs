@@ -11,12 +11,12 @@ use str0m::media::{Direction, MediaKind as SdpKind};
 use str0m::{Candidate, Rtc};
 
 use crate::config::EngineConfig;
-use crate::engine::Shared;
 use crate::metrics::Counters;
 use crate::sdp::OfferSummary;
 use crate::send_batch::RecordingSink;
 use crate::session::SessionKind;
 use crate::session_setup::{SessionRequest, prepare_session};
+use crate::shared::Shared;
 use crate::worker_core::{Command, Control, PeerMessage, WorkerCore};
 
 const PORT: u16 = 5000;

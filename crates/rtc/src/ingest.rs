@@ -9,7 +9,7 @@ use deadsfu_media::keyframe::is_keyframe_start;
 use deadsfu_media::seq::SeqExtender;
 use deadsfu_media::{Codec, MediaKind, MediaPacket, Room, SourceId};
 
-use crate::engine::Shared;
+use crate::shared::Shared;
 use crate::worker_core::PeerMessage;
 use crate::worker_shell::WorkerHandle;
 

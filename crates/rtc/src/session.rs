@@ -17,7 +17,11 @@ use crate::codec::codec_of_spec;
 use crate::egress::ViewerEgress;
 use crate::metrics::Counters;
 use crate::send_batch::SendBatch;
-use crate::worker_core::{REPLAY_BYTES_PER_SECOND, SWITCHES_PER_SECOND};
+
+/// Room switches a viewer may make per second; and the GOP bytes replayed to one viewer per
+/// second (beyond it a switch starts at the room's next keyframe instead).
+pub(crate) const SWITCHES_PER_SECOND: u32 = 5;
+pub(crate) const REPLAY_BYTES_PER_SECOND: usize = 8 << 20;
 
 /// What the session does in its room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,10 +11,10 @@ use str0m::media::Mid;
 use str0m::{Candidate, Rtc};
 
 use crate::egress::ViewerEgress;
-use crate::engine::Shared;
 use crate::error::SessionError;
 use crate::sdp::{OfferSummary, SectionKind, VideoFamily};
 use crate::session::{Publisher, Role, Session, SessionKind};
+use crate::shared::Shared;
 
 /// str0m's report interval for viewers: never (deadsfu sends their reports).
 const NO_REPORTS: Duration = Duration::from_secs(1 << 30);

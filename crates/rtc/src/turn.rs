@@ -85,3 +85,7 @@ pub(crate) fn run_turn(
     }
     report
 }
+
+#[cfg(test)]
+#[path = "turn_tests.rs"]
+mod tests;

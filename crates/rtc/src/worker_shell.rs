@@ -9,9 +9,9 @@ use std::time::{Instant, SystemTime};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::engine::Shared;
 use crate::metrics::Counters;
 use crate::send_batch::MAX_DATAGRAM;
+use crate::shared::Shared;
 use crate::turn::{TurnIo, run_turn};
 use crate::udp_sink::UdpSink;
 use crate::worker_core::{Control, PeerMessage, WorkerCore};

@@ -5,10 +5,12 @@
 //! shell (`worker_shell.rs`) owns those, and the tests drive the core with bytes and fake time.
 
 mod demux;
+mod drain;
+mod fanout;
 mod rooms;
 mod sessions;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -16,17 +18,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use deadsfu_media::{IdleClip, MediaKind, MediaPacket, Room, RoomId};
+use deadsfu_media::{MediaPacket, Room, RoomId};
 use str0m::net::{DatagramRecv, Protocol, Receive};
-use str0m::rtp::RawPacket;
-use str0m::{Candidate, Event, IceCreds, Input, Output};
+use str0m::{Candidate, IceCreds, Input};
 
 use crate::egress::WallClock;
-use crate::engine::Shared;
 use crate::error::SessionError;
 use crate::metrics::Counters;
 use crate::send_batch::{DatagramSink, SendBatch};
-use crate::session::{Outbox, Role, Session, SessionKind};
+#[cfg(test)]
+use crate::session::SWITCHES_PER_SECOND;
+use crate::session::{Outbox, Session, SessionKind};
+use crate::shared::Shared;
 use crate::stun;
 pub(crate) use demux::Slot;
 use demux::{Demux, Refused};
@@ -37,10 +40,6 @@ use sessions::Sessions;
 const MAX_TIMER_GAP: Duration = Duration::from_secs(1);
 /// How often rooms without live video or sessions here are tidied away.
 const TIDY_EVERY: Duration = Duration::from_secs(1);
-/// Room switches a viewer may make per second; and the GOP bytes replayed to one viewer per
-/// second (beyond it a switch starts at the room's next keyframe instead).
-pub(crate) const SWITCHES_PER_SECOND: u32 = 5;
-pub(crate) const REPLAY_BYTES_PER_SECOND: usize = 8 << 20;
 
 /// A command from the control side.
 pub(crate) enum Command {
@@ -295,7 +294,7 @@ impl WorkerCore {
         self.sends.flush(&self.counters);
     }
 
-    fn adopt(&mut self, session: Session, now: Instant) {
+    pub(super) fn adopt(&mut self, session: Session, now: Instant) {
         let serial = session.serial;
         let kind = session.kind();
         let room = session.room.clone();
@@ -318,291 +317,7 @@ impl WorkerCore {
         self.drain(slot, now);
     }
 
-    /// Drains a session's outputs: sends its datagrams, collects its events, schedules its
-    /// next timeout, then acts on what it reported (packets to fan out, keyframe requests, end).
-    fn drain(&mut self, slot: Slot, now: Instant) {
-        let Some(session) = self.sessions.try_get_mut(slot) else {
-            return;
-        };
-        let answered = drain_session(
-            session,
-            &mut self.outbox,
-            &mut self.timers,
-            &mut self.sends,
-            &self.counters,
-            now,
-        );
-        if let Some(from) = answered {
-            // str0m answered a check from this source: its integrity held, so bind it.
-            let session = self.sessions.get_mut(slot);
-            self.demux.bind(from, slot, &mut session.addrs);
-        }
-        let session = self.sessions.get_mut(slot);
-        let serial = session.serial;
-        let room = session.room.clone();
-        if !self.outbox.packets.is_empty() {
-            let mut packets = std::mem::take(&mut self.outbox.packets);
-            for pkt in packets.drain(..) {
-                self.route(&room, pkt);
-            }
-            // Hand the (empty) vector back so its capacity is reused.
-            self.outbox.packets = packets;
-        }
-        if std::mem::take(&mut self.outbox.viewer_connected) {
-            self.replay_gop(slot, room.id, now);
-            if let Some(local) = self.rooms.get_mut(&room.id)
-                && !local.live_recently(now)
-            {
-                // The idle clip starts again at its keyframe, so the newcomer has a picture at
-                // the next frame rather than at the clip's next loop.
-                local.idle_playing = false;
-            }
-        }
-        if std::mem::take(&mut self.outbox.keyframe_request) {
-            self.request_keyframe(&room, now);
-        }
-        if let Some(reason) = self.outbox.ended.take() {
-            self.end_session(serial, reason);
-        }
-    }
-
-    /// Gives a viewer the room's current GOP at once, so its first picture needs no keyframe
-    /// from the publisher; within its replay budget.
-    fn replay_gop(&mut self, slot: Slot, room: RoomId, now: Instant) {
-        let Some(local) = self.rooms.get(&room) else {
-            return;
-        };
-        let gop = local.gop.packets();
-        if gop.is_empty() {
-            return;
-        }
-        let session = self.sessions.get_mut(slot);
-        if !session.take_replay_budget(local.gop.bytes(), now) {
-            Counters::add(&self.counters.replays_refused, 1);
-            return;
-        }
-        if let Some(viewer) = session.connected_viewer() {
-            viewer.replay(gop, &mut self.sends, &self.counters, now);
-        }
-    }
-
-    /// Moves a viewer to another room without renegotiation: its tracks restart at the new
-    /// room's GOP (or next keyframe), with SSRC, sequence numbers and timestamps continuing.
-    fn switch_room(
-        &mut self,
-        serial: u64,
-        room: Arc<Room>,
-        now: Instant,
-    ) -> Result<(), SessionError> {
-        let Some(slot) = self.sessions.slot_of(serial) else {
-            self.shared.rooms.release(room);
-            return Err(SessionError::NotFound);
-        };
-        let session = self.sessions.get_mut(slot);
-        let Role::Viewer(viewer) = &mut session.role else {
-            self.shared.rooms.release(room);
-            return Err(SessionError::Unsupported(
-                "only viewers can switch rooms".into(),
-            ));
-        };
-        if !session.switches.take(now) {
-            self.shared.rooms.release(room);
-            return Err(SessionError::TooManyRequests);
-        }
-        viewer.resync();
-        let old = std::mem::replace(&mut session.room, room.clone());
-        let old_empty = self.rooms.get_mut(&old.id).is_some_and(|local| {
-            local.remove_viewer(slot);
-            local.viewers.is_empty() && local.publisher.is_none()
-        });
-        old.viewer_left();
-        if old_empty && old.id != room.id {
-            self.rooms.remove(&old.id);
-        }
-        self.rooms.entry(room.id).or_default().viewers.push(slot);
-        room.viewer_joined();
-        tracing::info!(session = serial, from = %old.name, to = %room.name, "viewer switched rooms");
-        self.shared.rooms.release(old);
-        self.replay_gop(slot, room.id, now);
-        self.request_keyframe(&room, now);
-        Ok(())
-    }
-
-    /// Sends a publisher's packet to every other worker (each keeps the room's GOP for its
-    /// viewers) and queues it for this worker's viewers.
-    fn route(&mut self, room: &Arc<Room>, pkt: Arc<MediaPacket>) {
-        room.record_ingress(pkt.codec, pkt.payload.len());
-        for w in (0..self.workers).filter(|w| *w != self.index) {
-            let packet = pkt.clone();
-            self.to_peers.push((
-                w,
-                PeerMessage::Packet {
-                    room: room.id,
-                    packet,
-                },
-            ));
-        }
-        self.pending.push((room.id, pkt));
-    }
-
-    /// Forwards this turn's room packets to this worker's viewers, room by room in order.
-    fn flush_fanout(&mut self, now: Instant) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let mut pending = std::mem::take(&mut self.pending);
-        if pending.windows(2).any(|w| w[0].0 != w[1].0) {
-            // Several rooms this turn: group them (a stable sort keeps each room's order).
-            pending.sort_by_key(|(room, _)| *room);
-        }
-        let mut start = 0;
-        while start < pending.len() {
-            let room = pending[start].0;
-            let len = pending[start..]
-                .iter()
-                .take_while(|(r, _)| *r == room)
-                .count();
-            self.fanout_batch(room, &pending[start..start + len], now);
-            start += len;
-        }
-        pending.clear();
-        // Hand the (empty) vector back so its capacity is reused.
-        self.pending = pending;
-    }
-
-    /// Forwards packets of one room to this worker's viewers of it, viewer by viewer, so each
-    /// viewer's packets of the turn leave together.
-    fn fanout_batch(&mut self, room: RoomId, packets: &[(RoomId, Arc<MediaPacket>)], now: Instant) {
-        let local = self.rooms.entry(room).or_default();
-        for (_, pkt) in packets {
-            if pkt.kind() == MediaKind::Video && !pkt.source.is_idle() {
-                if self.shared.config.gop_cache {
-                    local.gop.push(pkt);
-                }
-                local.last_live_video = Some(pkt.arrival);
-            }
-        }
-        for slot in &local.viewers {
-            if let Some(viewer) = self.sessions.get_mut(*slot).connected_viewer() {
-                viewer.write(packets, &mut self.sends, &self.counters, now, &self.clock);
-            }
-        }
-    }
-
-    /// Asks the room's publisher for a keyframe, wherever it is; requests within a short
-    /// interval merge into one.
-    fn request_keyframe(&mut self, room: &Arc<Room>, now: Instant) {
-        let Some(worker) = room.publisher_worker() else {
-            return;
-        };
-        if worker == self.index {
-            self.keyframe_request_local(room.id, now);
-            return;
-        }
-        let local = self.rooms.entry(room.id).or_default();
-        if local.take_keyframe_request(now) {
-            self.to_peers
-                .push((worker, PeerMessage::KeyframeRequest { room: room.id }));
-        }
-    }
-
-    fn keyframe_request_local(&mut self, room: RoomId, now: Instant) {
-        let Some(slot) = self.rooms.get(&room).and_then(|r| r.publisher) else {
-            return;
-        };
-        let session = self.sessions.get_mut(slot);
-        let Role::Publisher(p) = &mut session.role else {
-            return;
-        };
-        if p.keyframe_gate.request(now) && p.send_keyframe_request(&mut session.rtc) {
-            Counters::add(&self.counters.keyframe_requests_sent, 1);
-            self.drain(slot, now);
-        }
-    }
-
-    fn handle_timers(&mut self, now: Instant) {
-        while let Some(Reverse((at, serial))) = self.timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            let Some(slot) = self.sessions.slot_of(serial) else {
-                continue;
-            };
-            let session = self.sessions.get_mut(slot);
-            if session.scheduled != Some(at) {
-                continue; // superseded by an earlier entry that already ran
-            }
-            session.scheduled = None;
-            let config = &self.shared.config;
-            if !session.connected && now.duration_since(session.created) > config.connect_timeout {
-                self.end_session(serial, "did not connect in time");
-                continue;
-            }
-            if session.connected && now.duration_since(session.last_input) > config.idle_timeout {
-                self.end_session(serial, "nothing received (consent timeout)");
-                continue;
-            }
-            if let Role::Publisher(p) = &mut session.role
-                && p.keyframe_gate.poll(now)
-                && p.send_keyframe_request(&mut session.rtc)
-            {
-                Counters::add(&self.counters.keyframe_requests_sent, 1);
-            }
-            if session.timeout <= now
-                && let Err(e) = session.rtc.handle_input(Input::Timeout(now))
-            {
-                tracing::debug!(session = %session.id, error = %e, "timeout input rejected");
-            }
-            self.drain(slot, now);
-        }
-    }
-
-    /// Tidies the rooms at most once a second (see [`LocalRoom::tidy`]).
-    fn tidy_rooms(&mut self, now: Instant) {
-        if now < self.next_tidy {
-            return;
-        }
-        self.next_tidy = now + TIDY_EVERY;
-        self.rooms.retain(|_, local| local.tidy(now));
-    }
-
-    /// Sends the next idle-clip frame to viewers of rooms without live video.
-    fn play_idle(&mut self, now: Instant) {
-        let Some(next) = self.next_idle_frame else {
-            return;
-        };
-        if now < next {
-            return;
-        }
-        let Some(clip) = self.shared.config.idle_clip.clone() else {
-            self.next_idle_frame = None;
-            return;
-        };
-        let clip: &IdleClip = &clip;
-        self.next_idle_frame = Some(next.max(now - clip.frame_interval()) + clip.frame_interval());
-        let mut packets = std::mem::take(&mut self.idle_packets);
-        for (id, local) in self.rooms.iter_mut() {
-            if local.viewers.is_empty() || local.live_recently(now) {
-                local.idle_playing = false;
-                continue;
-            }
-            if !local.idle_playing {
-                // Start at the clip's keyframe so viewers get a picture at once.
-                local.idle.restart();
-                local.idle_playing = true;
-            }
-            local.idle.next_frame(clip, now, &mut packets);
-            self.pending.extend(packets.drain(..).map(|p| (*id, p)));
-        }
-        self.idle_packets = packets;
-        if self.sessions.len() == 0 {
-            // Nothing to show the clip to: sleep until a session arrives.
-            self.next_idle_frame = None;
-        }
-    }
-
-    fn end_session(&mut self, serial: u64, reason: &str) {
+    pub(super) fn end_session(&mut self, serial: u64, reason: &str) {
         let Some((slot, session)) = self.sessions.remove(serial) else {
             return;
         };
@@ -631,60 +346,5 @@ impl WorkerCore {
         self.shared.forget_session(&session.id);
         drop(session);
         self.shared.rooms.release(room);
-    }
-}
-
-/// Drains one session's `poll_output` until it asks for a timeout. Returns the source of the
-/// datagram being handled when str0m answered its STUN check (a Binding success response).
-fn drain_session(
-    session: &mut Session,
-    outbox: &mut Outbox,
-    timers: &mut BinaryHeap<Reverse<(Instant, u64)>>,
-    sends: &mut SendBatch,
-    counters: &Counters,
-    now: Instant,
-) -> Option<SocketAddr> {
-    let mut answered = None;
-    loop {
-        let output = session.rtc.poll_output();
-        if let Some(keys) = crate::dtls_tap::take_keys()
-            && let Role::Viewer(viewer) = &mut session.role
-            && !viewer.set_srtp_keys(&keys)
-        {
-            // str0m finished this session's DTLS handshake in the call just made.
-            tracing::warn!(session = session.serial, ?keys, "unusable SRTP keys");
-        }
-        match output {
-            Ok(Output::Timeout(at)) => {
-                let at = at.min(now + MAX_TIMER_GAP);
-                session.timeout = at;
-                if session.scheduled.is_none_or(|s| at < s) {
-                    session.scheduled = Some(at);
-                    timers.push(Reverse((at, session.serial)));
-                }
-                return answered;
-            }
-            Ok(Output::Transmit(t)) => {
-                if session.last_source == Some(t.destination)
-                    && stun::is_binding_success(&t.contents)
-                {
-                    answered = Some(t.destination);
-                }
-                if session.check_transmit(t.destination, &t.contents) {
-                    sends.push(t.destination, &t.contents, counters);
-                }
-            }
-            Ok(Output::Event(Event::RawPacket(raw))) => {
-                if let RawPacket::RtcpRx(rtcp) = *raw {
-                    session.handle_viewer_rtcp(&rtcp, sends, counters, now);
-                }
-            }
-            Ok(Output::Event(event)) => session.handle_event(event, outbox, counters),
-            Err(e) => {
-                tracing::debug!(session = %session.id, error = %e, "session failed");
-                outbox.ended = Some("WebRTC error");
-                return answered;
-            }
-        }
     }
 }

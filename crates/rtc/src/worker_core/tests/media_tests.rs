@@ -1,0 +1,223 @@
+//! Fan-out, GOP replay, idle clip, publisher change and keyframe requests.
+
+use std::sync::Arc;
+
+use str0m::media::Direction;
+
+use super::*;
+
+#[test]
+fn a_connected_viewer_gets_the_rooms_packets_in_order() {
+    let mut net = Net::new(0, 1, config());
+    let mut v = net.peer("r", Direction::RecvOnly, 6001);
+    net.connect(&mut [&mut v]);
+    let room = net.shared.rooms.get_or_create("r").id;
+    let pkts = frame(7, 100, 9000, 5, true, net.now);
+    net.inject(room, &pkts);
+    net.step(&mut [&mut v]);
+    assert_eq!(v.video.len(), 5);
+    assert_consecutive(&v.video_seqs());
+    assert_eq!(v.video[0].1, pkts[0].payload.to_vec());
+}
+
+#[test]
+fn a_joining_viewer_is_replayed_the_gop_at_once() {
+    let mut net = Net::new(0, 1, config());
+    let room = net.shared.rooms.get_or_create("r").id;
+    // The room's GOP arrives before anyone watches: a keyframe and a delta frame.
+    let now = net.now;
+    let mut gop = frame(7, 100, 9000, 3, true, now);
+    gop.extend(frame(7, 103, 12000, 2, false, now));
+    net.inject(room, &gop);
+    net.step(&mut []);
+    let mut v = net.peer("r", Direction::RecvOnly, 6001);
+    net.connect(&mut [&mut v]);
+    assert_eq!(
+        v.video.len(),
+        5,
+        "the whole GOP, without waiting for a new keyframe"
+    );
+    assert_consecutive(&v.video_seqs());
+}
+
+#[test]
+fn a_switch_replays_the_new_rooms_gop_and_is_rate_limited() {
+    let mut net = Net::new(0, 1, config());
+    let a = net.shared.rooms.get_or_create("a").id;
+    let b = net.shared.rooms.get_or_create("b").id;
+    let now = net.now;
+    net.inject(a, &frame(1, 10, 1000, 2, true, now));
+    net.inject(b, &frame(2, 500, 5000, 4, true, now));
+    net.step(&mut []);
+    let mut v = net.peer("a", Direction::RecvOnly, 6001);
+    net.connect(&mut [&mut v]);
+    assert_eq!(v.video.len(), 2);
+    let serial = v.serial;
+    let switch = |net: &mut Net, to: &str| {
+        let room = net.shared.rooms.get_or_create(to);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reply: ReplyTo = Box::new(move |r| tx.send(r).is_ok());
+        net.core.handle_control(
+            net.now,
+            Control {
+                command: Command::SwitchRoom { serial, room },
+                reply: Some(reply),
+            },
+        );
+        match rx.recv().unwrap() {
+            Reply::Done(r) => r,
+            other => panic!("{other:?}"),
+        }
+    };
+    switch(&mut net, "b").unwrap();
+    net.step(&mut [&mut v]);
+    assert_eq!(v.video.len(), 6, "room b's GOP follows at once");
+    assert_consecutive(&v.video_seqs());
+    // A handful of switches a second are allowed; beyond, 429.
+    let results: Vec<_> = (0..10)
+        .map(|i| switch(&mut net, if i % 2 == 0 { "a" } else { "b" }))
+        .collect();
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Err(SessionError::TooManyRequests)))
+        .count();
+    assert_eq!(refused, 10 - (SWITCHES_PER_SECOND as usize - 1));
+}
+
+#[test]
+fn a_publishers_packets_reach_this_workers_viewers_and_every_other_worker_shared() {
+    let mut net = Net::new(0, 3, config());
+    let mut p = net.peer("r", Direction::SendOnly, 6001);
+    let mut v = net.peer("r", Direction::RecvOnly, 6002);
+    net.connect(&mut [&mut p, &mut v]);
+    let _ = net.core.drain_peer_messages().count();
+    let mid = p.video_mid.unwrap();
+    let pt = p.send_pt();
+    for i in 0..3u16 {
+        let mut payload = vec![0x41u8; 300];
+        if i == 0 {
+            payload[0] = 0x65;
+        }
+        let now = net.now;
+        let mut api = p.rtc.direct_api();
+        let tx = api.stream_tx_by_mid(mid, None).unwrap();
+        let write = RtpWrite::new(pt, (1000 + i as u64).into(), 90_000, now, payload)
+            .marker(i == 2)
+            .nackable(true);
+        tx.write_rtp(write);
+    }
+    net.step(&mut [&mut p, &mut v]);
+    net.step(&mut [&mut p, &mut v]);
+    assert_eq!(v.video.len(), 3, "this worker's viewer");
+    let sent: Vec<(usize, Arc<MediaPacket>)> = net
+        .core
+        .drain_peer_messages()
+        .filter_map(|(w, m)| match m {
+            PeerMessage::Packet { packet, .. } => Some((w, packet)),
+            PeerMessage::KeyframeRequest { .. } => None,
+        })
+        .collect();
+    assert_eq!(sent.len(), 6, "each packet to workers 1 and 2");
+    for pair in sent.chunks(2) {
+        assert_eq!((pair[0].0, pair[1].0), (1, 2));
+        assert!(Arc::ptr_eq(&pair[0].1, &pair[1].1), "shared, not copied");
+    }
+}
+
+#[test]
+fn the_idle_clip_hands_over_to_live_video_and_back() {
+    let mut cfg = config();
+    cfg.idle_clip = Some(Arc::new(deadsfu_media::IdleClip::builtin()));
+    let mut net = Net::new(0, 1, cfg);
+    let mut v = net.peer("r", Direction::RecvOnly, 6001);
+    net.connect(&mut [&mut v]);
+    for _ in 0..40 {
+        net.step(&mut [&mut v]);
+    }
+    let idle = v.video.len();
+    assert!(
+        idle > 0,
+        "the idle clip plays while the room has no live video"
+    );
+    // Live video: the viewer switches to it at its keyframe, on one continuous sequence.
+    let room = net.shared.rooms.get_or_create("r").id;
+    let live_payload = frame(9, 1, 1000, 1, true, net.now)[0].payload.to_vec();
+    for i in 0..20u64 {
+        let now = net.now;
+        net.inject(
+            room,
+            &frame(9, 1 + i * 2, 1000 + i as u32 * 3000, 2, i == 0, now),
+        );
+        net.step(&mut [&mut v]);
+    }
+    let first_live = v.video.iter().position(|(_, p)| *p == live_payload);
+    let first_live = first_live.expect("live video reached the viewer");
+    assert!(
+        v.video[first_live..]
+            .iter()
+            .all(|(_, p)| p[0] == 0x65 || p[0] == 0x41)
+    );
+    assert_consecutive(&v.video_seqs());
+    // Live video stops: after the idle delay the clip comes back.
+    let before = v.video.len();
+    for _ in 0..((deadsfu_media::rewrite::IDLE_AFTER.as_millis() / STEP.as_millis()) + 100) {
+        net.step(&mut [&mut v]);
+    }
+    assert!(
+        v.video.len() > before + 5,
+        "the idle clip resumes after live video stops"
+    );
+    assert_consecutive(&v.video_seqs());
+}
+
+#[test]
+fn a_new_publisher_continues_the_viewers_sequence() {
+    let mut net = Net::new(0, 1, config());
+    let mut v = net.peer("r", Direction::RecvOnly, 6001);
+    net.connect(&mut [&mut v]);
+    let room = net.shared.rooms.get_or_create("r").id;
+    let now = net.now;
+    net.inject(room, &frame(1, 100, 1000, 3, true, now));
+    net.step(&mut [&mut v]);
+    // Another source with unrelated numbering: the viewer's numbering continues.
+    let now = net.now;
+    net.inject(room, &frame(2, 60_000, 777, 3, true, now));
+    net.step(&mut [&mut v]);
+    assert_eq!(v.video.len(), 6);
+    assert_consecutive(&v.video_seqs());
+}
+
+#[test]
+fn keyframe_requests_for_a_remote_publisher_merge() {
+    let mut net = Net::new(0, 2, config());
+    let room = net.shared.rooms.get_or_create("r");
+    assert!(
+        room.try_claim_publisher(999, Some(1)),
+        "publisher on worker 1"
+    );
+    let mut v1 = net.peer("r", Direction::RecvOnly, 6001);
+    let mut v2 = net.peer("r", Direction::RecvOnly, 6002);
+    net.connect(&mut [&mut v1, &mut v2]);
+    let requests = |net: &mut Net| {
+        net.core
+            .drain_peer_messages()
+            .filter(|(w, m)| *w == 1 && matches!(m, PeerMessage::KeyframeRequest { .. }))
+            .count()
+    };
+    // Both viewers connected within a few steps: their requests merge.
+    let first = requests(&mut net);
+    assert!(first >= 1);
+    assert!(first <= 2, "{first} requests for two joins");
+    // A storm of PLIs from one viewer within the merge interval: at most one more request.
+    let mid = v1.video_mid.unwrap();
+    for _ in 0..50 {
+        if let Some(rx) = v1.rtc.direct_api().stream_rx_by_mid(mid, None) {
+            rx.request_keyframe(str0m::media::KeyframeRequestKind::Pli);
+        }
+        net.step(&mut [&mut v1, &mut v2]);
+    }
+    let storm = requests(&mut net);
+    let steps_ms = 50 * STEP.as_millis() as usize;
+    let most = steps_ms / rooms::KEYFRAME_REQUEST_MERGE.as_millis() as usize + 1;
+    assert!(storm <= most, "{storm} requests in {steps_ms} ms");
+}
