@@ -152,8 +152,7 @@ impl MediaEngine {
         &self.inner.ports
     }
 
-    /// Creates a publisher or viewer session in `room` from an SDP offer (the peer is built
-    /// here, off the media workers).
+    /// Creates a session in `room` from an SDP offer; its peer is built here, off the workers.
     pub async fn create_session(
         &self,
         kind: SessionKind,
