@@ -75,6 +75,23 @@ pub struct ServeArgs {
     /// session is ended and its resources freed.
     #[arg(long, env = "DEADSFU_IDLE_TIMEOUT", default_value_t = 15)]
     pub idle_timeout: u64,
+    /// Sessions in all, connected or not; beyond, new ones get 503 (default: sized from the
+    /// memory available).
+    #[arg(long, env = "DEADSFU_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+    /// Sessions not yet connected (ICE and DTLS under way), in all; beyond, 503.
+    #[arg(long, env = "DEADSFU_MAX_PENDING_SESSIONS")]
+    pub max_pending_sessions: Option<usize>,
+    /// Sessions not yet connected from one client address (IPv6: its /64); beyond, 429.
+    #[arg(long, env = "DEADSFU_MAX_PENDING_PER_IP", default_value_t = 20)]
+    pub max_pending_per_ip: usize,
+    /// New sessions per second from one client address (bursts of 2.5 times as many); beyond,
+    /// 429.
+    #[arg(long, env = "DEADSFU_NEW_SESSIONS_PER_IP", default_value_t = 20.0)]
+    pub new_sessions_per_ip: f64,
+    /// Seconds a new session has to connect (ICE and DTLS) before it is dropped.
+    #[arg(long, env = "DEADSFU_CONNECT_TIMEOUT", default_value_t = 10)]
+    pub connect_timeout: u64,
     #[command(flatten)]
     pub ftl: deadsfu_node::FtlArgs,
     /// Cluster identity (used when DEADSFU_CLUSTER_URL puts the node in cluster mode).
@@ -171,6 +188,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         workers,
         ice_hosts: ice_hosts.clone(),
         idle_timeout: std::time::Duration::from_secs(args.idle_timeout.max(1)),
+        connect_timeout: std::time::Duration::from_secs(args.connect_timeout.max(1)),
+        admission: admission_config(&args),
         ..EngineConfig::default()
     })
     .context("starting the media workers")?;
@@ -452,4 +471,37 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
+}
+
+/// Session admission limits: the flags, else defaults sized from the memory available.
+fn admission_config(args: &ServeArgs) -> deadsfu_rtc::AdmissionConfig {
+    let mut config = match available_memory_bytes() {
+        Some(bytes) => deadsfu_rtc::AdmissionConfig::for_memory(bytes),
+        None => deadsfu_rtc::AdmissionConfig::default(),
+    };
+    if let Some(n) = args.max_sessions {
+        config.max_sessions = n;
+    }
+    if let Some(n) = args.max_pending_sessions {
+        config.max_pending = n;
+    }
+    config.max_pending_per_ip = args.max_pending_per_ip;
+    config.new_sessions_per_ip_per_second = args.new_sessions_per_ip;
+    config.new_sessions_per_ip_burst = (args.new_sessions_per_ip * 2.5).max(1.0);
+    tracing::info!(
+        max_sessions = config.max_sessions,
+        max_pending = config.max_pending,
+        max_pending_per_ip = config.max_pending_per_ip,
+        new_sessions_per_ip = config.new_sessions_per_ip_per_second,
+        "session admission limits"
+    );
+    config
+}
+
+/// MemAvailable from /proc/meminfo.
+fn available_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

@@ -23,6 +23,7 @@ pub struct EngineConfig {
     pub gop_cache: bool,
     /// Looped to viewers of rooms without live video; `None` leaves them on the last picture.
     pub idle_clip: Option<Arc<deadsfu_media::IdleClip>>,
+    pub admission: AdmissionConfig,
 }
 
 impl Default for EngineConfig {
@@ -32,11 +33,49 @@ impl Default for EngineConfig {
             udp_port: 8000,
             workers: 1,
             ice_hosts: vec![IpAddr::from([127, 0, 0, 1])],
-            connect_timeout: Duration::from_secs(20),
+            // Long enough for a peer behind a slow TURN allocation; short enough that a session
+            // that will never connect gives its place back soon.
+            connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(15),
             keyframe_request_interval: Duration::from_millis(500),
             gop_cache: true,
             idle_clip: Some(Arc::new(deadsfu_media::IdleClip::builtin())),
+            admission: AdmissionConfig::default(),
         }
+    }
+}
+
+/// Limits on new sessions (see `admission.rs`).
+#[derive(Debug, Clone)]
+pub struct AdmissionConfig {
+    /// Sessions in all (connected or not); beyond, 503.
+    pub max_sessions: usize,
+    /// Sessions not yet connected, in all (beyond, 503) and per client (beyond, 429).
+    pub max_pending: usize,
+    pub max_pending_per_ip: usize,
+    /// New sessions per second per client, with a burst (beyond, 429).
+    pub new_sessions_per_ip_per_second: f64,
+    pub new_sessions_per_ip_burst: f64,
+}
+
+impl AdmissionConfig {
+    /// Defaults sized for a machine with `memory_bytes` available: a connected viewer costs
+    /// about 100 KiB and one still connecting about as much again (its DTLS state), so half of
+    /// the memory is allowed to sessions at 256 KiB each.
+    pub fn for_memory(memory_bytes: u64) -> Self {
+        let max_sessions = ((memory_bytes / 2) / (256 << 10)).clamp(100, 200_000) as usize;
+        AdmissionConfig {
+            max_sessions,
+            max_pending: (max_sessions / 4).clamp(50, 2_000),
+            max_pending_per_ip: 20,
+            new_sessions_per_ip_per_second: 20.0,
+            new_sessions_per_ip_burst: 50.0,
+        }
+    }
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig::for_memory(4 << 30)
     }
 }

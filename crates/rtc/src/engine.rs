@@ -1,6 +1,6 @@
 //! The media engine: starts the workers and is the control side's door to them.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::EngineConfig;
 use crate::error::{EngineError, SessionError};
 use crate::ingest::Ingest;
-use crate::metrics::{Counters, MetricsSnapshot};
+use crate::metrics::Counters;
 use crate::sdp::{OfferSummary, TrickleFragment, VideoFamily};
 use crate::session::SessionKind;
 use crate::session_setup::{SessionRequest, prepare_session};
@@ -41,29 +41,17 @@ pub enum TrickleOutcome {
     Restarted { fragment: String, etag: String },
 }
 
-/// A room as `/api` shows it.
-#[derive(Debug, Clone)]
-pub struct RoomSummary {
-    pub name: String,
-    pub live: bool,
-    pub viewers: usize,
-    /// The last video codec published to the room.
-    pub codec: Option<&'static str>,
-    /// Payload bytes received from publishers so far (the API derives a bitrate).
-    pub bytes_in: u64,
-}
-
 /// Handle to the media workers. Cheap to clone.
 #[derive(Clone)]
 pub struct MediaEngine {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    shared: Arc<Shared>,
+pub(crate) struct Inner {
+    pub(crate) shared: Arc<Shared>,
     workers: Arc<[WorkerHandle]>,
     ports: Vec<u16>,
-    counters: Vec<Arc<Counters>>,
+    pub(crate) counters: Vec<Arc<Counters>>,
     next_serial: AtomicU64,
     next_worker: AtomicUsize,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -158,7 +146,13 @@ impl MediaEngine {
         kind: SessionKind,
         room: &str,
         offer: &str,
+        client: Option<IpAddr>,
     ) -> Result<SessionCreated, SessionError> {
+        let shared = &self.inner.shared;
+        let live = shared.lock_sessions().len();
+        let permit = shared
+            .admission
+            .admit(client, live, std::time::Instant::now())?;
         let summary = OfferSummary::parse(offer)?;
         let video_family = match kind {
             SessionKind::Publisher => summary.check_publish()?,
@@ -218,11 +212,13 @@ impl MediaEngine {
             req,
             std::time::Instant::now(),
         ) {
-            Ok((session, answer)) => self
-                .call(worker, Command::Adopt(Box::new(session)))
-                .await
-                .and_then(done)
-                .map(|()| answer),
+            Ok((mut session, answer)) => {
+                session.pending = permit;
+                self.call(worker, Command::Adopt(Box::new(session)))
+                    .await
+                    .and_then(done)
+                    .map(|()| answer)
+            }
             Err(e) => Err(e),
         };
         match result {
@@ -439,43 +435,6 @@ impl MediaEngine {
             .await
             .map_err(|_| SessionError::Unavailable)?;
         rx.await.map_err(|_| SessionError::Unavailable)
-    }
-
-    /// Counters summed over all workers.
-    pub fn metrics(&self) -> MetricsSnapshot {
-        let mut snap = MetricsSnapshot::default();
-        for c in &self.inner.counters {
-            snap.add(c);
-        }
-        snap.fanout_drops += self.inner.shared.ingest_drops.load(Ordering::Relaxed);
-        snap
-    }
-
-    /// Live sessions by kind: (publishers, viewers).
-    pub fn session_counts(&self) -> (usize, usize) {
-        let sessions = self.inner.shared.lock_sessions();
-        let publishers = sessions
-            .values()
-            .filter(|e| e.kind == SessionKind::Publisher)
-            .count();
-        let ingests = self.inner.shared.ingests.load(Ordering::Relaxed);
-        (publishers + ingests, sessions.len() - publishers)
-    }
-
-    pub fn rooms(&self) -> Vec<RoomSummary> {
-        self.inner
-            .shared
-            .rooms
-            .list()
-            .iter()
-            .map(|r| RoomSummary {
-                name: r.name.clone(),
-                live: r.has_publisher(),
-                viewers: r.viewer_count(),
-                codec: r.video_codec(),
-                bytes_in: r.bytes_in(),
-            })
-            .collect()
     }
 
     /// Closes every session (sending DTLS close_notify) and stops the workers.

@@ -14,12 +14,14 @@
 //! - [`Ingest`] (`ingest.rs`): non-WebRTC publishers (FTL) feeding a room's fan-out.
 //! - [`sdp`]: checks on offers and trickle fragments that str0m leaves to us.
 
+mod admission;
 mod budget;
 mod codec;
 pub mod config;
 mod dtls_tap;
 mod egress;
 mod engine;
+mod engine_stats;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
@@ -38,8 +40,9 @@ mod udp_socket;
 mod worker_core;
 mod worker_shell;
 
-pub use config::EngineConfig;
-pub use engine::{MediaEngine, RoomSummary, SessionCreated, TrickleOutcome};
+pub use config::{AdmissionConfig, EngineConfig};
+pub use engine::{MediaEngine, SessionCreated, TrickleOutcome};
+pub use engine_stats::RoomSummary;
 pub use error::EngineError;
 pub use error::SessionError;
 pub use ingest::{Ingest, IngestPacket};

@@ -48,6 +48,9 @@ counters! {
     stun_rate_limited: "STUN checks from unknown sources refused by rate limits before any integrity check",
     replays_refused: "GOP replays refused because the viewer's replay budget was spent",
     peer_drops: "messages to other workers dropped because their inbox was full",
+    sessions_refused_total: "new sessions refused: the server's session limit (503)",
+    sessions_refused_pending: "new sessions refused: too many not yet connected, in all (503) or from one client (429)",
+    sessions_refused_rate: "new sessions refused: a client's new-session rate (429)",
     seal_failures: "packets dropped because SRTP/SRTCP sealing failed (never sent in clear)",
 }
 

@@ -56,6 +56,8 @@ pub(crate) struct Session {
     /// Room switches this second, and GOP bytes replayed to it this second.
     pub switches: PerSecond,
     pub replay_bytes: PerSecond,
+    /// The session's place among those not yet connected, given back when it connects.
+    pub pending: Option<deadsfu_limits::Permit>,
 }
 
 pub(crate) enum Role {
@@ -145,6 +147,7 @@ impl Session {
             last_source: None,
             switches: PerSecond::new(SWITCHES_PER_SECOND.into(), now),
             replay_bytes: PerSecond::new(REPLAY_BYTES_PER_SECOND as u64, now),
+            pending: None,
         }
     }
 
@@ -200,6 +203,7 @@ impl Session {
         match event {
             Event::Connected => {
                 self.connected = true;
+                self.pending = None;
                 tracing::info!(session = self.serial, room = %self.room.name, kind = ?self.kind(), "connected");
                 if matches!(self.role, Role::Viewer(_)) {
                     out.viewer_connected = true;

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use deadsfu_media::Rooms;
 
+use crate::admission::SessionAdmission;
 use crate::config::EngineConfig;
 use crate::session::SessionKind;
 
@@ -31,6 +32,7 @@ pub(crate) struct Shared {
     /// each join for nothing: peers check the fingerprint in the SDP, not an identity).
     pub dtls_cert: Option<str0m::config::DtlsCert>,
     pub rooms: Rooms,
+    pub admission: SessionAdmission,
     /// Live non-WebRTC publishers, and packets of theirs dropped at a full worker inbox.
     pub ingests: AtomicUsize,
     pub ingest_drops: AtomicU64,
@@ -45,9 +47,11 @@ impl Shared {
         if dtls_cert.is_none() {
             tracing::warn!("no shared DTLS certificate: each session will make its own");
         }
+        let admission = SessionAdmission::new(config.admission.clone());
         Shared {
             config,
             dtls_cert,
+            admission,
             rooms: Rooms::new(),
             ingests: AtomicUsize::new(0),
             ingest_drops: AtomicU64::new(0),

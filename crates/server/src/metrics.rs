@@ -22,6 +22,16 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let _ = writeln!(out, "# TYPE deadsfu_sessions gauge");
     let _ = writeln!(out, "deadsfu_sessions{{kind=\"publisher\"}} {publishers}");
     let _ = writeln!(out, "deadsfu_sessions{{kind=\"viewer\"}} {viewers}");
+    let _ = writeln!(
+        out,
+        "# HELP deadsfu_sessions_pending Sessions not yet connected"
+    );
+    let _ = writeln!(out, "# TYPE deadsfu_sessions_pending gauge");
+    let _ = writeln!(
+        out,
+        "deadsfu_sessions_pending {}",
+        state.engine.pending_sessions()
+    );
     let _ = writeln!(out, "# HELP deadsfu_rooms Rooms with at least one session");
     let _ = writeln!(out, "# TYPE deadsfu_rooms gauge");
     let _ = writeln!(out, "deadsfu_rooms {}", rooms.len());

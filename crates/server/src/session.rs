@@ -54,7 +54,7 @@ pub(crate) async fn create(
     let offer = sdp_body::read(headers, body, "application/sdp").await?;
     let created = state
         .engine
-        .create_session(kind, room, &offer)
+        .create_session(kind, room, &offer, client)
         .await
         .inspect_err(
             |e| tracing::info!(room, ?kind, client = ?client, error = %e, "session refused"),
