@@ -93,7 +93,7 @@ pub fn udp_datagram(data: &[u8]) {
                 udp::parse_rtp(&rebuilt).map(|r| r.payload),
                 Some(rtp.payload)
             );
-            let _ = crate::media::h264_keyframe_start(rtp.payload);
+            let _ = deadsfu_media::keyframe::h264_keyframe_start(rtp.payload);
         }
         Datagram::SenderReport(report) => {
             assert_eq!(

@@ -10,10 +10,11 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use deadsfu_media::keyframe::h264_keyframe_start;
 use tracing::{debug, info, warn};
 
 use crate::control::{self, Command, LineReader, ReplyCode};
-use crate::media::{FtlMedia, MediaKind, h264_keyframe_start};
+use crate::media::{FtlMedia, MediaKind};
 use crate::nack::{Arrival, NackConfig, NackTracker};
 use crate::stream_key::ChannelSecret;
 use crate::udp::{self, Datagram, Nack, SenderReport};

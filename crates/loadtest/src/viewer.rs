@@ -16,6 +16,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use deadsfu_media::keyframe::h264_keyframe_start;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use str0m::net::{DatagramRecv, Protocol, Receive};
@@ -23,7 +24,7 @@ use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 
 use crate::accounting::{SeqCounts, SeqTracker};
 use crate::recv::RecvBatch;
-use crate::stream::{MIN_MEDIA_PAYLOAD, h264_keyframe_start, payload_stamp, stamp};
+use crate::stream::{MIN_MEDIA_PAYLOAD, payload_stamp, stamp};
 use crate::wire::{DatagramKind, PayloadTypes, PtUse, classify, rtp_header};
 
 const WAKE: Token = Token(usize::MAX);
