@@ -13,7 +13,7 @@
 #[path = "common/pebble.rs"]
 mod pebble;
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -111,31 +111,6 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A TCP port free on every one of `ips` (the nodes' HTTPS must share one port number, the
-/// one pebble validates TLS-ALPN-01 on).
-fn port_free_on_all(ips: &[Ipv4Addr]) -> u16 {
-    for _ in 0..200 {
-        let first = TcpListener::bind((ips[0], 0)).expect("bind on the first node address");
-        let port = first.local_addr().unwrap().port();
-        let others: Vec<_> = ips[1..]
-            .iter()
-            .map(|ip| TcpListener::bind((*ip, port)))
-            .collect();
-        if others.iter().all(Result::is_ok) {
-            return port;
-        }
-    }
-    panic!("no TCP port free on all of {ips:?}");
-}
-
 // ---------------------------------------------------------------------------------------------
 // The cluster: `cluster init`, redis-server with its TLS config, the bootstrap server, an admin
 // bundle and a Redis connection of the test's own.
@@ -158,8 +133,14 @@ impl Cluster {
             .unwrap();
         let cdir = dir.path().join("cluster");
         let cdir_s = cdir.to_str().unwrap().to_owned();
-        let redis_addr = format!("127.0.0.1:{}", free_port());
-        let boot_addr = format!("127.0.0.1:{}", free_port());
+        let redis_addr = format!(
+            "127.0.0.1:{}",
+            deadsfu_testkit::free_tcp_port(Ipv4Addr::LOCALHOST)
+        );
+        let boot_addr = format!(
+            "127.0.0.1:{}",
+            deadsfu_testkit::free_tcp_port(Ipv4Addr::LOCALHOST)
+        );
         let log = |name: &str| dir.path().join(name);
         run_ok(
             deadsfu(
@@ -793,8 +774,8 @@ async fn wait_for_issued(
 async fn three_nodes_one_order_same_certificate() {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start().await;
-    let https_port = port_free_on_all(&NODE_IPS);
-    let http_port = port_free_on_all(&NODE_IPS);
+    let https_port = deadsfu_testkit::tcp_port_free_on_all(&NODE_IPS);
+    let http_port = deadsfu_testkit::tcp_port_free_on_all(&NODE_IPS);
     let pebble = start_pebble(https_port, http_port, &[]).await;
     let root = pebble.issuing_root_pem().await;
     let acme = acme_args(&pebble, &[]);
@@ -873,8 +854,8 @@ async fn lock_holder_killed_mid_order_another_completes() {
     let _serial = SERIAL.lock().await;
     const LOCK_TTL: Duration = Duration::from_secs(3);
     let cluster = Cluster::start().await;
-    let https_port = port_free_on_all(&NODE_IPS);
-    let http_port = port_free_on_all(&NODE_IPS);
+    let https_port = deadsfu_testkit::tcp_port_free_on_all(&NODE_IPS);
+    let http_port = deadsfu_testkit::tcp_port_free_on_all(&NODE_IPS);
     // Validation waits a random 0-3 s (pebble 2.4: rand.Intn(PEBBLE_VA_SLEEPTIME) seconds).
     let pebble = start_pebble(
         https_port,
@@ -983,8 +964,8 @@ async fn lock_holder_killed_mid_order_another_completes() {
 async fn renewal_is_picked_up_by_every_node_without_restart() {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start().await;
-    let https_port = port_free_on_all(&NODE_IPS);
-    let http_port = port_free_on_all(&NODE_IPS);
+    let https_port = deadsfu_testkit::tcp_port_free_on_all(&NODE_IPS);
+    let http_port = deadsfu_testkit::tcp_port_free_on_all(&NODE_IPS);
     let pebble = start_pebble(https_port, http_port, &[]).await;
     let root = pebble.issuing_root_pem().await;
 
@@ -1173,8 +1154,8 @@ async fn undecryptable_key_in_redis_is_a_clear_error_and_node_keeps_serving() {
 
     // One node, HTTPS from the store only (no ACME). Debug lines of the certificate event
     // handler show when an announcement has been handled.
-    let https_port = port_free_on_all(&NODE_IPS[..1]);
-    let http_port = port_free_on_all(&NODE_IPS[..1]);
+    let https_port = deadsfu_testkit::tcp_port_free_on_all(&NODE_IPS[..1]);
+    let http_port = deadsfu_testkit::tcp_port_free_on_all(&NODE_IPS[..1]);
     let mut nodes = start_nodes(
         &cluster,
         1,

@@ -2,7 +2,7 @@
 //! operator commands: a node joins through its bundle URL, leases the rooms it serves, shows in
 //! `deadsfu cluster status`, and leaves on SIGTERM.
 
-use std::net::TcpListener;
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,14 +12,6 @@ use deadsfu_client::{Peer, PeerOptions, Role};
 mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_deadsfu");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Removes a directory when dropped, even when the test fails.
 struct RemoveOnDrop(std::path::PathBuf);
@@ -86,8 +78,14 @@ async fn node_joins_leases_rooms_and_leaves() {
     let cdir = dir.join("cluster");
     let cdir_s = cdir.to_str().unwrap();
     let log = |name: &str| dir.join(name);
-    let redis_addr = format!("127.0.0.1:{}", free_port());
-    let boot_addr = format!("127.0.0.1:{}", free_port());
+    let redis_addr = format!(
+        "127.0.0.1:{}",
+        deadsfu_testkit::free_tcp_port(Ipv4Addr::LOCALHOST)
+    );
+    let boot_addr = format!(
+        "127.0.0.1:{}",
+        deadsfu_testkit::free_tcp_port(Ipv4Addr::LOCALHOST)
+    );
 
     run(
         &[
@@ -149,8 +147,8 @@ async fn node_joins_leases_rooms_and_leaves() {
 
     // The bootstrap server and Redis come up on their own time: the node retries until both
     // answer (a start that fails is restarted, as a supervisor would).
-    let http = free_port();
-    let ftl = free_port();
+    let http = deadsfu_testkit::free_tcp_port(Ipv4Addr::LOCALHOST);
+    let ftl = deadsfu_testkit::free_tcp_port(Ipv4Addr::LOCALHOST);
     let ftl_listen = format!("127.0.0.1:{ftl}");
     let url_file = dir.join("sfu.url");
     std::fs::write(&url_file, &sfu_url).unwrap();

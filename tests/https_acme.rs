@@ -7,7 +7,7 @@
 mod pebble;
 
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -20,15 +20,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_deadsfu");
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const DOMAIN: &str = "sfu.test";
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A port free on `ip` (TCP).
-fn free_port(ip: Ipv4Addr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A `deadsfu serve` child with its log lines collected; killed when dropped.
 struct Node {
@@ -259,7 +250,10 @@ struct Setup {
 }
 
 async fn setup(env: Vec<(String, String)>) -> Setup {
-    let (hp, tp) = (free_port(NODE_IP), free_port(NODE_IP));
+    let (hp, tp) = (
+        deadsfu_testkit::free_tcp_port(NODE_IP),
+        deadsfu_testkit::free_tcp_port(NODE_IP),
+    );
     let pebble = Pebble::start(PebbleOptions {
         http_port: hp,
         tls_port: tp,
@@ -479,8 +473,8 @@ async fn certificate_files_reload_and_bad_pairs_keep_the_old_one() {
     let d = dir.path();
     let (c, k, first) = write_pair(d, "files.test", "cert.pem", "key.pem");
     let (_, other_key, _) = write_pair(d, "other.test", "other.pem", "other.key");
-    let http = SocketAddr::new(IpAddr::V4(NODE_IP), free_port(NODE_IP));
-    let https = SocketAddr::new(IpAddr::V4(NODE_IP), free_port(NODE_IP));
+    let http = SocketAddr::new(IpAddr::V4(NODE_IP), deadsfu_testkit::free_tcp_port(NODE_IP));
+    let https = SocketAddr::new(IpAddr::V4(NODE_IP), deadsfu_testkit::free_tcp_port(NODE_IP));
     let (cs, ks) = (c.display().to_string(), k.display().to_string());
 
     // A mismatched pair at start: a clear error, no server.

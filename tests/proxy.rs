@@ -99,15 +99,6 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
-/// A TCP port free on `ip` now.
-fn free_port_on(ip: Ipv4Addr) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Proxies
 
@@ -133,8 +124,8 @@ impl Proxy {
         extra: &[&str],
     ) -> Proxy {
         let https = SocketAddr::from((ip, port));
-        let admin = SocketAddr::from((ip, free_port_on(ip)));
-        let ftl = ftl.then(|| SocketAddr::from((ip, free_port_on(ip))));
+        let admin = SocketAddr::from((ip, deadsfu_testkit::free_tcp_port(ip)));
+        let ftl = ftl.then(|| SocketAddr::from((ip, deadsfu_testkit::free_tcp_port(ip))));
         let log = cluster.path(&format!("{name}.log"));
         let stdout = cluster.path(&format!("{name}.stdout"));
         let https_s = https.to_string();
@@ -235,12 +226,7 @@ impl Proxy {
 
     /// Resident memory in KiB.
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
+        deadsfu_procstat::rss_kib(deadsfu_procstat::Process::Pid(self.pid())).expect("VmRSS")
     }
 }
 
@@ -425,9 +411,9 @@ async fn proxy_end_to_end() {
         .map(|n| cluster.issue("proxy", n, &[]))
         .collect();
     let d_bundle = cluster::issue_sfu(&cluster, "sfu-d");
-    let port = cluster::port_free_on_all(&[PX1_IP, PX2_IP, PX3_IP]);
+    let port = deadsfu_testkit::tcp_port_free_on_all(&[PX1_IP, PX2_IP, PX3_IP]);
     let public = |name: &str| strings(&["--public-url", &format!("https://{name}.test:{port}")]);
-    let c_ftl = SocketAddr::from((C_IP, free_port_on(C_IP)));
+    let c_ftl = SocketAddr::from((C_IP, deadsfu_testkit::free_tcp_port(C_IP)));
     let common = strings(&["--proxy-protocol-from", PROXY_SOURCE]);
     let nodes = Nodes::start_with(
         &cluster,

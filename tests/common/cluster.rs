@@ -9,7 +9,7 @@
 
 #![allow(dead_code)]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
@@ -101,31 +101,6 @@ pub fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A TCP port free on every one of `ips` (clients reach the service name and every node at
-/// the same port number: DNS overrides carry no port).
-pub fn port_free_on_all(ips: &[Ipv4Addr]) -> u16 {
-    for _ in 0..200 {
-        let first = TcpListener::bind((ips[0], 0)).expect("bind on the first node address");
-        let port = first.local_addr().unwrap().port();
-        let others: Vec<_> = ips[1..]
-            .iter()
-            .map(|ip| TcpListener::bind((*ip, port)))
-            .collect();
-        if others.iter().all(Result::is_ok) {
-            return port;
-        }
-    }
-    panic!("no TCP port free on all of {ips:?}");
-}
-
 // ---------------------------------------------------------------------------------------------
 // Certificates
 
@@ -190,8 +165,14 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
         let cdir = dir.path().join("cluster");
         let cdir_s = cdir.to_str().unwrap().to_owned();
-        let redis_addr = format!("127.0.0.1:{}", free_port());
-        let boot_addr = format!("127.0.0.1:{}", free_port());
+        let redis_addr = format!(
+            "127.0.0.1:{}",
+            deadsfu_testkit::free_tcp_port(Ipv4Addr::LOCALHOST)
+        );
+        let boot_addr = format!(
+            "127.0.0.1:{}",
+            deadsfu_testkit::free_tcp_port(Ipv4Addr::LOCALHOST)
+        );
         let log = |name: &str| dir.path().join(name);
         run_ok(
             deadsfu(
@@ -518,8 +499,8 @@ impl Nodes {
     ) -> Nodes {
         let mut ips: Vec<Ipv4Addr> = specs.iter().map(|s| s.ip).collect();
         ips.extend(&options.later_ips);
-        let https_port = port_free_on_all(&ips);
-        let http_port = port_free_on_all(&ips);
+        let https_port = deadsfu_testkit::tcp_port_free_on_all(&ips);
+        let http_port = deadsfu_testkit::tcp_port_free_on_all(&ips);
         let urls: Vec<String> = specs.iter().map(|s| issue_sfu(cluster, s.name)).collect();
         let list: Vec<Node> = specs
             .into_iter()

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
+use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -17,17 +17,10 @@ pub struct Sfu {
     logs: mpsc::Receiver<String>,
 }
 
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 impl Sfu {
     pub fn start(extra: &[&str]) -> Sfu {
-        let port = free_tcp_port();
-        let ftl_port = free_tcp_port();
+        let port = deadsfu_testkit::free_tcp_port(Ipv4Addr::LOCALHOST);
+        let ftl_port = deadsfu_testkit::free_tcp_port(Ipv4Addr::LOCALHOST);
         let ftl_listen = format!("127.0.0.1:{ftl_port}");
         let ftl_args: Vec<&str> = if extra.contains(&"--ftl-listen") {
             vec![]

@@ -10,7 +10,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -72,7 +72,7 @@ impl Pebble {
         let tcp: Vec<TcpListener> = (0..3)
             .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
             .collect();
-        let (dns_udp, dns_tcp) = free_udp_and_tcp_port();
+        let (dns_udp, dns_tcp) = deadsfu_testkit::free_udp_and_tcp_port(Ipv4Addr::LOCALHOST);
         let port = |l: &TcpListener| l.local_addr().unwrap().port();
         let (acme_port, mgmt_port, challtestsrv_port) =
             (port(&tcp[0]), port(&tcp[1]), port(&tcp[2]));
@@ -280,17 +280,6 @@ impl Drop for Pebble {
 
 fn fqdn(name: &str) -> String {
     format!("{}.", name.trim_end_matches('.'))
-}
-
-/// A free port on 127.0.0.1 for both UDP and TCP (challtestsrv's DNS serves both).
-fn free_udp_and_tcp_port() -> (UdpSocket, TcpListener) {
-    for _ in 0..100 {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("a free UDP port");
-        if let Ok(tcp) = TcpListener::bind(udp.local_addr().unwrap()) {
-            return (udp, tcp);
-        }
-    }
-    panic!("no port free for both UDP and TCP");
 }
 
 /// Writes listener-ca.pem, listener.pem (for 127.0.0.1 and localhost) and listener.key into

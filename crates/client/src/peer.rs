@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use deadsfu_media::keyframe::{h264_keyframe_start, vp8_keyframe_start};
 use str0m::change::SdpAnswer;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
@@ -454,10 +455,8 @@ impl Driver {
                     .map(|c| c.spec().codec);
                 let Some(codec) = codec else { return };
                 let keyframe = match codec {
-                    Codec::H264 => h264_keyframe(&p.payload),
-                    Codec::Vp8 => {
-                        p.payload.len() > 1 && p.payload[0] & 0x10 != 0 && p.payload[1] & 1 == 0
-                    }
+                    Codec::H264 => h264_keyframe_start(&p.payload),
+                    Codec::Vp8 => vp8_keyframe_start(&p.payload),
                     _ => false,
                 };
                 let seq = *p.seq_no;
@@ -571,13 +570,4 @@ pub fn send_payload_type(rtc: &Rtc, mid: Mid, codec: Codec) -> Option<Pt> {
 /// An (S)RTP packet, as opposed to STUN, DTLS or RTCP (RFC 7983, RFC 5761).
 fn is_rtp(d: &[u8]) -> bool {
     d.len() >= 12 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1])
-}
-
-fn h264_keyframe(p: &[u8]) -> bool {
-    match p.first().map(|b| b & 0x1f) {
-        Some(5) | Some(7) => true,
-        Some(24) => p.get(3).is_some_and(|b| matches!(b & 0x1f, 5 | 7)),
-        Some(28) => p.get(1).is_some_and(|b| b & 0x80 != 0 && b & 0x1f == 5),
-        _ => false,
-    }
 }

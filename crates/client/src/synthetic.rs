@@ -1,8 +1,52 @@
 //! A synthetic live stream: RTP payloads shaped like H264 or VP8 video (with real keyframe
 //! markers, so an SFU's keyframe logic sees the real thing) and Opus-sized audio.
+//!
+//! [`h264_access_unit`] is also what the load generator (`deadsfu-loadtest`) builds its frames
+//! with; it fills the bodies with send timestamps instead of a constant byte.
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use deadsfu_media::h264_packetize::{fragments, write_stap_a};
+
+/// SPS and PPS (constrained baseline) that open every synthetic keyframe.
+const SPS: [u8; 7] = [0x67, 0x42, 0xe0, 0x1f, 0x8c, 0x8d, 0x40];
+const PPS: [u8; 4] = [0x68, 0xce, 0x3c, 0x80];
+/// Length of the STAP-A (SPS + PPS) payload that opens every synthetic keyframe.
+pub const STAP_A_LEN: usize = 1 + 2 + SPS.len() + 2 + PPS.len();
+
+/// One synthetic H264 access unit as RTP payloads, handed to `emit` with their marker bits:
+/// before an IDR, a STAP-A with SPS and PPS (as encoders send them); then one slice NAL unit
+/// of `slice_len` bytes, IDR or not, packetized by [`deadsfu_media::h264_packetize`] into
+/// payloads of at most `max_payload` bytes. Only headers are real: `fill_body(payload, len)`
+/// appends the `len` bytes of slice content each payload carries after its headers.
+pub fn h264_access_unit(
+    keyframe: bool,
+    slice_len: usize,
+    max_payload: usize,
+    mut fill_body: impl FnMut(&mut Vec<u8>, usize),
+    mut emit: impl FnMut(Vec<u8>, bool),
+) {
+    if keyframe {
+        let mut stap = Vec::with_capacity(STAP_A_LEN);
+        write_stap_a(&[&SPS, &PPS], &mut stap);
+        emit(stap, false);
+    }
+    let nal_header = if keyframe { 0x65 } else { 0x41 };
+    let slice_len = slice_len.max(2);
+    for fragment in fragments(nal_header, slice_len, max_payload) {
+        let mut payload = Vec::with_capacity(fragment.len());
+        payload.extend_from_slice(fragment.prefix());
+        let mut body = fragment.body.len();
+        if fragment.body.start == 0 {
+            // A single NAL unit packet: its body starts with the NAL header.
+            payload.push(nal_header);
+            body -= 1;
+        }
+        fill_body(&mut payload, body);
+        emit(payload, fragment.last);
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VideoCodec {
@@ -68,46 +112,18 @@ impl StreamSpec {
 
     fn h264_frame(&self, keyframe: bool, size: usize) -> Vec<VideoPacket> {
         let mut out = Vec::new();
-        if keyframe {
-            // STAP-A with SPS and PPS, as encoders send before an IDR.
-            let sps = [0x67u8, 0x42, 0xe0, 0x1f, 0x8c, 0x8d, 0x40];
-            let pps = [0x68u8, 0xce, 0x3c, 0x80];
-            let mut stap = vec![0x78u8];
-            for nal in [&sps[..], &pps[..]] {
-                stap.extend((nal.len() as u16).to_be_bytes());
-                stap.extend_from_slice(nal);
-            }
-            out.push(VideoPacket {
-                payload: stap.into(),
-                marker: false,
-            });
-        }
-        let nal_type = if keyframe { 5u8 } else { 1u8 };
-        let nal_header = 0x60 | nal_type;
-        let chunk = self.max_payload - 2;
-        let pieces = size.div_ceil(chunk);
-        if pieces <= 1 {
-            let mut p = vec![nal_header];
-            p.resize(size, self.fill);
-            out.push(VideoPacket {
-                payload: p.into(),
-                marker: true,
-            });
-            return out;
-        }
-        for i in 0..pieces {
-            let start = i == 0;
-            let end = i + 1 == pieces;
-            let len = if end { size - chunk * i } else { chunk };
-            let mut p = Vec::with_capacity(len + 2);
-            p.push(0x60 | 28); // FU-A indicator
-            p.push((if start { 0x80 } else { 0 }) | (if end { 0x40 } else { 0 }) | nal_type);
-            p.resize(len + 2, self.fill);
-            out.push(VideoPacket {
-                payload: p.into(),
-                marker: end,
-            });
-        }
+        h264_access_unit(
+            keyframe,
+            size,
+            self.max_payload,
+            |payload, len| payload.resize(payload.len() + len, self.fill),
+            |payload, marker| {
+                out.push(VideoPacket {
+                    payload: payload.into(),
+                    marker,
+                })
+            },
+        );
         out
     }
 
@@ -140,4 +156,28 @@ pub fn audio_payload() -> Arc<[u8]> {
     let mut p = vec![0xfcu8];
     p.resize(120, 0xff);
     p.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deadsfu_media::keyframe::h264_keyframe_start;
+
+    #[test]
+    fn h264_keyframe_opens_with_parameter_sets_and_fragments_big_slices() {
+        let spec = StreamSpec::default();
+        let key = spec.video_frame(0);
+        assert_eq!(key[0].payload.len(), STAP_A_LEN);
+        assert!(h264_keyframe_start(&key[0].payload));
+        assert!(h264_keyframe_start(&key[1].payload));
+        assert!(key[1..].iter().all(|p| p.payload.len() <= spec.max_payload));
+        assert_eq!(key.iter().filter(|p| p.marker).count(), 1);
+        assert!(key.last().unwrap().marker);
+        assert_eq!(*key.last().unwrap().payload.last().unwrap(), spec.fill);
+        let delta = spec.video_frame(1);
+        assert!(!delta.iter().any(|p| h264_keyframe_start(&p.payload)));
+        let bytes: usize = delta.iter().map(|p| p.payload.len()).sum();
+        // The slice's bytes plus two bytes of FU-A headers per fragment, minus its NAL header.
+        assert_eq!(bytes, 500_000 / 8 / 30 - 1 + 2 * delta.len());
+    }
 }

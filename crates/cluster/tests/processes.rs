@@ -4,13 +4,14 @@
 
 mod support;
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use deadsfu_cluster::bundle_fetch::fetch_bundle;
 use deadsfu_cluster::{JoinUrl, RedisConn};
-use support::{RedisProcess, assert_no_secrets, eventually, free_port, try_get};
+use support::{RedisProcess, assert_no_secrets, eventually, try_get};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -113,8 +114,14 @@ async fn operator_commands_and_node_processes() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cluster");
     let dir_s = dir.to_str().unwrap();
-    let redis_addr = format!("127.0.0.1:{}", free_port());
-    let bootstrap_addr = format!("127.0.0.1:{}", free_port());
+    let redis_addr = format!(
+        "127.0.0.1:{}",
+        deadsfu_testkit::free_tcp_port(Ipv4Addr::LOCALHOST)
+    );
+    let bootstrap_addr = format!(
+        "127.0.0.1:{}",
+        deadsfu_testkit::free_tcp_port(Ipv4Addr::LOCALHOST)
+    );
     cluster_cmd(
         &[
             "init",

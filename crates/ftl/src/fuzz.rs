@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::server::{
     ClaimOutcome, SecretLookup, ServerConfig, ServerEvent, ServerInput, ServerOutput, ServerSession,
 };
@@ -23,10 +25,11 @@ pub fn server_session(data: &[u8]) -> SessionOutcome {
     while let Some((&tag, tail)) = rest.split_first() {
         let len = usize::from(tag >> 3).min(tail.len());
         let (chunk, tail) = tail.split_at(len);
+        let owned = Bytes::copy_from_slice(chunk);
         rest = tail;
         let input = match tag & 0x07 {
             0..=2 => ServerInput::Control(chunk),
-            3 => ServerInput::Datagram(chunk),
+            3 => ServerInput::Datagram(&owned),
             4 => {
                 now += Duration::from_millis(u64::from(tag) * 40);
                 ServerInput::Timeout
@@ -93,7 +96,7 @@ pub fn udp_datagram(data: &[u8]) {
                 udp::parse_rtp(&rebuilt).map(|r| r.payload),
                 Some(rtp.payload)
             );
-            let _ = crate::media::h264_keyframe_start(rtp.payload);
+            let _ = deadsfu_media::keyframe::h264_keyframe_start(rtp.payload);
         }
         Datagram::SenderReport(report) => {
             assert_eq!(

@@ -10,10 +10,11 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use deadsfu_media::keyframe::h264_keyframe_start;
 use tracing::{debug, info, warn};
 
 use crate::control::{self, Command, LineReader, ReplyCode};
-use crate::media::{FtlMedia, MediaKind, h264_keyframe_start};
+use crate::media::{FtlMedia, MediaKind};
 use crate::nack::{Arrival, NackConfig, NackTracker};
 use crate::stream_key::ChannelSecret;
 use crate::udp::{self, Datagram, Nack, SenderReport};
@@ -90,8 +91,9 @@ pub enum ServerInput<'a> {
     Control(&'a [u8]),
     /// The control connection reached end of file or failed.
     ControlClosed,
-    /// A datagram from the client's UDP address.
-    Datagram(&'a [u8]),
+    /// A datagram from the client's UDP address. Media payloads are handed on as slices of
+    /// it, without a copy.
+    Datagram(&'a Bytes),
     /// The time from [`ServerSession::poll_timeout`] has come.
     Timeout,
     /// Answer to [`ServerEvent::SecretNeeded`].
@@ -651,7 +653,7 @@ impl ServerSession {
         }
     }
 
-    fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) {
+    fn handle_datagram(&mut self, now: Instant, datagram: &Bytes) {
         let State::Streaming(streaming) = &mut self.state else {
             // ftl-sdk only sends after the reply to `.`; anything earlier is not ours.
             self.stats.unknown_datagrams += 1;
@@ -722,7 +724,7 @@ impl ServerSession {
                     sequence: rtp.sequence,
                     timestamp: rtp.timestamp,
                     marker: rtp.marker,
-                    payload: Bytes::copy_from_slice(rtp.payload),
+                    payload: datagram.slice_ref(rtp.payload),
                     keyframe_start,
                     retransmitted: arrival == Arrival::Recovered,
                     received_at: now,

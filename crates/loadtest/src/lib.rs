@@ -13,7 +13,6 @@
 //! - [`proxybench`]: the front-line proxy benchmark's load tools and fake backends.
 
 pub mod accounting;
-mod procstat;
 pub mod proxybench;
 pub mod publish;
 mod recv;
@@ -34,11 +33,11 @@ use serde_json::json;
 use tokio::sync::{Semaphore, watch};
 
 use crate::accounting::{Samples, SeqCounts};
-use crate::procstat::ProcSample;
 use crate::publish::{PublishStats, Target};
 use crate::signal::{Janus, Teardown};
 use crate::stream::StreamShape;
 use crate::viewer::{Shard, ShardReport};
+use deadsfu_procstat::{self as procstat, ProcSample, Process};
 
 /// Options of `deadsfu loadtest`.
 #[derive(Debug, Clone, clap::Args)]
@@ -466,8 +465,7 @@ pub async fn measure(args: &LoadtestArgs) -> anyhow::Result<FinalReport> {
     };
 
     // Report every second until the ramp is done and the measuring time has passed.
-    let sfu_pid = args.sfu_pid.map(|p| p.to_string());
-    let sfu_sample = || sfu_pid.as_deref().and_then(procstat::sample);
+    let sfu_sample = || args.sfu_pid.map(Process::Pid).and_then(procstat::sample);
     let mut prev_totals = Totals::default();
     let mut prev_sfu = sfu_sample();
     let mut prev_at = Instant::now();
@@ -519,7 +517,7 @@ pub async fn measure(args: &LoadtestArgs) -> anyhow::Result<FinalReport> {
             let sfu_text = match (&prev_sfu, &sfu) {
                 (Some(a), Some(b)) => format!(
                     " | sfu cpu {:.0}% rss {} KiB",
-                    procstat::cpu_pct(a, b),
+                    procstat::cpu_pct(a.cpu, b.cpu),
                     b.rss_kib
                 ),
                 _ => String::new(),
@@ -560,7 +558,7 @@ pub async fn measure(args: &LoadtestArgs) -> anyhow::Result<FinalReport> {
                 now,
                 totals.clone(),
                 sfu,
-                procstat::sample("self"),
+                procstat::sample(Process::Own),
                 pub_stats.packets.load(Ordering::Relaxed),
             ));
         }
@@ -582,7 +580,7 @@ pub async fn measure(args: &LoadtestArgs) -> anyhow::Result<FinalReport> {
 
     // Settle every stream, then read the last figures.
     let end_sfu = sfu_sample();
-    let end_self = procstat::sample("self");
+    let end_self = procstat::sample(Process::Own);
     let mut shards =
         Arc::try_unwrap(shards_ref).map_err(|_| anyhow::anyhow!("viewer shards still shared"))?;
     let mut totals = Totals::default();
@@ -648,10 +646,10 @@ pub async fn measure(args: &LoadtestArgs) -> anyhow::Result<FinalReport> {
         report.timeouts_per_s = (totals.timeouts - start_totals.timeouts) as f64 / secs;
         report.mbps = (totals.bytes - start_totals.bytes) as f64 * 8.0 / secs / 1e6;
         if let (Some(a), Some(b)) = (start_sfu, &end_sfu) {
-            report.sfu_cpu_pct = Some(procstat::cpu_pct(a, b));
+            report.sfu_cpu_pct = Some(procstat::cpu_pct(a.cpu, b.cpu));
         }
         if let (Some(a), Some(b)) = (start_self, &end_self) {
-            report.generator_cpu_pct = Some(procstat::cpu_pct(a, b));
+            report.generator_cpu_pct = Some(procstat::cpu_pct(a.cpu, b.cpu));
         }
     } else {
         report.loss_pct = report.loss_total_pct;

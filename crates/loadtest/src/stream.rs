@@ -10,8 +10,12 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Length of the STAP-A (SPS + PPS) that opens every keyframe.
-pub const STAP_A_LEN: usize = 16;
+pub use deadsfu_client::synthetic::STAP_A_LEN;
+use deadsfu_client::synthetic::h264_access_unit;
+use deadsfu_media::h264_packetize::{FU_A, STAP_A};
+#[cfg(test)]
+use deadsfu_media::keyframe::h264_keyframe_start;
+
 /// Every other payload is at least this long.
 pub const MIN_MEDIA_PAYLOAD: usize = 100;
 /// Largest video payload.
@@ -153,64 +157,30 @@ impl Generator {
     }
 }
 
-/// One H264 access unit as RTP payloads: a STAP-A with SPS and PPS before an IDR, then the
-/// frame's NAL unit, in FU-A fragments of nearly equal size when it does not fit one packet.
+/// One H264 access unit as RTP payloads (see [`h264_access_unit`]), each slice payload
+/// carrying `ts` and padded to at least [`MIN_MEDIA_PAYLOAD`] bytes.
 fn h264_frame(keyframe: bool, size: usize, rtp_time: u32, ts: u64, out: &mut Vec<Packet>) {
-    if keyframe {
-        let sps = [0x67u8, 0x42, 0xe0, 0x1f, 0x8c, 0x8d, 0x40];
-        let pps = [0x68u8, 0xce, 0x3c, 0x80];
-        let mut stap = vec![0x78u8];
-        for nal in [&sps[..], &pps[..]] {
-            stap.extend((nal.len() as u16).to_be_bytes());
-            stap.extend_from_slice(nal);
-        }
-        debug_assert_eq!(stap.len(), STAP_A_LEN);
+    let fill = |payload: &mut Vec<u8>, len: usize| {
+        let end = (payload.len() + len).max(MIN_MEDIA_PAYLOAD);
+        payload.extend_from_slice(&ts.to_be_bytes());
+        payload.resize(end.max(payload.len()), 0xab);
+    };
+    let emit = |payload: Vec<u8>, marker: bool| {
         out.push(Packet {
             track: Track::Video,
-            marker: false,
+            marker,
             rtp_time,
-            payload: stap,
-            keyframe: true,
-        });
-    }
-    let nal_type = if keyframe { 5u8 } else { 1u8 };
-    let size = size.max(MIN_MEDIA_PAYLOAD);
-    if size <= MAX_VIDEO_PAYLOAD {
-        let mut p = vec![0x60 | nal_type];
-        p.extend_from_slice(&ts.to_be_bytes());
-        p.resize(size, 0xab);
-        out.push(Packet {
-            track: Track::Video,
-            marker: true,
-            rtp_time,
-            payload: p,
+            payload,
             keyframe,
-        });
-        return;
-    }
-    let pieces = size.div_ceil(MAX_VIDEO_PAYLOAD - 2);
-    let per_piece = size.div_ceil(pieces);
-    for i in 0..pieces {
-        let first = i == 0;
-        let last = i + 1 == pieces;
-        let len = if last {
-            size - per_piece * i
-        } else {
-            per_piece
-        };
-        let mut p = Vec::with_capacity(len + 2);
-        p.push(0x60 | 28); // FU-A indicator
-        p.push((if first { 0x80 } else { 0 }) | (if last { 0x40 } else { 0 }) | nal_type);
-        p.extend_from_slice(&ts.to_be_bytes());
-        p.resize((len + 2).max(MIN_MEDIA_PAYLOAD), 0xab);
-        out.push(Packet {
-            track: Track::Video,
-            marker: last,
-            rtp_time,
-            payload: p,
-            keyframe,
-        });
-    }
+        })
+    };
+    h264_access_unit(
+        keyframe,
+        size.max(MIN_MEDIA_PAYLOAD),
+        MAX_VIDEO_PAYLOAD,
+        fill,
+        emit,
+    );
 }
 
 /// The send timestamp in a payload of this stream, if it carries one: after the one-byte
@@ -219,23 +189,12 @@ pub fn payload_stamp(payload: &[u8], video: bool) -> Option<u64> {
     let first = *payload.first()?;
     let offset = match first & 0x1f {
         _ if !video => 1,
-        28 => 2,           // FU-A
-        24 => return None, // STAP-A
-        _ => 1,            // single NAL unit
+        FU_A => 2,
+        STAP_A => return None,
+        _ => 1, // single NAL unit
     };
     let bytes: [u8; 8] = payload.get(offset..offset + 8)?.try_into().ok()?;
     Some(u64::from_be_bytes(bytes))
-}
-
-/// Whether an H264 payload starts a keyframe (STAP-A with SPS, IDR, or the first FU-A of an
-/// IDR).
-pub fn h264_keyframe_start(p: &[u8]) -> bool {
-    match p.first().map(|b| b & 0x1f) {
-        Some(5) | Some(7) => true,
-        Some(24) => p.get(3).is_some_and(|b| matches!(b & 0x1f, 5 | 7)),
-        Some(28) => p.get(1).is_some_and(|b| b & 0x80 != 0 && b & 0x1f == 5),
-        _ => false,
-    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use deadsfu_udp::sockopt::{set_gso_segment, set_receive_buffer, set_send_buffer};
+use deadsfu_udp::{Outgoing, SendMmsg};
+
 /// Datagram size of the measurement (a typical video RTP packet with SRTP).
 pub const DATAGRAM: usize = 1200;
 /// Datagrams per `sendmmsg` call.
@@ -113,7 +116,7 @@ pub fn measure_with(
 ) -> io::Result<Rate> {
     let rx = UdpSocket::bind("127.0.0.1:0")?;
     match receiver {
-        Receiver::Plain => set_buffer(&rx, libc::SO_RCVBUF, 8 << 20),
+        Receiver::Plain => set_receive_buffer(rx.as_raw_fd(), 8 << 20)?,
         Receiver::Gro => {
             if !crate::recv::setup_socket(rx.as_raw_fd()) {
                 return Err(io::Error::other("the kernel refuses UDP_GRO"));
@@ -130,7 +133,7 @@ pub fn measure_with(
             if let Some(cpu) = recv_cpu {
                 let _ = pin_to_cpu(cpu);
             }
-            let mut batch = crate::recv::RecvBatch::default();
+            let mut batch = crate::recv::viewer_batch();
             let fd = rx.as_raw_fd();
             let mut poll = libc::pollfd {
                 fd,
@@ -144,8 +147,9 @@ pub fn measure_with(
                         unsafe { libc::poll(&mut poll, 1, 50) };
                     }
                     Ok(n) => {
-                        let datagrams: usize =
-                            (0..n).map(|i| batch.get(i).map_or(0, |s| s.count())).sum();
+                        let datagrams: usize = (0..n)
+                            .map(|i| batch.get(i).map_or(0, |r| r.segments().count()))
+                            .sum();
                         received.fetch_add(datagrams as u64, Ordering::Relaxed);
                     }
                     Err(_) => break,
@@ -158,7 +162,7 @@ pub fn measure_with(
             pin_to_cpu(cpu)?;
         }
         let tx = UdpSocket::bind("127.0.0.1:0")?;
-        set_buffer(&tx, libc::SO_SNDBUF, 8 << 20);
+        set_send_buffer(tx.as_raw_fd(), 8 << 20)?;
         let start = Instant::now();
         let mut sent = 0u64;
         let mut send = Sender::new(&tx, to, method)?;
@@ -184,35 +188,22 @@ pub fn measure_with(
     })
 }
 
-fn set_buffer(s: &UdpSocket, opt: libc::c_int, bytes: libc::c_int) {
-    // SAFETY: a valid socket and an int option value.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            (&bytes as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
 struct Sender<'a> {
     socket: &'a UdpSocket,
     to: SocketAddr,
     method: SendMethod,
     buf: Vec<u8>,
-    addr: libc::sockaddr_in,
+    batch: SendMmsg,
 }
 
 impl<'a> Sender<'a> {
     fn new(socket: &'a UdpSocket, to: SocketAddr, method: SendMethod) -> io::Result<Self> {
-        let SocketAddr::V4(v4) = to else {
+        if !to.is_ipv4() {
             return Err(io::Error::other("IPv4 only"));
-        };
-        let addr = crate::recv::sockaddr_in(v4);
-        if matches!(method, SendMethod::Gso | SendMethod::SendmmsgGso) {
-            crate::recv::enable_gso(socket.as_raw_fd(), DATAGRAM)?;
+        }
+        if method == SendMethod::Gso {
+            // Plain `send_to` calls: the segment size is the socket's.
+            set_gso_segment(socket.as_raw_fd(), DATAGRAM as u16)?;
         }
         let len = match method {
             SendMethod::Sendto | SendMethod::Sendmmsg => DATAGRAM,
@@ -223,7 +214,7 @@ impl<'a> Sender<'a> {
             to,
             method,
             buf: vec![0x80; len],
-            addr,
+            batch: SendMmsg::new(MMSG_BATCH),
         })
     }
 
@@ -240,48 +231,25 @@ impl<'a> Sender<'a> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
                 Err(e) => Err(e),
             },
-            SendMethod::Sendmmsg => self.mmsg(DATAGRAM, MMSG_BATCH, 1),
-            SendMethod::SendmmsgGso => self.mmsg(DATAGRAM * GSO_SEGMENTS, 8, GSO_SEGMENTS as u64),
+            SendMethod::Sendmmsg => self.mmsg(None, MMSG_BATCH, 1),
+            SendMethod::SendmmsgGso => self.mmsg(Some(DATAGRAM as u16), 8, GSO_SEGMENTS as u64),
         }
     }
 
-    fn mmsg(&mut self, len: usize, batch: usize, per_msg: u64) -> io::Result<u64> {
-        let mut iov = libc::iovec {
-            iov_base: self.buf.as_mut_ptr().cast(),
-            iov_len: len,
+    fn mmsg(&mut self, segment_size: Option<u16>, batch: usize, per_msg: u64) -> io::Result<u64> {
+        let message = Outgoing {
+            to: self.to,
+            data: &self.buf,
+            segment_size,
         };
-        let mut headers: Vec<libc::mmsghdr> = (0..batch)
-            .map(|_| {
-                // SAFETY: msghdr is plain old data; the fields that matter are set here.
-                let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
-                h.msg_name = (&mut self.addr as *mut libc::sockaddr_in).cast();
-                h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-                h.msg_iov = &mut iov;
-                h.msg_iovlen = 1;
-                libc::mmsghdr {
-                    msg_hdr: h,
-                    msg_len: 0,
-                }
-            })
-            .collect();
-        // SAFETY: every header points at the live buffer and address above.
-        let n = unsafe {
-            libc::sendmmsg(
-                self.socket.as_raw_fd(),
-                headers.as_mut_ptr(),
-                batch as libc::c_uint,
-                0,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::WouldBlock {
-                Ok(0)
-            } else {
-                Err(e)
-            };
+        match self
+            .batch
+            .send(self.socket.as_raw_fd(), std::iter::repeat_n(message, batch))
+        {
+            Ok(n) => Ok(n as u64 * per_msg),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(e),
         }
-        Ok(n as u64 * per_msg)
     }
 }
 
@@ -397,8 +365,8 @@ pub fn fanout(f: &Fanout) -> io::Result<FanoutRate> {
             Instant::now(),
             shard.take(),
             sent.load(Ordering::Relaxed),
-            crate::procstat::threads_cpu_secs(VIEWER_THREAD).unwrap_or(0.0),
-            crate::procstat::threads_cpu_secs(SENDER_THREAD).unwrap_or(0.0),
+            deadsfu_procstat::threads_cpu_secs(VIEWER_THREAD).unwrap_or(0.0),
+            deadsfu_procstat::threads_cpu_secs(SENDER_THREAD).unwrap_or(0.0),
         )
     };
     let a = read(&shard);
@@ -453,7 +421,7 @@ fn fanout_send(
         pin_to_cpu(cpu)?;
     }
     let tx = UdpSocket::bind("127.0.0.1:0")?;
-    set_buffer(&tx, libc::SO_SNDBUF, 8 << 20);
+    set_send_buffer(tx.as_raw_fd(), 8 << 20)?;
     let segments = f.segments.clamp(1, 64);
     let seg_len = f.segment_len.clamp(16, DATAGRAM.max(f.segment_len));
     let last_len = if segments == 1 {
@@ -465,7 +433,6 @@ fn fanout_send(
     if msg_len > 65_000 {
         return Err(io::Error::other("a GSO buffer holds at most 64 KiB"));
     }
-    let addrs: Vec<libc::sockaddr_in> = to.iter().map(|a| crate::recv::sockaddr_in(*a)).collect();
     let mut seqs = vec![0u16; to.len()];
     // Random bytes after the headers, as SRTP's ciphertext would be.
     let mut bufs = vec![0u8; FANOUT_BATCH * msg_len];
@@ -476,32 +443,8 @@ fn fanout_send(
         x ^= x << 17;
         *b = x as u8;
     }
-    let mut controls = vec![[0u64; 4]; FANOUT_BATCH];
-    let mut iovecs: Vec<libc::iovec> = (0..FANOUT_BATCH)
-        .map(|i| libc::iovec {
-            iov_base: bufs[i * msg_len..].as_mut_ptr().cast(),
-            iov_len: msg_len,
-        })
-        .collect();
-    let mut headers: Vec<libc::mmsghdr> = (0..FANOUT_BATCH)
-        .map(|i| {
-            // SAFETY: msghdr is plain old data; the fields that matter are set here and below.
-            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
-            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_iov = &mut iovecs[i];
-            h.msg_iovlen = 1;
-            if segments > 1 {
-                // SAFETY: `controls` outlives `headers`.
-                unsafe {
-                    crate::recv::write_segment_cmsg(&mut h, &mut controls[i], seg_len as u16)
-                };
-            }
-            libc::mmsghdr {
-                msg_hdr: h,
-                msg_len: 0,
-            }
-        })
-        .collect();
+    let segment_size = (segments > 1).then_some(seg_len as u16);
+    let mut sender = SendMmsg::new(FANOUT_BATCH);
     let start = Instant::now();
     let mut total = 0u64;
     let mut next = 0usize; // the receiver of the first message of the next call
@@ -526,22 +469,26 @@ fn fanout_send(
                 seg[4..8].copy_from_slice(&(total as u32).to_be_bytes());
                 seg[8..12].copy_from_slice(&ssrc.to_be_bytes());
             }
-            headers[k].msg_hdr.msg_name = (&addrs[r] as *const libc::sockaddr_in).cast_mut().cast();
         }
-        // SAFETY: every header points at live buffers, addresses and control messages above.
-        let n = unsafe { libc::sendmmsg(tx.as_raw_fd(), headers.as_mut_ptr(), batch as u32, 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        for k in 0..n as usize {
+        let messages = bufs
+            .chunks(msg_len)
+            .take(batch)
+            .enumerate()
+            .map(|(k, data)| Outgoing {
+                to: SocketAddr::V4(to[(next + k) % to.len()]),
+                data,
+                segment_size,
+            });
+        let n = match sender.send(tx.as_raw_fd(), messages) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        for k in 0..n {
             let r = (next + k) % to.len();
             seqs[r] = seqs[r].wrapping_add(segments as u16);
         }
-        next = (next + n as usize) % to.len();
+        next = (next + n) % to.len();
         total += n as u64 * segments as u64;
         sent.store(total, Ordering::Relaxed);
     }
@@ -564,7 +511,7 @@ mod tests {
     #[test]
     fn a_gro_reader_counts_every_segment() {
         let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
-        if crate::recv::enable_gro(probe.as_raw_fd()).is_err() {
+        if deadsfu_udp::sockopt::enable_gro(probe.as_raw_fd()).is_err() {
             eprintln!("skipped: the kernel refuses UDP_GRO");
             return;
         }

@@ -16,14 +16,15 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use deadsfu_media::keyframe::h264_keyframe_start;
+use deadsfu_udp::RecvMmsg;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 
 use crate::accounting::{SeqCounts, SeqTracker};
-use crate::recv::RecvBatch;
-use crate::stream::{MIN_MEDIA_PAYLOAD, h264_keyframe_start, payload_stamp, stamp};
+use crate::stream::{MIN_MEDIA_PAYLOAD, payload_stamp, stamp};
 use crate::wire::{DatagramKind, PayloadTypes, PtUse, classify, rtp_header};
 
 const WAKE: Token = Token(usize::MAX);
@@ -125,7 +126,7 @@ impl Shard {
             rx,
             viewers: Vec::new(),
             timers: BinaryHeap::new(),
-            batch: RecvBatch::default(),
+            batch: crate::recv::viewer_batch(),
             report: report.clone(),
             stop: stop.clone(),
             totals: Totals::default(),
@@ -215,7 +216,7 @@ struct Runner {
     rx: Receiver<NewViewer>,
     viewers: Vec<Option<ViewerState>>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
-    batch: RecvBatch,
+    batch: RecvMmsg,
     report: Arc<Mutex<ShardReport>>,
     stop: Arc<AtomicBool>,
     totals: Totals,
@@ -273,7 +274,7 @@ impl Runner {
             let gro = if self.gro {
                 crate::recv::setup_socket(v.socket.as_raw_fd())
             } else {
-                crate::recv::set_receive_buffer(
+                let _ = deadsfu_udp::sockopt::set_receive_buffer(
                     v.socket.as_raw_fd(),
                     crate::recv::VIEWER_RECEIVE_BUFFER,
                 );
@@ -333,12 +334,12 @@ impl Runner {
             let now = Instant::now();
             totals.buffers += n as u64;
             for i in 0..n {
-                let Some(segments) = batch.get(i) else {
+                let Some(received) = batch.get(i) else {
                     break;
                 };
                 // A coalesced (GRO) buffer is cut back into its datagrams: each one is counted,
                 // or handed to str0m, on its own.
-                for d in segments {
+                for d in received.segments() {
                     totals.datagrams += 1;
                     let kind = classify(d);
                     if kind == DatagramKind::Rtp {
@@ -354,7 +355,7 @@ impl Runner {
                             totals.other_packets += 1;
                         }
                     }
-                    let (Some(from), Ok(contents)) = (batch.from(i), DatagramRecv::try_from(d))
+                    let (Some(from), Ok(contents)) = (received.from, DatagramRecv::try_from(d))
                     else {
                         continue;
                     };
@@ -594,7 +595,7 @@ mod tests {
     #[test]
     fn counts_each_segment_of_a_gso_buffer() {
         let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        if let Err(e) = crate::recv::enable_gro(probe.as_raw_fd()) {
+        if let Err(e) = deadsfu_udp::sockopt::enable_gro(probe.as_raw_fd()) {
             eprintln!("skipped: the kernel refuses UDP_GRO ({e})");
             return;
         }
@@ -608,9 +609,15 @@ mod tests {
         assert_eq!(r.gro, 1, "the viewer socket takes GRO buffers");
 
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let send = |segments: &[Vec<u8>], size: u16, to: SocketAddrV4| {
+        let mut sender = deadsfu_udp::SendMmsg::new(1);
+        let mut send = |segments: &[Vec<u8>], size: u16, to: SocketAddrV4| {
             let buf: Vec<u8> = segments.concat();
-            crate::recv::send_gso(tx.as_raw_fd(), &buf, size, to)
+            let message = deadsfu_udp::Outgoing {
+                to: to.into(),
+                data: &buf,
+                segment_size: Some(size),
+            };
+            sender.send(tx.as_raw_fd(), [message])
         };
         // Video: four 1000-byte packets and a shorter last one (a frame's last fragment).
         let mut video: Vec<Vec<u8>> = (100..104).map(|s| rtp(96, s, 0xdead, 1000)).collect();

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::h264_packetize::packetize_nal;
 use crate::packet::{Codec, MediaPacket, SourceId};
 
 /// The clip made by `scripts/make-idle-clip` (colour bars, "NO SIGNAL", 640x360, 10 fps).
@@ -53,7 +54,7 @@ impl IdleClip {
                     let keyframe = pending.iter().any(|n| n[0] & 0x1f == 5);
                     let mut payloads = Vec::new();
                     for n in pending.drain(..) {
-                        packetize(n, &mut payloads);
+                        payloads.extend(packetize_nal(n, MAX_PAYLOAD).map(Arc::from));
                     }
                     frames.push(IdleFrame { payloads, keyframe });
                 }
@@ -109,28 +110,6 @@ fn annex_b_nal_units(data: &[u8]) -> impl Iterator<Item = &[u8]> {
         .zip(ends)
         .filter(|(s, e)| e > s)
         .map(move |(s, e)| &data[s..e])
-}
-
-/// RFC 6184 packetization-mode 1: single NAL unit packets, FU-A for the big ones.
-fn packetize(nal: &[u8], out: &mut Vec<Arc<[u8]>>) {
-    if nal.len() <= MAX_PAYLOAD {
-        out.push(Arc::from(nal));
-        return;
-    }
-    let indicator = (nal[0] & 0xe0) | 28;
-    let nal_type = nal[0] & 0x1f;
-    let body = &nal[1..];
-    let chunks: Vec<&[u8]> = body.chunks(MAX_PAYLOAD - 2).collect();
-    let last = chunks.len() - 1;
-    for (i, chunk) in chunks.into_iter().enumerate() {
-        let mut p = Vec::with_capacity(chunk.len() + 2);
-        p.push(indicator);
-        let start = if i == 0 { 0x80 } else { 0 };
-        let end = if i == last { 0x40 } else { 0 };
-        p.push(start | end | nal_type);
-        p.extend_from_slice(chunk);
-        out.push(p.into());
-    }
 }
 
 /// Where one room is in the clip.

@@ -23,7 +23,17 @@ fn h264_starts_picture(nal_type: u8) -> bool {
     nal_type == H264_IDR || nal_type == H264_SPS
 }
 
-/// RFC 6184: single NAL unit, STAP-A aggregate, or the start fragment of an FU-A.
+/// Whether this H264 RTP payload (RFC 6184) starts a keyframe, i.e. a decoder may begin here.
+/// It does when it carries the beginning of an IDR slice (NAL type 5) or of an SPS (type 7),
+/// in any packetization form:
+///
+/// - a single NAL unit packet holding an IDR slice or an SPS;
+/// - a STAP-A aggregate holding an IDR slice or an SPS anywhere in it;
+/// - the start fragment (S bit set) of an FU-A of an IDR slice (or of an SPS).
+///
+/// A PPS alone does not count: encoders send it after the SPS, and counting it would cut a
+/// keyframe's GOP between its SPS and PPS. Anything else (delta slices, non-start FU-A
+/// fragments, SEI, truncated or empty payloads) is `false`; malformed input never panics.
 pub fn h264_keyframe_start(payload: &[u8]) -> bool {
     let Some(&first) = payload.first() else {
         return false;
@@ -100,7 +110,10 @@ mod tests {
     fn h264_single_nal() {
         assert!(h264_keyframe_start(&[0x65, 0x88]));
         assert!(h264_keyframe_start(&[0x67, 0x42]));
+        assert!(h264_keyframe_start(&[0x25, 0x88])); // IDR with a lower NRI
         assert!(!h264_keyframe_start(&[0x41, 0x9a]));
+        assert!(!h264_keyframe_start(&[0x06, 0x05])); // SEI
+        assert!(!h264_keyframe_start(&[0x09, 0xf0])); // access unit delimiter
         assert!(!h264_keyframe_start(&[0x68, 0xce])); // PPS alone does not start a picture
         assert!(!h264_keyframe_start(&[]));
     }
@@ -113,8 +126,14 @@ mod tests {
         // STAP-A holding only delta NALs.
         let stap = [0x78, 0, 2, 0x41, 0x00, 0, 2, 0x41, 0x01];
         assert!(!h264_keyframe_start(&stap));
-        // Truncated aggregate must not panic.
+        // The SPS need not be the first unit (an AUD may precede it).
+        assert!(h264_keyframe_start(&[0x78, 0, 1, 0x09, 0, 2, 0x67, 0x42]));
+        // IDR inside the aggregate.
+        assert!(h264_keyframe_start(&[0x78, 0, 2, 0x65, 0x88]));
+        // Truncated aggregates must not panic.
         assert!(!h264_keyframe_start(&[0x78, 0, 9, 0x67]));
+        assert!(!h264_keyframe_start(&[0x78, 0]));
+        assert!(!h264_keyframe_start(&[0x78]));
     }
 
     #[test]
@@ -122,6 +141,8 @@ mod tests {
         assert!(h264_keyframe_start(&[0x7c, 0x85, 0x88])); // start of IDR
         assert!(!h264_keyframe_start(&[0x7c, 0x05, 0x88])); // middle of IDR
         assert!(!h264_keyframe_start(&[0x7c, 0x81, 0x9a])); // start of non-IDR
+        assert!(!h264_keyframe_start(&[0x7c, 0x45, 0x88])); // end of IDR
+        assert!(h264_keyframe_start(&[0x7c, 0x87, 0x42])); // start of a (rare) fragmented SPS
         assert!(!h264_keyframe_start(&[0x7c]));
     }
 

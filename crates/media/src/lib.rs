@@ -3,6 +3,7 @@
 //! - [`packet`]: the shared, immutable form of a received RTP packet.
 //! - [`gop`]: the packets since the last keyframe, for instant start.
 //! - [`idle`]: the looped "no signal" clip of rooms nobody publishes to.
+//! - [`h264_packetize`]: cutting H264 NAL units into RTP payloads (single NAL unit, FU-A).
 //! - [`keyframe`]: spotting the start of a keyframe in H264, VP8 and VP9 payloads.
 //! - [`rewrite`]: per-viewer rewriting of sequence numbers and timestamps so that a change of
 //!   source (publisher leaves, another arrives) is seamless to the receiver.
@@ -12,6 +13,7 @@
 //! - [`room`]: the room directory shared by workers: who publishes, which workers have viewers.
 
 pub mod gop;
+pub mod h264_packetize;
 pub mod idle;
 pub mod keyframe;
 pub mod keyframe_request;

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::net::TcpListener;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -32,14 +32,6 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free loopback port")
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 // ---- captured logs ----
@@ -206,8 +198,14 @@ impl TestCluster {
         capture_logs();
         let dir = tempfile::tempdir().unwrap();
         let cluster_dir = dir.path().join("cluster");
-        let redis_addr = format!("127.0.0.1:{}", free_port());
-        let bootstrap_addr = format!("127.0.0.1:{}", free_port());
+        let redis_addr = format!(
+            "127.0.0.1:{}",
+            deadsfu_testkit::free_tcp_port(Ipv4Addr::LOCALHOST)
+        );
+        let bootstrap_addr = format!(
+            "127.0.0.1:{}",
+            deadsfu_testkit::free_tcp_port(Ipv4Addr::LOCALHOST)
+        );
         init(
             &cluster_dir,
             &InitOptions {

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -273,7 +273,10 @@ enum DemuxCommand {
 async fn udp_loop(udp: Arc<UdpSocket>, mut commands: mpsc::UnboundedReceiver<DemuxCommand>) {
     let mut demux = Demux::default();
     let mut sessions: HashMap<SessionId, mpsc::Sender<(SocketAddr, Bytes)>> = HashMap::new();
-    let mut buffer = vec![0u8; MAX_DATAGRAM];
+    // Datagrams are read into one large buffer and split off it, so a session gets its
+    // datagram (and the fan-out its payload) without a copy: one allocation per
+    // RECEIVE_CHUNK bytes rather than one per datagram.
+    let mut buffer = BytesMut::new();
     let mut dropped: u64 = 0;
     loop {
         tokio::select! {
@@ -293,23 +296,22 @@ async fn udp_loop(udp: Arc<UdpSocket>, mut commands: mpsc::UnboundedReceiver<Dem
                     sessions.remove(&id);
                 }
             },
-            received = udp.recv_from(&mut buffer) => {
-                let (len, from) = match received {
+            received = recv_datagram(&udp, &mut buffer) => {
+                let (datagram, from) = match received {
                     Ok(received) => received,
                     Err(error) => {
                         debug!(%error, "FTL UDP receive error");
                         continue;
                     }
                 };
-                if len == buffer.len() {
+                if datagram.len() >= MAX_DATAGRAM {
                     // Possibly truncated: larger than any FTL packet.
                     continue;
                 }
-                let datagram = &buffer[..len];
-                match demux.route(from, datagram) {
+                match demux.route(from, &datagram) {
                     Route::Session(id) => {
                         let Some(session) = sessions.get(&id) else { continue };
-                        if session.try_send((from, Bytes::copy_from_slice(datagram))).is_err() {
+                        if session.try_send((from, datagram)).is_err() {
                             dropped += 1;
                             if dropped.is_power_of_two() {
                                 warn!(dropped, "FTL session too slow; datagrams dropped");
@@ -317,13 +319,29 @@ async fn udp_loop(udp: Arc<UdpSocket>, mut commands: mpsc::UnboundedReceiver<Dem
                         }
                     }
                     Route::EchoToSender => {
-                        let _ = udp.try_send_to(datagram, from);
+                        let _ = udp.try_send_to(&datagram, from);
                     }
                     Route::Drop => {}
                 }
             }
         }
     }
+}
+
+/// Bytes of receive buffer allocated at a time (about 50 media datagrams).
+const RECEIVE_CHUNK: usize = 64 * 1024;
+
+/// Reads one datagram into the free end of `buffer` and splits it off.
+async fn recv_datagram(
+    udp: &UdpSocket,
+    buffer: &mut BytesMut,
+) -> std::io::Result<(Bytes, SocketAddr)> {
+    if buffer.capacity() < MAX_DATAGRAM {
+        // The earlier chunk is still shared by datagrams in flight: start a new one.
+        *buffer = BytesMut::with_capacity(RECEIVE_CHUNK);
+    }
+    let (_, from) = udp.recv_buf_from(buffer).await?;
+    Ok((buffer.split().freeze(), from))
 }
 
 struct SessionTask {

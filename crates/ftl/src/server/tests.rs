@@ -136,7 +136,7 @@ impl Harness {
     }
 }
 
-fn video(sequence: u16, payload: &[u8]) -> Vec<u8> {
+fn video(sequence: u16, payload: &[u8]) -> Bytes {
     RtpHeader {
         marker: true,
         payload_type: 96,
@@ -145,9 +145,10 @@ fn video(sequence: u16, payload: &[u8]) -> Vec<u8> {
         ssrc: CHANNEL + 1,
     }
     .packet(payload)
+    .into()
 }
 
-fn audio(sequence: u16) -> Vec<u8> {
+fn audio(sequence: u16) -> Bytes {
     RtpHeader {
         marker: false,
         payload_type: 97,
@@ -156,6 +157,7 @@ fn audio(sequence: u16) -> Vec<u8> {
         ssrc: CHANNEL,
     }
     .packet(&[0xfc, 1, 2])
+    .into()
 }
 
 #[test]
@@ -552,7 +554,7 @@ fn echoes_pings_unchanged_and_reports_sender_reports() {
     let mut h = Harness::new();
     h.handshake();
     let ping = udp::ping_packet(1, 2);
-    let out = h.input(10, ServerInput::Datagram(&ping));
+    let out = h.input(10, ServerInput::Datagram(&Bytes::copy_from_slice(&ping)));
     assert_eq!(out.datagrams, [ping.to_vec()]);
     let report = SenderReport {
         ssrc: CHANNEL,
@@ -561,7 +563,10 @@ fn echoes_pings_unchanged_and_reports_sender_reports() {
         packet_count: 3,
         octet_count: 4,
     };
-    let out = h.input(11, ServerInput::Datagram(&report.packet()));
+    let out = h.input(
+        11,
+        ServerInput::Datagram(&Bytes::copy_from_slice(&report.packet())),
+    );
     assert_eq!(
         out.events,
         [ServerEvent::SenderReport {
@@ -591,7 +596,7 @@ fn ignores_foreign_datagrams() {
     .packet(&[0x67]);
     let datagrams: [&[u8]; 4] = [&wrong_ssrc, &[], &[0x80, 0x60], b"garbage"];
     for datagram in datagrams {
-        let out = h.input(10, ServerInput::Datagram(datagram));
+        let out = h.input(10, ServerInput::Datagram(&Bytes::copy_from_slice(datagram)));
         assert!(out.events.is_empty() && out.datagrams.is_empty());
     }
     assert_eq!(h.session.stats().unknown_datagrams, 5);
@@ -625,4 +630,16 @@ fn nacks_gaps_and_marks_retransmissions() {
     );
     let stats = h.session.stats();
     assert_eq!((stats.nacked, stats.recovered, stats.duplicates), (2, 1, 1));
+}
+
+#[test]
+fn media_payload_is_a_slice_of_the_datagram_not_a_copy() {
+    let mut h = Harness::new();
+    h.handshake();
+    let datagram = video(1, &[0x67, 0x42, 0x00]);
+    let out = h.input(10, ServerInput::Datagram(&datagram));
+    let payload = &out.media()[0].payload;
+    assert_eq!(&payload[..], &[0x67, 0x42, 0x00]);
+    let within = datagram.as_ptr_range();
+    assert!(within.contains(&payload.as_ptr()), "payload was copied");
 }

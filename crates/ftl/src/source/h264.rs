@@ -1,7 +1,9 @@
-//! H264 Annex-B reading and RTP packetization (RFC 6184 single NAL unit and FU-A, as ftl-sdk
-//! sends them: no STAP-A).
+//! H264 Annex-B reading and framing for the FTL client: NAL units grouped into frames, each
+//! packetized by [`deadsfu_media::h264_packetize`] (single NAL unit and FU-A, as ftl-sdk sends
+//! them: no STAP-A).
 
 use bytes::Bytes;
+use deadsfu_media::h264_packetize::packetize_nal;
 
 const NAL_SLICE: u8 = 1;
 const NAL_IDR: u8 = 5;
@@ -9,7 +11,6 @@ const NAL_SEI: u8 = 6;
 const NAL_SPS: u8 = 7;
 const NAL_PPS: u8 = 8;
 const NAL_AUD: u8 = 9;
-const NAL_FU_A: u8 = 28;
 
 /// Splits an Annex-B byte stream at its start codes (`00 00 01` or `00 00 00 01`) into NAL
 /// units, without the start codes. Bytes before the first start code are ignored.
@@ -90,36 +91,6 @@ pub fn access_units(nal_units: Vec<Bytes>) -> Vec<Vec<Bytes>> {
     frames
 }
 
-/// RTP payloads for one NAL unit: the unit itself when it fits in `max_payload`, otherwise
-/// FU-A fragments.
-pub fn packetize_nal(nal: &[u8], max_payload: usize) -> Vec<Vec<u8>> {
-    if nal.len() <= max_payload || nal.len() < 2 {
-        return vec![nal.to_vec()];
-    }
-    let header = nal[0];
-    let indicator = (header & 0xe0) | NAL_FU_A;
-    let chunk = max_payload.saturating_sub(2).max(1);
-    let body = &nal[1..];
-    let count = body.len().div_ceil(chunk);
-    body.chunks(chunk)
-        .enumerate()
-        .map(|(index, piece)| {
-            let mut fu_header = header & 0x1f;
-            if index == 0 {
-                fu_header |= 0x80;
-            }
-            if index + 1 == count {
-                fu_header |= 0x40;
-            }
-            let mut payload = Vec::with_capacity(piece.len() + 2);
-            payload.push(indicator);
-            payload.push(fu_header);
-            payload.extend_from_slice(piece);
-            payload
-        })
-        .collect()
-}
-
 /// All RTP payloads of a frame with their marker bits (set on the frame's last packet).
 pub fn packetize_frame(frame: &[Bytes], max_payload: usize) -> Vec<(Vec<u8>, bool)> {
     let mut payloads: Vec<(Vec<u8>, bool)> = frame
@@ -181,7 +152,7 @@ mod tests {
     fn fragments_large_nal_units_as_fu_a() {
         let mut nal = vec![0x65];
         nal.extend((0..3000).map(|i| i as u8));
-        let payloads = packetize_nal(&nal, 1380);
+        let payloads: Vec<Vec<u8>> = packetize_nal(&nal, 1380).collect();
         assert_eq!(payloads.len(), 3);
         assert_eq!(payloads[0][..2], [0x7c, 0x85]);
         assert_eq!(payloads[1][..2], [0x7c, 0x05]);
@@ -189,7 +160,8 @@ mod tests {
         assert!(payloads.iter().all(|p| p.len() <= 1380));
         let rebuilt: Vec<u8> = payloads.iter().flat_map(|p| p[2..].to_vec()).collect();
         assert_eq!(rebuilt, nal[1..]);
-        assert_eq!(packetize_nal(&[0x67, 1, 2], 1380), [vec![0x67, 1, 2]]);
+        let single: Vec<Vec<u8>> = packetize_nal(&[0x67, 1, 2], 1380).collect();
+        assert_eq!(single, [vec![0x67, 1, 2]]);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use super::{CpuMeter, connect_from, cpu_pct, skip_proxy_v2};
+use super::{CpuMeter, connect_from, cpu_pct, own_cpu, skip_proxy_v2};
 
 /// Bytes written per call.
 const CHUNK: usize = 256 * 1024;
@@ -118,7 +118,7 @@ pub async fn download(
         .connect(name, tcp)
         .await
         .context("TLS handshake")?;
-    let cpu0 = (proxy.read(), backend.read(), CpuMeter::own());
+    let cpu0 = (proxy.read(), backend.read(), own_cpu());
     let started = Instant::now();
     stream
         .write_all(format!("GET /bulk/{bytes} HTTP/1.1\r\nHost: {sni}\r\n\r\n").as_bytes())
@@ -153,7 +153,7 @@ pub async fn download(
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu1 = (proxy.read(), backend.read(), CpuMeter::own());
+    let cpu1 = (proxy.read(), backend.read(), own_cpu());
     if body < bytes {
         bail!("got {body} of {bytes} bytes");
     }

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 
-use super::{CpuMeter, connect_from, cpu_pct, percentile_ms};
+use super::{CpuMeter, connect_from, cpu_pct, own_cpu, percentile_ms};
 
 #[derive(Debug, Clone)]
 pub struct ConnsConfig {
@@ -145,9 +145,9 @@ pub async fn run(cfg: ConnsConfig) -> anyhow::Result<Value> {
         let cfg = cfg.clone();
         tokio::spawn(async move {
             tokio::time::sleep_until(window.0.into()).await;
-            let a = (cfg.proxy.read(), cfg.backend.read(), CpuMeter::own());
+            let a = (cfg.proxy.read(), cfg.backend.read(), own_cpu());
             tokio::time::sleep_until(window.1.into()).await;
-            let b = (cfg.proxy.read(), cfg.backend.read(), CpuMeter::own());
+            let b = (cfg.proxy.read(), cfg.backend.read(), own_cpu());
             (
                 cpu_pct(a.0, b.0),
                 cpu_pct(a.1, b.1),

@@ -33,13 +33,15 @@ use deadsfu_ftl::server::{
     ClaimOutcome, SecretLookup, ServerConfig, ServerEvent, ServerInput, ServerOutput,
     ServerSession, random_nonce,
 };
+use deadsfu_udp::sockopt::set_receive_buffer;
+use deadsfu_udp::{Outgoing, RecvMmsg, SendMmsg};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
 use super::register::{FakeNode, connect_admin, set_ftl_key};
-use super::{CpuMeter, connect_from, cpu_pct, percentile_ms};
+use super::{CpuMeter, connect_from, cpu_pct, own_cpu, percentile_ms};
 
 /// Offsets in the datagram (after the 12-byte RTP header and a 1-byte NAL header).
 const SENT_AT: usize = 13;
@@ -104,7 +106,8 @@ pub async fn run(cfg: FtlBenchConfig) -> anyhow::Result<Value> {
     let control = TcpListener::bind(SocketAddr::new(cfg.ingest_ip, 0)).await?;
     let control_addr = control.local_addr()?;
     let udp = UdpSocket::bind(SocketAddr::new(cfg.ingest_ip, 0))?;
-    set_receive_buffer(&udp, 8 << 20);
+    // Best effort: a smaller buffer shows up as loss in the report.
+    let _ = set_receive_buffer(udp.as_raw_fd(), 8 << 20);
     udp.set_read_timeout(Some(Duration::from_millis(50)))?;
     let udp_port = udp.local_addr()?.port();
     let ssrc = key.video_ssrc();
@@ -185,7 +188,7 @@ pub async fn run(cfg: FtlBenchConfig) -> anyhow::Result<Value> {
         sent.packets.load(Relaxed),
         received.packets.load(Relaxed),
         cfg.proxy.read(),
-        CpuMeter::own(),
+        own_cpu(),
         Instant::now(),
     );
     received.measuring.store(true, Relaxed);
@@ -195,7 +198,7 @@ pub async fn run(cfg: FtlBenchConfig) -> anyhow::Result<Value> {
         sent.packets.load(Relaxed),
         received.packets.load(Relaxed),
         cfg.proxy.read(),
-        CpuMeter::own(),
+        own_cpu(),
         Instant::now(),
     );
     sent.stop.store(true, Relaxed);
@@ -354,75 +357,19 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-fn set_receive_buffer(socket: &UdpSocket, bytes: libc::c_int) {
-    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: setsockopt with a c_int value on a valid socket.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&bytes as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            return;
-        }
-    }
-}
-
 /// The ingest's UDP side: counts datagrams of the channel's SSRC and, while measuring, keeps
 /// their latency (nanoseconds).
 fn receive(socket: UdpSocket, ssrc: u32, received: &Received) -> io::Result<Vec<u64>> {
     let mut samples = Vec::new();
-    let mut buffers = vec![[0u8; 2048]; BATCH];
+    let mut batch = RecvMmsg::new(BATCH, 2048);
     let fd = socket.as_raw_fd();
     while !received.stop.load(Relaxed) {
-        let mut iovecs: Vec<libc::iovec> = buffers
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
-        // SAFETY: zeroed mmsghdr is valid; each points at its own iovec, alive until the call
-        // returns.
-        let mut msgs: Vec<libc::mmsghdr> = iovecs
-            .iter_mut()
-            .map(|iov| {
-                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                m.msg_hdr.msg_iov = iov;
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
-        // SAFETY: valid socket and message array; the socket's read timeout bounds the wait.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                msgs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::WouldBlock
-                | io::ErrorKind::TimedOut
-                | io::ErrorKind::Interrupted => {
-                    continue;
-                }
-                _ => return Err(e),
-            }
-        }
+        // The socket's read timeout bounds the wait, so `stop` is seen.
+        let n = batch.recv_waiting(fd)?;
         let now = now_ns();
         let measuring = received.measuring.load(Relaxed);
         let mut counted = 0;
-        for (m, buf) in msgs.iter().zip(&buffers).take(n as usize) {
-            let d = &buf[..m.msg_len as usize];
+        for d in (0..n).filter_map(|i| batch.get(i)).map(|r| r.data) {
             if d.len() < MIN_DATAGRAM || u32::from_be_bytes([d[8], d[9], d[10], d[11]]) != ssrc {
                 continue;
             }
@@ -453,6 +400,7 @@ fn push_media(
     // SAFETY: prctl with an integer argument.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
     let mut packets = vec![vec![0u8; len]; BATCH];
+    let mut batch = SendMmsg::new(BATCH);
     let mut number: u64 = 0;
     let mut seq: u16 = rand::random();
     let start = Instant::now();
@@ -484,7 +432,12 @@ fn push_media(
             seq = seq.wrapping_add(1);
             number += 1;
         }
-        let done = send_batch(&socket, &mut packets[..want]);
+        let messages = packets[..want].iter().map(|data| Outgoing {
+            to,
+            data,
+            segment_size: None,
+        });
+        let done = batch.send(socket.as_raw_fd(), messages);
         match done {
             Ok(n) => {
                 sent.packets.fetch_add(n as u64, Relaxed);
@@ -498,38 +451,4 @@ fn push_media(
         }
     }
     Ok(())
-}
-
-fn send_batch(socket: &UdpSocket, packets: &mut [Vec<u8>]) -> io::Result<usize> {
-    let mut iovecs: Vec<libc::iovec> = packets
-        .iter_mut()
-        .map(|p| libc::iovec {
-            iov_base: p.as_mut_ptr().cast(),
-            iov_len: p.len(),
-        })
-        .collect();
-    let mut msgs: Vec<libc::mmsghdr> = iovecs
-        .iter_mut()
-        .map(|iov| {
-            // SAFETY: zeroed mmsghdr is valid (connected socket: no address).
-            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_iov = iov;
-            m.msg_hdr.msg_iovlen = 1;
-            m
-        })
-        .collect();
-    // SAFETY: valid socket and message array, alive for the call.
-    let n = unsafe {
-        libc::sendmmsg(
-            socket.as_raw_fd(),
-            msgs.as_mut_ptr(),
-            msgs.len() as libc::c_uint,
-            0,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
 }

@@ -25,61 +25,15 @@ use std::time::Instant;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::procstat;
+use deadsfu_procstat::{self as procstat, Process};
+pub use deadsfu_procstat::{CpuMeter, CpuReading, cpu_pct};
 
-/// CPU time of a set of processes (every thread of each), read from `/proc/PID/stat`.
-#[derive(Debug, Clone)]
-pub struct CpuMeter {
-    pids: Vec<u32>,
-}
-
-/// One reading of a [`CpuMeter`].
-#[derive(Debug, Clone, Copy)]
-pub struct CpuReading {
-    at: Instant,
-    secs: f64,
-}
-
-impl CpuMeter {
-    pub fn new(pids: Vec<u32>) -> Self {
-        Self { pids }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pids.is_empty()
-    }
-
-    pub fn read(&self) -> CpuReading {
-        let secs = self
-            .pids
-            .iter()
-            .filter_map(|p| procstat::sample(&p.to_string()))
-            .map(|s| s.cpu_secs)
-            .sum();
-        CpuReading {
-            at: Instant::now(),
-            secs,
-        }
-    }
-
-    /// This process.
-    pub fn own() -> CpuReading {
-        CpuReading {
-            at: Instant::now(),
-            secs: procstat::sample("self").map_or(0.0, |s| s.cpu_secs),
-        }
-    }
-}
-
-/// CPU use between two readings, in percent of one core (`/proc` counts in clock ticks, 10 ms:
-/// windows of a few seconds are good to about 1%).
-pub fn cpu_pct(from: CpuReading, to: CpuReading) -> f64 {
-    let wall = to.at.saturating_duration_since(from.at).as_secs_f64();
-    if wall <= 0.0 {
-        0.0
-    } else {
-        (to.secs - from.secs) * 100.0 / wall
-    }
+/// This process's CPU time (zero if `/proc` cannot be read).
+pub fn own_cpu() -> CpuReading {
+    procstat::cpu(Process::Own).unwrap_or(CpuReading {
+        at: Instant::now(),
+        cpu_secs: 0.0,
+    })
 }
 
 /// A TCP connection to `to` from `from` (port chosen by the kernel), with `TCP_NODELAY`.
@@ -140,15 +94,5 @@ mod tests {
         assert_eq!(percentile(&v, 100.0), Some(100));
         assert_eq!(percentile(&[], 50.0), None);
         assert_eq!(percentile_ms(&[1_234_567], 50.0), Some(1.235));
-    }
-
-    #[test]
-    fn cpu_of_this_process_moves() {
-        let meter = CpuMeter::new(vec![std::process::id()]);
-        let a = meter.read();
-        let start = Instant::now();
-        while start.elapsed() < std::time::Duration::from_millis(50) {}
-        let b = meter.read();
-        assert!(cpu_pct(a, b) > 10.0, "{}", cpu_pct(a, b));
     }
 }

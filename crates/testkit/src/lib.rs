@@ -1,0 +1,57 @@
+//! Helpers shared by the integration tests of several crates. A dev-dependency only: nothing
+//! here belongs in a shipped binary.
+
+use std::net::{IpAddr, Ipv4Addr, TcpListener, UdpSocket};
+
+/// A TCP port that was free on `ip` a moment ago (the kernel picks it; another process may
+/// still take it before the caller binds, which tests accept).
+pub fn free_tcp_port(ip: impl Into<IpAddr>) -> u16 {
+    let ip = ip.into();
+    TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("no free TCP port on {ip}: {e}"))
+        .port()
+}
+
+/// A TCP port free on every one of `ips` at once (for servers that must share one port
+/// number across addresses, such as nodes reached through one DNS name).
+pub fn tcp_port_free_on_all(ips: &[Ipv4Addr]) -> u16 {
+    let (first_ip, rest) = ips.split_first().expect("at least one address");
+    for _ in 0..200 {
+        let first = TcpListener::bind((*first_ip, 0)).expect("bind on the first address");
+        let port = first.local_addr().unwrap().port();
+        if rest.iter().all(|ip| TcpListener::bind((*ip, port)).is_ok()) {
+            return port;
+        }
+    }
+    panic!("no TCP port free on all of {ips:?}");
+}
+
+/// A UDP socket and a TCP listener bound to the same port on `ip`, kept open so that the
+/// caller can hand the port to a server that needs both (and close them just before).
+pub fn free_udp_and_tcp_port(ip: impl Into<IpAddr>) -> (UdpSocket, TcpListener) {
+    let ip = ip.into();
+    for _ in 0..100 {
+        let udp = UdpSocket::bind((ip, 0)).expect("a free UDP port");
+        if let Ok(tcp) = TcpListener::bind(udp.local_addr().unwrap()) {
+            return (udp, tcp);
+        }
+    }
+    panic!("no port free for both UDP and TCP on {ip}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_bindable() {
+        let port = free_tcp_port(Ipv4Addr::LOCALHOST);
+        assert_ne!(port, 0);
+        TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+        let port = tcp_port_free_on_all(&[Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 2)]);
+        assert_ne!(port, 0);
+        let (udp, tcp) = free_udp_and_tcp_port(Ipv4Addr::LOCALHOST);
+        assert_eq!(udp.local_addr().unwrap(), tcp.local_addr().unwrap());
+    }
+}
