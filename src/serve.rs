@@ -475,7 +475,7 @@ pub async fn shutdown_signal() {
 
 /// Session admission limits: the flags, else defaults sized from the memory available.
 fn admission_config(args: &ServeArgs) -> deadsfu_rtc::AdmissionConfig {
-    let mut config = match available_memory_bytes() {
+    let mut config = match deadsfu_procstat::available_memory_bytes() {
         Some(bytes) => deadsfu_rtc::AdmissionConfig::for_memory(bytes),
         None => deadsfu_rtc::AdmissionConfig::default(),
     };
@@ -496,12 +496,4 @@ fn admission_config(args: &ServeArgs) -> deadsfu_rtc::AdmissionConfig {
         "session admission limits"
     );
     config
-}
-
-/// MemAvailable from /proc/meminfo.
-fn available_memory_bytes() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }

@@ -148,8 +148,23 @@ fn parse_rss_kib(status: &str) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// The memory available to new work (`MemAvailable` of `/proc/meminfo`), in bytes.
+pub fn available_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn reads_the_memory_available() {
+        let bytes = available_memory_bytes().expect("MemAvailable on Linux");
+        assert!(bytes > 1 << 20, "{bytes}");
+    }
+
     use super::*;
     use std::time::Duration;
 

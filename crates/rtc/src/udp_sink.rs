@@ -1,7 +1,10 @@
-//! The worker's socket as a [`DatagramSink`]: a batch goes out with `sendmmsg(2)`, runs to one
-//! peer as one `UDP_SEGMENT` message where the kernel offers it.
+//! The worker's socket as a [`DatagramSink`]: a batch goes out with `sendmmsg(2)`
+//! (`deadsfu-udp`), runs to one peer as one `UDP_SEGMENT` message where the kernel offers it.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+
+use deadsfu_udp::{Outgoing, SendMmsg};
 
 use crate::send_batch::{DatagramSink, MAX_BATCH, Message, SendReport};
 
@@ -10,6 +13,7 @@ const SEND_ROOM_WAIT_MS: libc::c_int = 1;
 
 pub(crate) struct UdpSink {
     socket: UdpSocket,
+    sendmmsg: SendMmsg,
     /// Whether the kernel takes `UDP_SEGMENT` on this socket.
     gso: bool,
 }
@@ -18,143 +22,20 @@ impl UdpSink {
     /// `socket` must be non-blocking: a full socket buffer drops (and counts) datagrams rather
     /// than stalling the worker.
     pub fn new(socket: UdpSocket) -> Self {
-        let gso = gso_supported(&socket);
-        UdpSink { socket, gso }
-    }
-}
-
-impl DatagramSink for UdpSink {
-    fn send(&mut self, buf: &[u8], messages: &[Message]) -> SendReport {
-        let (datagrams, bytes, dropped) = self.send_queued(buf, messages);
-        SendReport {
-            datagrams,
-            bytes,
-            dropped,
+        let gso = deadsfu_udp::sockopt::gso_supported(socket.as_raw_fd())
+            && std::env::var_os("DEADSFU_NO_GSO").is_none();
+        UdpSink {
+            socket,
+            sendmmsg: SendMmsg::new(MAX_BATCH),
+            gso,
         }
-    }
-
-    fn gso(&self) -> bool {
-        self.gso
-    }
-}
-
-impl UdpSink {
-    /// Sends the queue; returns datagrams sent, their bytes, and datagrams dropped.
-    #[cfg(target_os = "linux")]
-    fn send_queued(&mut self, buf: &[u8], messages: &[Message]) -> (u64, u64, u64) {
-        use std::os::fd::AsRawFd;
-
-        let fd = self.socket.as_raw_fd();
-        let mut sent = 0u64;
-        let mut bytes = 0u64;
-        let mut dropped = 0u64;
-        let mut next = 0;
-        let mut waited = false;
-        while next < messages.len() {
-            let n = (messages.len() - next).min(MAX_BATCH);
-            let batch = &messages[next..next + n];
-            // SAFETY: all-zero is a valid value for these plain C structs; every pointer set
-            // below points into `self.buf`, `names` and `controls`, which outlive the call.
-            let mut iovecs: [libc::iovec; MAX_BATCH] = unsafe { std::mem::zeroed() };
-            let mut headers: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
-            let mut names: [libc::sockaddr_storage; MAX_BATCH] = unsafe { std::mem::zeroed() };
-            let mut controls = [[0u64; 4]; MAX_BATCH];
-            for (i, m) in batch.iter().enumerate() {
-                let name_len = write_sockaddr(m.to, &mut names[i]);
-                iovecs[i] = libc::iovec {
-                    iov_base: buf[m.start..].as_ptr() as *mut libc::c_void,
-                    iov_len: m.len,
-                };
-                let hdr = &mut headers[i].msg_hdr;
-                hdr.msg_name = &mut names[i] as *mut _ as *mut libc::c_void;
-                hdr.msg_namelen = name_len;
-                hdr.msg_iov = &mut iovecs[i];
-                hdr.msg_iovlen = 1;
-                if m.segments > 1 {
-                    // SAFETY: `controls[i]` is 32 bytes, 8-aligned: room for one cmsghdr
-                    // carrying a u16 (CMSG_SPACE(2) is 24 on 64-bit Linux).
-                    unsafe {
-                        hdr.msg_control = controls[i].as_mut_ptr() as *mut libc::c_void;
-                        hdr.msg_controllen = libc::CMSG_SPACE(2) as _;
-                        let cmsg = libc::CMSG_FIRSTHDR(hdr);
-                        (*cmsg).cmsg_level = libc::SOL_UDP;
-                        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-                        (*cmsg).cmsg_len = libc::CMSG_LEN(2) as _;
-                        std::ptr::write_unaligned(
-                            libc::CMSG_DATA(cmsg) as *mut u16,
-                            m.segment as u16,
-                        );
-                    }
-                }
-            }
-            // SAFETY: `headers[..n]` are initialised as above.
-            let r = unsafe { libc::sendmmsg(fd, headers.as_mut_ptr(), n as libc::c_uint, 0) };
-            if r > 0 {
-                for m in &batch[..r as usize] {
-                    sent += m.segments as u64;
-                    bytes += m.len as u64;
-                }
-                next += r as usize;
-                continue;
-            }
-            let err = std::io::Error::last_os_error();
-            match err.kind() {
-                std::io::ErrorKind::Interrupted => continue,
-                // The socket buffer is full. Wait for room once per flush (briefly: the worker
-                // has other viewers to serve); if there is still none, only the message at the
-                // head (one viewer's run) is dropped and the rest are tried.
-                std::io::ErrorKind::WouldBlock => {
-                    if !waited {
-                        waited = true;
-                        let mut pfd = libc::pollfd {
-                            fd,
-                            events: libc::POLLOUT,
-                            revents: 0,
-                        };
-                        // SAFETY: one valid pollfd for the duration of the call.
-                        if unsafe { libc::poll(&mut pfd, 1, SEND_ROOM_WAIT_MS) } > 0 {
-                            continue;
-                        }
-                    }
-                    dropped += messages[next].segments as u64;
-                    next += 1;
-                }
-                _ => {
-                    let m = messages[next];
-                    if m.segments > 1
-                        && matches!(
-                            err.raw_os_error(),
-                            Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP)
-                        )
-                    {
-                        // No segmentation offload here after all: send this one datagram by
-                        // datagram, and no more GSO from this socket.
-                        tracing::info!(error = %err, "UDP GSO refused; sending datagrams singly");
-                        self.gso = false;
-                        let (s, b) = self.send_singly(buf, m);
-                        sent += s;
-                        bytes += b;
-                        dropped += m.segments as u64 - s;
-                    } else {
-                        // This message cannot be sent (say, an unreachable destination): skip
-                        // it, keep the others.
-                        tracing::debug!(to = %m.to, error = %err, "send failed");
-                        dropped += m.segments as u64;
-                    }
-                    next += 1;
-                }
-            }
-        }
-        (sent, bytes, dropped)
     }
 
     /// Sends a GSO message's segments one `sendto` each.
-    #[cfg(target_os = "linux")]
-    fn send_singly(&self, buf: &[u8], m: Message) -> (u64, u64) {
+    fn send_singly(&self, buf: &[u8], m: &Message) -> (u64, u64) {
         let mut sent = 0;
         let mut bytes = 0;
-        let data = &buf[m.start..m.start + m.len];
-        for seg in data.chunks(m.segment) {
+        for seg in buf[m.start..m.start + m.len].chunks(m.segment) {
             if self.socket.send_to(seg, m.to).is_ok() {
                 sent += 1;
                 bytes += seg.len() as u64;
@@ -163,80 +44,85 @@ impl UdpSink {
         (sent, bytes)
     }
 
-    #[cfg(not(target_os = "linux"))]
-    fn send_queued(&mut self, buf: &[u8], messages: &[Message]) -> (u64, u64, u64) {
-        let mut sent = 0;
-        let mut bytes = 0u64;
-        let mut dropped = 0;
-        for m in messages {
-            let data = &buf[m.start..m.start + m.len];
-            for seg in data.chunks(m.segment) {
-                match self.socket.send_to(seg, m.to) {
-                    Ok(n) => {
-                        sent += 1;
-                        bytes += n as u64;
+    /// Waits up to [`SEND_ROOM_WAIT_MS`] for room in the send buffer.
+    fn wait_for_room(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, SEND_ROOM_WAIT_MS) > 0 }
+    }
+}
+
+impl DatagramSink for UdpSink {
+    fn send(&mut self, buf: &[u8], messages: &[Message]) -> SendReport {
+        let fd = self.socket.as_raw_fd();
+        let mut report = SendReport::default();
+        let mut next = 0;
+        let mut waited = false;
+        while next < messages.len() {
+            let batch = messages[next..].iter().map(|m| Outgoing {
+                to: m.to,
+                data: &buf[m.start..m.start + m.len],
+                segment_size: (m.segments > 1).then_some(m.segment as u16),
+            });
+            match self.sendmmsg.send(fd, batch) {
+                Ok(n) if n > 0 => {
+                    for m in &messages[next..next + n] {
+                        report.datagrams += m.segments as u64;
+                        report.bytes += m.len as u64;
                     }
-                    Err(_) => dropped += 1,
+                    next += n;
+                }
+                Ok(_) => break,
+                // The socket buffer is full. Wait for room once per flush (briefly: the worker
+                // has other viewers to serve); if there is still none, only the message at the
+                // head (one viewer's run) is dropped and the rest are tried.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if !waited {
+                        waited = true;
+                        if self.wait_for_room() {
+                            continue;
+                        }
+                    }
+                    report.dropped += messages[next].segments as u64;
+                    next += 1;
+                }
+                Err(e) => {
+                    let m = &messages[next];
+                    if m.segments > 1
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP)
+                        )
+                    {
+                        // No segmentation offload here after all: send this one datagram by
+                        // datagram, and no more GSO from this socket.
+                        tracing::info!(error = %e, "UDP GSO refused; sending datagrams singly");
+                        self.gso = false;
+                        let (sent, bytes) = self.send_singly(buf, m);
+                        report.datagrams += sent;
+                        report.bytes += bytes;
+                        report.dropped += m.segments as u64 - sent;
+                    } else {
+                        // This message cannot be sent (say, an unreachable destination): skip
+                        // it, keep the others.
+                        tracing::debug!(to = %m.to, error = %e, "send failed");
+                        report.dropped += m.segments as u64;
+                    }
+                    next += 1;
                 }
             }
         }
-        (sent, bytes, dropped)
+        report
+    }
+
+    fn gso(&self) -> bool {
+        self.gso
     }
 }
-
-/// Writes `addr` as a C socket address; returns its length.
-#[cfg(target_os = "linux")]
-fn write_sockaddr(addr: SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen_t {
-    match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            let sin = unsafe { &mut *(out as *mut _ as *mut libc::sockaddr_in) };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr = libc::in_addr {
-                s_addr: u32::from_ne_bytes(a.ip().octets()),
-            };
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            let sin6 = unsafe { &mut *(out as *mut _ as *mut libc::sockaddr_in6) };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr = libc::in6_addr {
-                s6_addr: a.ip().octets(),
-            };
-            sin6.sin6_flowinfo = a.flowinfo();
-            sin6.sin6_scope_id = a.scope_id();
-            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
-        }
-    }
-}
-
-/// Whether the kernel knows `UDP_SEGMENT` (Linux 4.18 and later).
-#[cfg(target_os = "linux")]
-fn gso_supported(socket: &UdpSocket) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `value`.
-    let r = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_UDP,
-            libc::UDP_SEGMENT,
-            &mut value as *mut _ as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    r == 0 && std::env::var_os("DEADSFU_NO_GSO").is_none()
-}
-
-#[cfg(not(target_os = "linux"))]
-fn gso_supported(_: &UdpSocket) -> bool {
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

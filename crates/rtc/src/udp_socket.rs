@@ -12,31 +12,11 @@ const SOCKET_BUFFER: usize = 16 << 20;
 pub(crate) fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    #[cfg(target_os = "linux")]
-    {
-        // Beyond net.core.wmem_max/rmem_max when privileged; the plain options below otherwise.
-        use std::os::fd::AsRawFd;
-        for opt in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
-            let v = SOCKET_BUFFER as libc::c_int;
-            // SAFETY: an int option of the stated size on a socket we own.
-            unsafe {
-                libc::setsockopt(
-                    socket.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&v as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-        }
-    }
+    // Beyond net.core.wmem_max/rmem_max when privileged, else as much as they allow.
+    use std::os::fd::AsRawFd;
+    let _ = deadsfu_udp::sockopt::set_send_buffer(socket.as_raw_fd(), SOCKET_BUFFER);
+    let _ = deadsfu_udp::sockopt::set_receive_buffer(socket.as_raw_fd(), SOCKET_BUFFER);
     // The kernel reports twice what it grants (it counts its bookkeeping).
-    if socket.send_buffer_size().unwrap_or(0) < SOCKET_BUFFER {
-        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
-    }
-    if socket.recv_buffer_size().unwrap_or(0) < SOCKET_BUFFER {
-        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
-    }
     let granted = socket.send_buffer_size().unwrap_or(0) / 2;
     if granted < SOCKET_BUFFER / 2 {
         tracing::warn!(
