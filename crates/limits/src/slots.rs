@@ -1,10 +1,10 @@
-//! Connection slots of the FTL listener (no I/O): a fixed number of open control connections.
-//! When all are taken, the oldest connection that has not yet proved its key is closed to make
-//! room for the newcomer, so idle or stalled connections cannot keep streamers out; if every
-//! slot holds an authenticated session, the newcomer is refused.
+//! Connection slots (no I/O): a fixed number of open connections. When all are taken, the
+//! oldest connection that has not yet authenticated is closed to make room for the newcomer,
+//! so idle or stalled connections cannot keep real clients out; if every slot holds an
+//! authenticated connection, the newcomer is refused. Used by the FTL listeners of the SFU and
+//! of the proxy.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 /// Identifies a control connection; increasing in accept order.
 pub type ConnId = u64;
@@ -64,7 +64,7 @@ impl Slots {
         Slot::Open { id, evict }
     }
 
-    /// The connection proved its key: it is no longer evicted for newcomers.
+    /// The connection authenticated (e.g. proved its stream key): it is no longer evicted for newcomers.
     pub fn authenticated(&mut self, id: ConnId) {
         if let Some(authenticated) = self.open.get_mut(&id) {
             *authenticated = true;
@@ -74,21 +74,6 @@ impl Slots {
     /// The connection closed (or was evicted: then this does nothing).
     pub fn remove(&mut self, id: ConnId) {
         self.open.remove(&id);
-    }
-}
-
-/// The key per-IP limits count under: the address itself for IPv4, its /64 for IPv6 (one
-/// subscriber's usual allocation), IPv4-mapped IPv6 as IPv4.
-pub fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let bits = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(bits.into())
-            }
-        },
     }
 }
 
@@ -120,18 +105,5 @@ mod tests {
         assert_eq!(slots.admit(), Slot::Full);
         slots.remove(ids[0]);
         assert!(matches!(slots.admit(), Slot::Open { evict: None, .. }));
-    }
-
-    #[test]
-    fn ipv6_counts_per_64() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(client_key(a), client_key(b));
-        assert_ne!(client_key(a), client_key(c));
-        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        assert_eq!(client_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
-        let v4: IpAddr = "192.0.2.7".parse().unwrap();
-        assert_eq!(client_key(v4), v4);
     }
 }
