@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::client_hello::{ALERT_UNRECOGNIZED_NAME, HelloProgress, HelloReader};
-use crate::limits::{Admission, AggregateLog};
+use deadsfu_limits::{Admission, AdmissionRefusal, RefusalReason, Refusals};
 use crate::pipe::{PipeCounters, pipe_both_ways};
 use crate::route_cache::{RouteCache, unix_ms};
 
@@ -52,13 +52,54 @@ pub struct HttpsStats {
     pub bytes: Arc<PipeCounters>,
 }
 
-static REFUSED_LOG: AggregateLog = AggregateLog::new("https", Duration::from_secs(10));
+/// Why a connection was closed before it reached an SFU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpsRefusal {
+    /// Connection limits (see [`Admission`]).
+    Total,
+    PerIp,
+    Rate,
+    /// Not a TLS ClientHello, or one without a usable name.
+    BadHello,
+    /// No whole ClientHello within the deadline.
+    HelloTimeout,
+    /// No node serves the name.
+    UnknownName,
+}
+
+impl RefusalReason for HttpsRefusal {
+    const ALL: &'static [Self] = &[
+        HttpsRefusal::Total,
+        HttpsRefusal::PerIp,
+        HttpsRefusal::Rate,
+        HttpsRefusal::BadHello,
+        HttpsRefusal::HelloTimeout,
+        HttpsRefusal::UnknownName,
+    ];
+    fn index(self) -> usize {
+        self as usize
+    }
+    fn label(self) -> &'static str {
+        match self {
+            HttpsRefusal::Total => "total",
+            HttpsRefusal::PerIp => "per_ip",
+            HttpsRefusal::Rate => "rate",
+            HttpsRefusal::BadHello => "bad_hello",
+            HttpsRefusal::HelloTimeout => "hello_timeout",
+            HttpsRefusal::UnknownName => "unknown_name",
+        }
+    }
+}
+
+/// How often refusals are logged at most (in aggregate).
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 pub struct HttpsFront {
     pub config: HttpsFrontConfig,
     pub routes: Arc<RouteCache>,
     pub admission: Arc<Admission>,
     pub stats: Arc<HttpsStats>,
+    pub refusals: Refusals<HttpsRefusal>,
 }
 
 impl HttpsFront {
@@ -68,8 +109,14 @@ impl HttpsFront {
         stop: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(stop);
+        // Writes the tail of a burst of refusals once the log interval has passed.
+        let mut log_timer = tokio::time::interval(REFUSAL_LOG_INTERVAL);
         loop {
             let (tcp, peer) = tokio::select! {
+                _ = log_timer.tick() => {
+                    self.refusals.log_if_due(Instant::now());
+                    continue;
+                }
                 r = listener.accept() => match r {
                     Ok(c) => c,
                     Err(e) => {
@@ -85,7 +132,12 @@ impl HttpsFront {
             let permit = match self.admission.try_admit(peer.ip(), Instant::now()) {
                 Ok(p) => p,
                 Err(r) => {
-                    REFUSED_LOG.note(r.as_str(), peer.ip());
+                    let reason = match r {
+                        AdmissionRefusal::Total => HttpsRefusal::Total,
+                        AdmissionRefusal::PerIp => HttpsRefusal::PerIp,
+                        AdmissionRefusal::Rate => HttpsRefusal::Rate,
+                    };
+                    self.refusals.refuse(reason, Instant::now());
                     continue;
                 }
             };
@@ -104,12 +156,14 @@ impl HttpsFront {
                 Ok(Ok(h)) => h,
                 Ok(Err(reason)) => {
                     self.stats.hello_rejected.fetch_add(1, Ordering::Relaxed);
-                    REFUSED_LOG.note(reason, peer.ip());
+                    tracing::trace!(%peer, reason, "ClientHello refused");
+                    self.refusals.refuse(HttpsRefusal::BadHello, Instant::now());
                     return;
                 }
                 Err(_) => {
                     self.stats.hello_timeouts.fetch_add(1, Ordering::Relaxed);
-                    REFUSED_LOG.note("hello timeout", peer.ip());
+                    self.refusals
+                        .refuse(HttpsRefusal::HelloTimeout, Instant::now());
                     return;
                 }
             };
@@ -126,7 +180,8 @@ impl HttpsFront {
         let Some(backend) = route else {
             self.stats.unknown_name.fetch_add(1, Ordering::Relaxed);
             let _ = client.write_all(&ALERT_UNRECOGNIZED_NAME).await;
-            REFUSED_LOG.note("unrecognized name", peer.ip());
+            self.refusals
+                .refuse(HttpsRefusal::UnknownName, Instant::now());
             return;
         };
         let connected = tokio::time::timeout(

@@ -16,7 +16,6 @@ pub mod ftl_routes;
 mod ftl_wiring;
 pub mod http_front;
 pub mod https_front;
-pub mod limits;
 pub mod net_util;
 pub mod pipe;
 pub mod route_cache;

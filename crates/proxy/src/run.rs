@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use deadsfu_cluster::{JoinUrl, RedisConn, Role};
 
 use crate::ftl_routes::{FtlRouteError, FtlRoutes};
-use crate::https_front::{HttpsFront, HttpsFrontConfig, HttpsStats};
-use crate::limits::{Admission, Limits};
+use crate::https_front::{HttpsFront, HttpsFrontConfig, HttpsRefusal, HttpsStats};
+use deadsfu_limits::{Admission, AdmissionLimits, Refusals};
 use crate::route_cache::{RouteCache, unix_ms};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -149,13 +149,14 @@ pub async fn run(
             ..HttpsFrontConfig::default()
         },
         routes: routes.clone(),
-        admission: Admission::new(Limits {
+        admission: Admission::new(AdmissionLimits {
             max_total: args.max_connections,
             max_per_ip: args.max_connections_per_ip,
             rate_per_ip: args.new_connections_per_ip,
             burst_per_ip: args.new_connections_per_ip * 2.0,
         }),
         stats: Arc::new(HttpsStats::default()),
+        refusals: Refusals::new("https_proxy", crate::https_front::REFUSAL_LOG_INTERVAL),
     });
     let https_listener = tokio::net::TcpListener::bind(args.https_listen)
         .await
@@ -226,7 +227,7 @@ fn metrics(
 ) -> String {
     let mut out = String::new();
     let s = &https.stats;
-    let r = &https.admission.refused;
+    let r = &https.refusals;
     let mut counter = |name: &str, help: &str, labels: &str, value: u64| {
         let _ = writeln!(out, "# HELP deadsfu_proxy_{name} {help}");
         let _ = writeln!(out, "# TYPE deadsfu_proxy_{name} counter");
@@ -272,19 +273,19 @@ fn metrics(
         "https_refused_total",
         "Connections refused by a limit",
         "{limit=\"total\"}",
-        r.total.load(Relaxed),
+        r.count(HttpsRefusal::Total),
     );
     counter(
         "https_refused_total",
         "Connections refused by a limit",
         "{limit=\"per_ip\"}",
-        r.per_ip.load(Relaxed),
+        r.count(HttpsRefusal::PerIp),
     );
     counter(
         "https_refused_total",
         "Connections refused by a limit",
         "{limit=\"rate\"}",
-        r.rate.load(Relaxed),
+        r.count(HttpsRefusal::Rate),
     );
     counter(
         "https_bytes_total",

@@ -9,14 +9,11 @@
 //!
 //! - [`session`]: the relay of one session, sans-IO (client lines, SFU lines, time in; lines
 //!   for each side, events and timeouts out).
-//! - [`slots`]: connection slots: when all are taken the oldest unauthenticated connection
-//!   makes room.
 //! - [`stats`]: counters for `/metrics` and the aggregate refusal log.
 //! - [`net`]: the tokio shell: listener and limits, one task per session, the UDP relay.
 
 pub mod net;
 pub mod session;
-pub mod slots;
 pub mod stats;
 
 use std::net::SocketAddr;

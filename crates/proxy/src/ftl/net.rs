@@ -1,7 +1,7 @@
 //! The tokio shell of the FTL proxy.
 //!
 //! - The accept loop owns the limits: per-IP connections and connect rate
-//!   ([`crate::limits::Admission`]) and the connection [`Slots`] (when all are taken, the
+//!   ([`Admission`]) and the connection [`Slots`] (when all are taken, the
 //!   oldest unauthenticated connection is closed to make room). Refusals are counted and
 //!   logged once per interval in aggregate.
 //! - One task per control connection owns its [`RelaySession`], the client's and the SFU's TCP
@@ -38,10 +38,11 @@ use super::session::{
     Rejection, RelayConfig, RelayEnd, RelayEvent, RelayInput, RelayOutput, RelaySession,
     SfuUnavailable,
 };
-use super::slots::{ConnId, Slot, Slots, client_key};
-use super::stats::{Counters, FtlStats, GaugeGuard, RefusalLog};
+use super::stats::{Counters, FtlStats, GaugeGuard};
 use crate::ftl_routes::FtlRoutes;
-use crate::limits::{Admission, Limits, Permit, Refusal};
+use deadsfu_limits::{
+    Admission, AdmissionLimits, AdmissionRefusal, ConnId, ConnectionPermit as Permit, Slot, Slots,
+};
 
 /// Largest control read, either side.
 pub const CONTROL_READ: usize = 4096;
@@ -77,6 +78,7 @@ impl FtlProxy {
             debug!("FTL proxy UDP buffer below {UDP_BUFFER} bytes (raise net.core.rmem_max)");
         }
         let udp_addr = udp.local_addr()?;
+        let log_interval = config.limits.log_interval;
         info!(control = %control_addr, udp = %udp_addr, "FTL proxy listening");
         Ok(Self {
             listener,
@@ -85,7 +87,7 @@ impl FtlProxy {
             udp_addr,
             config,
             routes,
-            stats: FtlStats::default(),
+            stats: FtlStats::new(log_interval),
         })
     }
 
@@ -132,7 +134,7 @@ impl FtlProxy {
             counters: stats.0.clone(),
         });
         let udp_task = tokio::spawn(udp_loop(shared.clone()));
-        let admission = Admission::new(Limits {
+        let admission = Admission::new(AdmissionLimits {
             // The total is the slots' business (they can evict).
             max_total: usize::MAX,
             max_per_ip: limits.max_per_ip,
@@ -147,7 +149,6 @@ impl FtlProxy {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut log_timer = tokio::time::interval(limits.log_interval);
         log_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut refusals = RefusalLog::default();
         let mut accept_errors: u64 = 0;
         let counters = &shared.counters;
         tokio::pin!(stop);
@@ -168,7 +169,7 @@ impl FtlProxy {
                         evictors.remove(&id);
                     }
                 }
-                _ = log_timer.tick() => refusals.log(&stats.snapshot()),
+                _ = log_timer.tick() => { counters.refusals.log_if_due(Instant::now()); }
                 accepted = listener.accept() => {
                     let (stream, peer) = match accepted {
                         Ok(accepted) => accepted,
@@ -183,13 +184,13 @@ impl FtlProxy {
                         }
                     };
                     counters.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let permit = match admission.try_admit(client_key(peer.ip()), Instant::now()) {
+                    let permit = match admission.try_admit(peer.ip(), Instant::now()) {
                         Ok(permit) => permit,
                         Err(refusal) => {
                             counters.reject(match refusal {
-                                Refusal::PerIp => Rejection::PerIpConnections,
-                                Refusal::Rate => Rejection::ConnectRate,
-                                Refusal::Total => Rejection::Full,
+                                AdmissionRefusal::PerIp => Rejection::PerIpConnections,
+                                AdmissionRefusal::Rate => Rejection::ConnectRate,
+                                AdmissionRefusal::Total => Rejection::Full,
                             });
                             continue;
                         }
@@ -230,7 +231,7 @@ impl FtlProxy {
             sessions.abort_all();
         }
         udp_task.abort();
-        refusals.log(&stats.snapshot());
+        shared.counters.refusals.flush();
         Ok(())
     }
 }
@@ -459,7 +460,7 @@ impl Session {
         if let RelayEnd::Rejected(rejection) = end {
             self.shared.counters.reject(rejection);
         }
-        // Refusals are logged in aggregate only (see `RefusalLog`).
+        // Refusals are logged in aggregate only (see `Counters::refusals`).
         if self.relay.is_authenticated() && !matches!(end, RelayEnd::Rejected(_)) {
             info!(channel_id = ?self.relay.channel_id(), sfu = ?self.sfu_addr, ?end, stats = ?self.relay.stats(), "FTL relay ended");
         } else {

@@ -136,6 +136,16 @@ impl Rejection {
     }
 }
 
+impl deadsfu_limits::RefusalReason for Rejection {
+    const ALL: &'static [Self] = &Rejection::ALL;
+    fn index(self) -> usize {
+        self.index()
+    }
+    fn label(self) -> &'static str {
+        self.label()
+    }
+}
+
 /// Why the SFU could not be reached, the caller's answer to [`RelayEvent::ConnectSfu`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SfuUnavailable {

@@ -1,19 +1,22 @@
-//! Counters of the FTL proxy, for `/metrics`, and the aggregate log of refusals: at most one
-//! line per interval with the counts by reason since the last line, never one per refusal.
+//! Counters of the FTL proxy, for `/metrics`; refusals are counted and logged in aggregate by
+//! [`Refusals`] (at most one line per interval, never one per refusal).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use deadsfu_limits::Refusals;
 
 use super::session::Rejection;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
     pub accepted: AtomicU64,
     pub open: AtomicU64,
     pub streaming: AtomicU64,
     pub streams: AtomicU64,
-    pub rejected: [AtomicU64; Rejection::ALL.len()],
+    pub refusals: Refusals<Rejection>,
     pub to_sfu_packets: AtomicU64,
     pub to_sfu_bytes: AtomicU64,
     pub to_client_packets: AtomicU64,
@@ -23,8 +26,24 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    fn new(log_interval: Duration) -> Self {
+        Self {
+            accepted: AtomicU64::default(),
+            open: AtomicU64::default(),
+            streaming: AtomicU64::default(),
+            streams: AtomicU64::default(),
+            refusals: Refusals::new("ftl_proxy", log_interval),
+            to_sfu_packets: AtomicU64::default(),
+            to_sfu_bytes: AtomicU64::default(),
+            to_client_packets: AtomicU64::default(),
+            to_client_bytes: AtomicU64::default(),
+            pings_echoed: AtomicU64::default(),
+            dropped: AtomicU64::default(),
+        }
+    }
+
     pub fn reject(&self, rejection: Rejection) {
-        self.rejected[rejection.index()].fetch_add(1, Relaxed);
+        self.refusals.refuse(rejection, Instant::now());
     }
 }
 
@@ -45,10 +64,21 @@ impl Drop for GaugeGuard {
 }
 
 /// A live view of the proxy's counters; cheap to clone.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct FtlStats(pub(crate) Arc<Counters>);
 
+impl Default for FtlStats {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(10))
+    }
+}
+
 impl FtlStats {
+    /// Refusals are logged at most once per `log_interval`.
+    pub fn new(log_interval: Duration) -> Self {
+        Self(Arc::new(Counters::new(log_interval)))
+    }
+
     pub fn snapshot(&self) -> FtlStatsSnapshot {
         let c = &self.0;
         FtlStatsSnapshot {
@@ -56,7 +86,7 @@ impl FtlStats {
             open_connections: c.open.load(Relaxed),
             streaming_sessions: c.streaming.load(Relaxed),
             streams_started: c.streams.load(Relaxed),
-            rejected: Rejection::ALL.map(|r| (r, c.rejected[r.index()].load(Relaxed))),
+            rejected: Rejection::ALL.map(|r| (r, c.refusals.count(r))),
             to_sfu_packets: c.to_sfu_packets.load(Relaxed),
             to_sfu_bytes: c.to_sfu_bytes.load(Relaxed),
             to_client_packets: c.to_client_packets.load(Relaxed),
@@ -179,63 +209,9 @@ impl FtlStatsSnapshot {
     }
 }
 
-/// Turns the refusal counters into at most one log line per call (the caller calls once per
-/// interval): the counts by reason since the previous line.
-#[derive(Debug, Default)]
-pub(crate) struct RefusalLog {
-    logged: [u64; Rejection::ALL.len()],
-}
-
-impl RefusalLog {
-    /// The refusals since the last call, as a count and `reason=count` pairs; `None` if
-    /// there were none.
-    pub fn since_last(&mut self, snapshot: &FtlStatsSnapshot) -> Option<(u64, String)> {
-        let mut reasons = String::new();
-        let mut total = 0;
-        for (rejection, count) in snapshot.rejected {
-            let new = count - self.logged[rejection.index()];
-            self.logged[rejection.index()] = count;
-            if new > 0 {
-                total += new;
-                let separator = if reasons.is_empty() { "" } else { " " };
-                let _ = write!(reasons, "{separator}{}={new}", rejection.label());
-            }
-        }
-        (total > 0).then_some((total, reasons))
-    }
-
-    /// Logs one line if anything was refused since the last call.
-    pub fn log(&mut self, snapshot: &FtlStatsSnapshot) {
-        if let Some((count, reasons)) = self.since_last(snapshot) {
-            tracing::warn!(what = "ftl", count, reasons, "connections refused");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn refusals_are_logged_as_counts_since_the_last_line() {
-        let stats = FtlStats::default();
-        let mut log = RefusalLog::default();
-        assert_eq!(log.since_last(&stats.snapshot()), None);
-        for _ in 0..3 {
-            stats.0.reject(Rejection::WrongKey);
-        }
-        stats.0.reject(Rejection::PerIpConnections);
-        assert_eq!(
-            log.since_last(&stats.snapshot()),
-            Some((4, "per_ip_connections=1 wrong_key=3".to_owned()))
-        );
-        assert_eq!(log.since_last(&stats.snapshot()), None);
-        stats.0.reject(Rejection::WrongKey);
-        assert_eq!(
-            log.since_last(&stats.snapshot()),
-            Some((1, "wrong_key=1".to_owned()))
-        );
-    }
 
     #[test]
     fn prometheus_text() {
