@@ -7,5 +7,5 @@ pub mod server;
 pub use client::{PushArgs, PushConfig, PushError, PushReport, push};
 pub use server::{
     BoxFuture, ChannelDirectory, ClaimError, DirectoryError, FtlPublisher, FtlServer,
-    FtlServerConfig, FtlServerHandle,
+    FtlRefusal, FtlServerConfig, FtlServerHandle,
 };
