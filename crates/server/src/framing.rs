@@ -99,6 +99,22 @@ impl<IO> FramingGuard<IO> {
         self.state = State::Head;
     }
 
+    /// Reads and drops whatever the client still sends; ready (end of input) only when the
+    /// client closes.
+    fn discard_rest(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>
+    where
+        IO: AsyncRead + Unpin,
+    {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let mut chunk_buf = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut chunk_buf))?;
+            if chunk_buf.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+
     /// Follows the framing over the unchecked held bytes, advancing `checked`.
     fn scan(&mut self) {
         loop {
@@ -276,13 +292,17 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FramingGuard<IO> {
             if let State::Rejected { stand_in_sent } = this.state
                 && this.checked == 0
             {
-                let n = (STAND_IN.len() - stand_in_sent).min(buf.remaining());
-                buf.put_slice(&STAND_IN[stand_in_sent..stand_in_sent + n]);
-                this.state = State::Rejected {
-                    stand_in_sent: stand_in_sent + n,
-                };
-                // After the stand-in: end of input.
-                return Poll::Ready(Ok(()));
+                if stand_in_sent < STAND_IN.len() {
+                    let n = (STAND_IN.len() - stand_in_sent).min(buf.remaining());
+                    buf.put_slice(&STAND_IN[stand_in_sent..stand_in_sent + n]);
+                    this.state = State::Rejected {
+                        stand_in_sent: stand_in_sent + n,
+                    };
+                    return Poll::Ready(Ok(()));
+                }
+                // After the stand-in, the client's bytes are dropped unread by hyper: an end
+                // of input here would make hyper close before it answers the stand-in.
+                return this.discard_rest(cx);
             }
             if this.checked > 0 {
                 let n = this.checked.min(buf.remaining());
