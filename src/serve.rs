@@ -342,7 +342,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some((_, server, _)) = &ftl {
         state
             .extra_metrics
-            .push(Arc::new(deadsfu_node::ftl_bridge::FtlMetrics(server.handle())));
+            .push(Arc::new(deadsfu_node::ftl_bridge::FtlMetrics(
+                server.handle(),
+            )));
     }
     print_urls(http_local, https_local, &ice_hosts, engine.udp_ports());
 

@@ -128,7 +128,12 @@ async fn slowloris_connections_are_closed_by_the_header_deadline() {
     let open_at_legit = attackers.iter().filter(|a| !a.is_finished()).count();
     let mut held = Vec::new();
     for attacker in attackers {
-        held.push(attacker.await.unwrap().expect("slowloris connection closed by the server"));
+        held.push(
+            attacker
+                .await
+                .unwrap()
+                .expect("slowloris connection closed by the server"),
+        );
     }
     let longest = held.iter().max().unwrap();
     eprintln!(
@@ -245,7 +250,11 @@ async fn event_stream_caps_answer_problem_json_and_others_are_served() {
     )
     .await;
     assert_eq!(
-        metric(&sfu, "deadsfu_http_refused_total{reason=\"event_streams_per_ip\"}").await,
+        metric(
+            &sfu,
+            "deadsfu_http_refused_total{reason=\"event_streams_per_ip\"}"
+        )
+        .await,
         1
     );
     assert_eq!(
@@ -285,9 +294,16 @@ async fn transfer_encoding_with_content_length_is_refused_with_400() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(second.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(second.contains("application/problem+json"), "{answer}");
-    assert!(second.contains("Transfer-Encoding and Content-Length"), "{answer}");
+    assert!(
+        second.contains("Transfer-Encoding and Content-Length"),
+        "{answer}"
+    );
     assert_eq!(
-        metric(&sfu, "deadsfu_http_refused_total{reason=\"ambiguous_framing\"}").await,
+        metric(
+            &sfu,
+            "deadsfu_http_refused_total{reason=\"ambiguous_framing\"}"
+        )
+        .await,
         1
     );
     // Either header alone is fine.
@@ -345,7 +361,11 @@ async fn ftl_control_floods_do_not_keep_a_streamer_out() {
     // oldest unauthenticated connection makes room) and streams its 4 s of media.
     let (ok, log) = FtlPush::start(sfu.ftl_port, key, &[]).wait(WAIT);
     assert!(ok, "ftl-push failed during the flood:\n{log}");
-    let per_ip = metric(&sfu, "deadsfu_ftl_refused_total{reason=\"per_ip_connections\"}").await;
+    let per_ip = metric(
+        &sfu,
+        "deadsfu_ftl_refused_total{reason=\"per_ip_connections\"}",
+    )
+    .await;
     let rate = metric(&sfu, "deadsfu_ftl_refused_total{reason=\"connect_rate\"}").await;
     let evicted = metric(&sfu, "deadsfu_ftl_refused_total{reason=\"evicted\"}").await;
     // Every idle connection is closed: refused, evicted, or by the handshake deadline.
@@ -356,7 +376,11 @@ async fn ftl_control_floods_do_not_keep_a_streamer_out() {
         }
     }
     assert_eq!(closed, idle.len());
-    let timeouts = metric(&sfu, "deadsfu_ftl_refused_total{reason=\"handshake_timeout\"}").await;
+    let timeouts = metric(
+        &sfu,
+        "deadsfu_ftl_refused_total{reason=\"handshake_timeout\"}",
+    )
+    .await;
     let lines = refusal_lines(&sfu);
     eprintln!(
         "FTL flood: {} idle connections held, {RECONNECTS} reconnects; refused per_ip={per_ip} \
@@ -374,7 +398,10 @@ async fn ftl_control_floods_do_not_keep_a_streamer_out() {
         (rate + per_ip) as usize >= idle_over_limit + RECONNECTS - 40,
         "{rate} {per_ip}"
     );
-    assert!(evicted as usize >= IDLE_IPS as usize * 8 - SLOTS, "{evicted}");
+    assert!(
+        evicted as usize >= IDLE_IPS as usize * 8 - SLOTS,
+        "{evicted}"
+    );
     assert!(timeouts > 0);
     assert!(
         !lines.is_empty() && lines.len() <= 6,

@@ -170,8 +170,7 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
             hostname,
             expires,
         } => {
-            let issued =
-                issue_expiring(&dir, role, &name, hostname.as_deref(), expires).await?;
+            let issued = issue_expiring(&dir, role, &name, hostname.as_deref(), expires).await?;
             match &issued.acl_reloaded {
                 AclReload::Reloaded => eprintln!("Redis ACL reloaded."),
                 AclReload::RedisNotReachable(reason) => eprintln!(

@@ -283,8 +283,16 @@ pub async fn revoke(dir: &Path, name: &str) -> Result<AclReload, IssueError> {
         let _ = operator_commands(
             &dir,
             vec![
-                redis::cmd("ACL").arg("SETUSER").arg(user).arg("off").clone(),
-                redis::cmd("CLIENT").arg("KILL").arg("USER").arg(user).clone(),
+                redis::cmd("ACL")
+                    .arg("SETUSER")
+                    .arg(user)
+                    .arg("off")
+                    .clone(),
+                redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("USER")
+                    .arg(user)
+                    .clone(),
             ],
         )
         .await;
@@ -295,7 +303,13 @@ pub async fn revoke(dir: &Path, name: &str) -> Result<AclReload, IssueError> {
         let shared = meta.role.acl_user();
         let _ = operator_commands(
             &dir,
-            vec![redis::cmd("CLIENT").arg("KILL").arg("USER").arg(shared).clone()],
+            vec![
+                redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("USER")
+                    .arg(shared)
+                    .clone(),
+            ],
         )
         .await;
     }

@@ -7,8 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use deadsfu_cluster::issue::{IssueError, NameMeta, issue, issue_expiring, revoke};
 use deadsfu_cluster::Bundle;
+use deadsfu_cluster::issue::{IssueError, NameMeta, issue, issue_expiring, revoke};
 use deadsfu_cluster::status::read_status;
 use deadsfu_cluster::{
     Claim, ClusterError, ClusterNode, NodeConfig, NodeRecord, RedisConn, Role, host_owner,
@@ -593,8 +593,7 @@ async fn an_expired_bundle_cannot_connect() {
     )
     .await
     .unwrap();
-    let zip =
-        std::fs::read(cluster.cluster_dir().join("names/node-x/bundle.zip")).unwrap();
+    let zip = std::fs::read(cluster.cluster_dir().join("names/node-x/bundle.zip")).unwrap();
     let bundle = Bundle::from_zip(&zip).unwrap();
     let meta: NameMeta = toml::from_str(
         &std::fs::read_to_string(cluster.cluster_dir().join("names/node-x/meta.toml")).unwrap(),
@@ -603,7 +602,9 @@ async fn an_expired_bundle_cannot_connect() {
     assert!(meta.expires_unix.is_some());
     let issued_at = std::time::Instant::now();
     // Valid now...
-    let conn = RedisConn::connect(&bundle).await.expect("connects before expiry");
+    let conn = RedisConn::connect(&bundle)
+        .await
+        .expect("connects before expiry");
     run(&conn, &redis::cmd("PING")).await.unwrap();
     drop(conn);
     // ...and refused at the TLS handshake once the certificate's notAfter has passed (whole
@@ -618,7 +619,10 @@ async fn an_expired_bundle_cannot_connect() {
         }
     })
     .await;
-    assert!(refused_after >= expires - Duration::from_millis(1100), "{refused_after:?}");
+    assert!(
+        refused_after >= expires - Duration::from_millis(1100),
+        "{refused_after:?}"
+    );
     // A bundle without expiry is not affected.
     let mut cluster = cluster;
     let other = cluster.sfu_bundle("node-y", "y.example.test").await;

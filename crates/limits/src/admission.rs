@@ -72,7 +72,11 @@ impl Admission {
 
     /// Caps first (they cost the client nothing to retry later), then the rate: a refused
     /// connection does not spend a token.
-    pub fn try_admit(&self, ip: IpAddr, now: Instant) -> Result<ConnectionPermit, AdmissionRefusal> {
+    pub fn try_admit(
+        &self,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<ConnectionPermit, AdmissionRefusal> {
         let permit = self.open.try_acquire(ip).map_err(|r| match r {
             ConcurrencyRefusal::Total => AdmissionRefusal::Total,
             ConcurrencyRefusal::PerIp => AdmissionRefusal::PerIp,
@@ -144,7 +148,10 @@ mod tests {
         // 100 ms later one token is back, not more.
         let later = t + Duration::from_millis(100);
         held.push(a.try_admit(ip(1), later).unwrap());
-        assert_eq!(a.try_admit(ip(1), later).unwrap_err(), AdmissionRefusal::Rate);
+        assert_eq!(
+            a.try_admit(ip(1), later).unwrap_err(),
+            AdmissionRefusal::Rate
+        );
         // Long idle: the burst, not more.
         let much_later = t + Duration::from_secs(60);
         for _ in 0..5 {

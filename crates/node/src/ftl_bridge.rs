@@ -51,7 +51,11 @@ pub struct FtlArgs {
     #[arg(long, env = "DEADSFU_FTL_MAX_CONNECTIONS_PER_IP", default_value_t = 8)]
     pub ftl_max_connections_per_ip: usize,
     /// New FTL control connections per second per client IP (burst: 5 times this, at least 1).
-    #[arg(long, env = "DEADSFU_FTL_CONNECTS_PER_SECOND_PER_IP", default_value_t = 2.0)]
+    #[arg(
+        long,
+        env = "DEADSFU_FTL_CONNECTS_PER_SECOND_PER_IP",
+        default_value_t = 2.0
+    )]
     pub ftl_connects_per_second_per_ip: f64,
     /// Seconds a client has to finish the FTL handshake (from connecting to streaming);
     /// clients that send nothing are closed after this.

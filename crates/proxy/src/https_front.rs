@@ -12,9 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::client_hello::{ALERT_UNRECOGNIZED_NAME, HelloProgress, HelloReader};
-use deadsfu_limits::{Admission, AdmissionRefusal, RefusalReason, Refusals};
 use crate::pipe::{PipeCounters, pipe_both_ways};
 use crate::route_cache::{RouteCache, unix_ms};
+use deadsfu_limits::{Admission, AdmissionRefusal, RefusalReason, Refusals};
 
 #[derive(Debug, Clone)]
 pub struct HttpsFrontConfig {

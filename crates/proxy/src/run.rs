@@ -12,8 +12,8 @@ use deadsfu_cluster::{JoinUrl, RedisConn, Role};
 
 use crate::ftl_routes::{FtlRouteError, FtlRoutes};
 use crate::https_front::{HttpsFront, HttpsFrontConfig, HttpsRefusal, HttpsStats};
-use deadsfu_limits::{Admission, AdmissionLimits, Refusals};
 use crate::route_cache::{RouteCache, unix_ms};
+use deadsfu_limits::{Admission, AdmissionLimits, Refusals};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProxyArgs {

@@ -57,7 +57,9 @@ enum State {
     Chunked(Chunked),
     PassThrough,
     /// An ambiguous request was found: the stand-in request, then end of input.
-    Rejected { stand_in_sent: usize },
+    Rejected {
+        stand_in_sent: usize,
+    },
 }
 
 /// The connection IO under hyper; see the module docs.
@@ -423,7 +425,8 @@ mod tests {
     /// A body that looks like an ambiguous head: it must be followed as a body, not parsed.
     const POST_LENGTH: &[u8] = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 62\r\n\r\n\
         GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n";
-    const POST_CHUNKED: &[u8] = b"POST /y HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+    const POST_CHUNKED: &[u8] =
+        b"POST /y HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
         5;ext=1\r\nhello\r\n1A\r\nGET / HTTP/1.1\r\nContent-Le\r\n0\r\nX-Trailer: 1\r\n\r\n";
     const AMBIGUOUS: &[u8] = b"POST /z HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\
         Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n";
@@ -447,7 +450,8 @@ mod tests {
             assert!(rejected);
         }
         // Either order of the two headers.
-        let swapped = b"POST /z HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n";
+        let swapped =
+            b"POST /z HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n";
         let (out, rejected) = through_guard(swapped, 5).await;
         assert_eq!(out, STAND_IN);
         assert!(rejected);
@@ -455,7 +459,11 @@ mod tests {
 
     #[tokio::test]
     async fn http2_preface_and_upgrades_pass_through() {
-        let h2 = [H2_PREFACE, b"\x00\x00\x00\x04\x00\x00\x00\x00\x00".as_slice()].concat();
+        let h2 = [
+            H2_PREFACE,
+            b"\x00\x00\x00\x04\x00\x00\x00\x00\x00".as_slice(),
+        ]
+        .concat();
         assert_eq!(through_guard(&h2, 3).await, (h2.clone(), false));
         let upgrade = [
             b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n".as_slice(),

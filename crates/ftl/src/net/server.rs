@@ -218,7 +218,10 @@ impl FtlServerHandle {
             "reason",
             out,
         );
-        let _ = writeln!(out, "# HELP deadsfu_ftl_connections Open FTL control connections");
+        let _ = writeln!(
+            out,
+            "# HELP deadsfu_ftl_connections Open FTL control connections"
+        );
         let _ = writeln!(out, "# TYPE deadsfu_ftl_connections gauge");
         let _ = writeln!(
             out,
