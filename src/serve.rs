@@ -117,6 +117,24 @@ pub struct ServeArgs {
     /// https://{hostname}:{https port}, without :443).
     #[arg(long, env = "DEADSFU_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Most open HTTP(S) connections over all listeners; more are closed at once
+    /// (default: half the open-file limit, at most 65536).
+    #[arg(long, env = "DEADSFU_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most open HTTP(S) connections per client IP (IPv6: per /64; behind a trusted proxy, the
+    /// PROXY v2 source).
+    #[arg(long, env = "DEADSFU_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+    /// Most open /api/rooms/events streams (503 beyond).
+    #[arg(long, env = "DEADSFU_MAX_EVENT_STREAMS", default_value_t = 4096)]
+    pub max_event_streams: usize,
+    /// Most open /api/rooms/events streams per client IP (429 beyond).
+    #[arg(long, env = "DEADSFU_MAX_EVENT_STREAMS_PER_IP", default_value_t = 32)]
+    pub max_event_streams_per_ip: usize,
+    /// Seconds a client has to send a request's headers (the first one counted from the
+    /// connection's start).
+    #[arg(long, env = "DEADSFU_HEADER_TIMEOUT", default_value_t = 10)]
+    pub header_timeout: u64,
     /// Log format; filter with RUST_LOG (e.g. RUST_LOG=deadsfu=debug).
     #[arg(long, env = "DEADSFU_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
@@ -156,6 +174,34 @@ fn interface_addresses() -> Vec<IpAddr> {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Every connection is a descriptor: the usual soft limit of 1024 is a modest flood.
+    let open_files = match deadsfu_server::raise_open_file_limit() {
+        Ok(limit) => {
+            tracing::info!(open_files = limit, "open-file limit (RLIMIT_NOFILE)");
+            Some(limit)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot raise the open-file limit");
+            None
+        }
+    };
+    let http_limits = deadsfu_server::HttpAdmission::new(deadsfu_server::HttpLimits {
+        max_connections: args.max_connections.unwrap_or_else(|| {
+            // Half for HTTP; the rest for media, FTL, Redis and files.
+            open_files.map_or(16_384, |n| (n / 2).clamp(64, 65_536) as usize)
+        }),
+        max_connections_per_ip: args.max_connections_per_ip.max(1),
+        max_event_streams: args.max_event_streams,
+        max_event_streams_per_ip: args.max_event_streams_per_ip,
+        header_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
+    });
+    tracing::info!(
+        max_connections = http_limits.limits().max_connections,
+        max_connections_per_ip = http_limits.limits().max_connections_per_ip,
+        max_event_streams = http_limits.limits().max_event_streams,
+        max_event_streams_per_ip = http_limits.limits().max_event_streams_per_ip,
+        "HTTP limits"
+    );
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -307,9 +353,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             acme: h.node.acme.clone(),
         }),
         front_door,
+        http_limits: http_limits.clone(),
+        extra_metrics: Vec::new(),
     };
-    print_urls(http_local, https_local, &ice_hosts, engine.udp_ports());
     let ftl = deadsfu_node::ftl_bridge::start(&ftl_args, &engine, cluster.clone()).await?;
+    let mut state = state;
+    if let Some((_, server, _)) = &ftl {
+        state
+            .extra_metrics
+            .push(Arc::new(deadsfu_node::ftl_bridge::FtlMetrics(
+                server.handle(),
+            )));
+    }
+    print_urls(http_local, https_local, &ice_hosts, engine.udp_ports());
 
     // One shutdown signal for every listener; the cluster hears it first.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -374,7 +430,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let app = app.clone();
         let stop = stopped();
         let proxy = proxy.clone();
-        tokio::spawn(async move { deadsfu_server::serve(l, app, None, proxy, stop).await })
+        let limits = http_limits.clone();
+        tokio::spawn(async move { deadsfu_server::serve(l, app, None, proxy, limits, stop).await })
     });
     let secure = match (https_listener, &https) {
         (Some(l), Some(h)) => {
@@ -382,8 +439,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let stop = stopped();
             let acceptor = h.node.acceptor.clone();
             let proxy = proxy.clone();
+            let limits = http_limits.clone();
             Some(tokio::spawn(async move {
-                deadsfu_server::serve(l, app, Some(acceptor), proxy, stop).await
+                deadsfu_server::serve(l, app, Some(acceptor), proxy, limits, stop).await
             }))
         }
         _ => None,

@@ -13,7 +13,7 @@ use crate::cert_admin::{
 };
 use crate::cert_store::NO_CLUSTER_KEY;
 use crate::init::{InitOptions, init};
-use crate::issue::{AclReload, issue, revoke};
+use crate::issue::{AclReload, issue_expiring, revoke};
 use crate::join_url::{JoinUrl, URL_ENV, URL_FILE_ENV};
 use crate::keys::DEFAULT_KEY_PREFIX;
 use crate::redis_conn::RedisConn;
@@ -50,6 +50,11 @@ pub enum ClusterCommand {
         /// (default: the name). Sfu bundles only.
         #[arg(long)]
         hostname: Option<String>,
+        /// The bundle stops working this long from now (e.g. 30d, 12h): its client
+        /// certificate expires, and Redis refuses expired certificates at connect. Default:
+        /// never (a Swarm or Kubernetes secret is fetched again at every restart).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        expires: Option<std::time::Duration>,
     },
     /// Make a name's access token useless and drop its Redis password (an sfu name's own
     /// Redis user).
@@ -163,8 +168,9 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
             role,
             name,
             hostname,
+            expires,
         } => {
-            let issued = issue(&dir, role, &name, hostname.as_deref()).await?;
+            let issued = issue_expiring(&dir, role, &name, hostname.as_deref(), expires).await?;
             match &issued.acl_reloaded {
                 AclReload::Reloaded => eprintln!("Redis ACL reloaded."),
                 AclReload::RedisNotReachable(reason) => eprintln!(
@@ -187,7 +193,9 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
         }
         ClusterCommand::Revoke { dir, name } => {
             let reload = revoke(&dir, &name).await?;
-            println!("Revoked {name}: its access token no longer works.");
+            println!(
+                "Revoked {name}: its access token no longer works and its Redis connections are closed."
+            );
             if let AclReload::RedisNotReachable(reason) = reload {
                 println!(
                     "Redis not reachable ({reason}); run ACL LOAD once it is up to drop the password."

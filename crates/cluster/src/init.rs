@@ -84,7 +84,7 @@ pub fn init(dir: &Path, options: &InitOptions) -> Result<ClusterDir, InitError> 
 
     // The tooling's own admin credentials, used by `issue`/`revoke` to reload the ACL file.
     let operator_password = Secret::random();
-    let operator_cert = signer.client_cert("operator")?;
+    let operator_cert = signer.client_cert("operator", None)?;
     let operator = Bundle {
         ca_cert_pem: ca.cert_pem.clone(),
         client_cert_pem: operator_cert.cert_pem,

@@ -62,6 +62,9 @@ pub struct NameMeta {
     /// password sits on the shared `sfu` user, and for proxy and admin names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// When the bundle's client certificate expires (seconds since the Unix epoch); none: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_unix: Option<u64>,
 }
 
 /// Result of `issue`.
@@ -142,6 +145,23 @@ pub async fn issue(
     name: &str,
     hostname: Option<&str>,
 ) -> Result<Issued, IssueError> {
+    issue_expiring(dir, role, name, hostname, None).await
+}
+
+/// [`issue`], with a bundle that stops working `expires` from now (none: never).
+///
+/// The expiry is the client certificate's notAfter: Redis verifies client certificates at
+/// every TLS handshake (`tls-auth-clients yes`), so once it passes the holder cannot open a
+/// connection, with no process of ours having to be up to remove it. Connections opened
+/// before stay until they close (or `revoke`, which closes them); the name's ACL user and
+/// token remain until revoked, and the token hands out the expired bundle.
+pub async fn issue_expiring(
+    dir: &Path,
+    role: Role,
+    name: &str,
+    hostname: Option<&str>,
+    expires: Option<Duration>,
+) -> Result<Issued, IssueError> {
     if !valid_name(name) || !acl::literal_in_pattern(name) {
         return Err(IssueError::BadName(name.into()));
     }
@@ -169,7 +189,14 @@ pub async fn issue(
         Role::Sfu | Role::Admin => Some(dir.cluster_secrets()?),
         Role::Proxy => None,
     };
-    let client = signer.client_cert(name)?;
+    let expires_unix = expires.map(|after| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_add(after)
+            .as_secs()
+    });
+    let client = signer.client_cert(name, expires_unix)?;
     let password = Secret::random();
     let token = Secret::random();
     let bundle = Bundle {
@@ -196,6 +223,7 @@ pub async fn issue(
         token_sha256: token.sha256_hex(),
         password_sha256: password.sha256_hex(),
         hostname: hostname.clone(),
+        expires_unix,
     };
     let name_dir = dir.name_dir(name);
     create_private_dir(&name_dir)?;
@@ -214,7 +242,7 @@ pub async fn issue(
         fingerprint
     ));
     let acl_reloaded = rewrite_acl_and_reload(&dir, &settings).await?;
-    tracing::info!(%name, %role, hostname = hostname.as_deref().unwrap_or("-"), "bundle issued");
+    tracing::info!(%name, %role, hostname = hostname.as_deref().unwrap_or("-"), expires_unix = ?expires_unix, "bundle issued");
     Ok(Issued {
         name: name.into(),
         role,
@@ -224,19 +252,91 @@ pub async fn issue(
     })
 }
 
+/// Makes the name's token useless, drops its Redis password, and closes its live Redis
+/// connections (`CLIENT KILL USER`).
+///
+/// An sfu name with its own ACL user: the user is switched off first (no new AUTH), its
+/// connections killed, then the ACL reloaded without it. A name on a shared role user (proxy,
+/// admin, older sfu names): Redis cannot tell its connections from the other holders', so
+/// every connection of that user is closed after the reload; the others reconnect with their
+/// own, still valid, passwords.
 pub async fn revoke(dir: &Path, name: &str) -> Result<AclReload, IssueError> {
     if !valid_name(name) {
         return Err(IssueError::BadName(name.into()));
     }
     let (dir, settings) = open(dir)?;
     let name_dir = dir.name_dir(name);
-    if !name_dir.join("meta.toml").exists() {
+    let meta_path = name_dir.join("meta.toml");
+    if !meta_path.exists() {
         return Err(IssueError::UnknownName(name.into()));
+    }
+    let meta: NameMeta =
+        toml::from_str(&fs::read_to_string(&meta_path)?).map_err(|e| IssueError::BadMeta {
+            name: name.into(),
+            reason: e.message().to_string(),
+        })?;
+    let own_user = matches!((meta.role, &meta.hostname), (Role::Sfu, Some(_)))
+        .then(|| acl::node_acl_user(name));
+    if let Some(user) = &own_user {
+        // Best effort: with Redis down there is nothing to close, and the file below is
+        // what it reads when it starts.
+        let _ = operator_commands(
+            &dir,
+            vec![
+                redis::cmd("ACL")
+                    .arg("SETUSER")
+                    .arg(user)
+                    .arg("off")
+                    .clone(),
+                redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("USER")
+                    .arg(user)
+                    .clone(),
+            ],
+        )
+        .await;
     }
     fs::remove_dir_all(&name_dir)?;
     let reload = rewrite_acl_and_reload(&dir, &settings).await?;
+    if own_user.is_none() && reload == AclReload::Reloaded {
+        let shared = meta.role.acl_user();
+        let _ = operator_commands(
+            &dir,
+            vec![
+                redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("USER")
+                    .arg(shared)
+                    .clone(),
+            ],
+        )
+        .await;
+    }
     tracing::info!(%name, "bundle revoked");
     Ok(reload)
+}
+
+/// Runs `commands` with the operator's own credentials, in order, each allowed to fail
+/// (`CLIENT KILL` with no connection to kill is an error).
+async fn operator_commands(dir: &ClusterDir, commands: Vec<redis::Cmd>) -> Result<(), String> {
+    let attempt = async {
+        let zip = fs::read(dir.operator_dir().join("bundle.zip")).map_err(|e| e.to_string())?;
+        let bundle = Bundle::from_zip(&zip).map_err(|e| e.to_string())?;
+        let conn = RedisConn::connect(&bundle)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut manager = conn.manager();
+        for command in commands {
+            if let Err(error) = command.query_async::<redis::Value>(&mut manager).await {
+                tracing::debug!(%error, "operator command failed");
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
 }
 
 /// All names currently issued, with their metadata.

@@ -60,23 +60,29 @@ impl CaSigner {
             .push(DnType::CommonName, host.to_string());
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.not_after = rcgen::date_time_ymd(2124, 1, 1);
         self.sign(params)
     }
 
-    /// A client certificate naming the holder (for Redis's `tls-auth-clients`).
-    pub fn client_cert(&self, name: &str) -> Result<CertAndKey, PkiError> {
+    /// A client certificate naming the holder (for Redis's `tls-auth-clients`), valid until
+    /// `not_after` (seconds since the Unix epoch) when set. Redis checks the validity period at
+    /// every TLS handshake, so an expired certificate cannot open a connection.
+    pub fn client_cert(&self, name: &str, not_after: Option<u64>) -> Result<CertAndKey, PkiError> {
         let mut params = CertificateParams::default();
         params
             .distinguished_name
             .push(DnType::CommonName, name.to_string());
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.not_after = match not_after {
+            Some(unix) => rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(unix),
+            None => rcgen::date_time_ymd(2124, 1, 1),
+        };
         self.sign(params)
     }
 
     fn sign(&self, mut params: CertificateParams) -> Result<CertAndKey, PkiError> {
         params.not_before = rcgen::date_time_ymd(2024, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2124, 1, 1);
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;

@@ -7,7 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use deadsfu_cluster::issue::{IssueError, NameMeta, issue, revoke};
+use deadsfu_cluster::Bundle;
+use deadsfu_cluster::issue::{IssueError, NameMeta, issue, issue_expiring, revoke};
 use deadsfu_cluster::status::read_status;
 use deadsfu_cluster::{
     Claim, ClusterError, ClusterNode, NodeConfig, NodeRecord, RedisConn, Role, host_owner,
@@ -300,8 +301,26 @@ async fn revoke_removes_the_node_user() {
     let conn_a = RedisConn::connect(&a).await.unwrap();
     let conn_b = RedisConn::connect(&b).await.unwrap();
     run(&conn_a, &redis::cmd("PING")).await.unwrap();
+    let clients_of = |user: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let mut m = admin.manager();
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut m)
+                .await
+                .unwrap();
+            list.lines()
+                .filter(|l| l.contains(&format!(" user={user} ")))
+                .count()
+        }
+    };
+    assert_eq!(clients_of("sfu-node-a").await, 1);
 
     revoke(&cluster.cluster_dir(), "node-a").await.unwrap();
+    // Its live connection was closed by revoke itself (nothing to wait for).
+    assert_eq!(clients_of("sfu-node-a").await, 0);
+    assert_eq!(clients_of("sfu-node-b").await, 1);
     let users = eventually(Duration::from_secs(5), "admin connection back", || {
         let admin = admin.clone();
         async move {
@@ -559,4 +578,53 @@ async fn an_sfu_bundle_from_before_per_node_users_still_joins() {
     assert!(!users.contains(&"sfu".to_string()), "{users:?}");
     assert!(RedisConn::connect(&old).await.is_err());
     cluster.assert_logs_clean();
+}
+
+#[tokio::test]
+async fn an_expired_bundle_cannot_connect() {
+    let cluster = TestCluster::start().await;
+    let expires = Duration::from_secs(2);
+    issue_expiring(
+        &cluster.cluster_dir(),
+        Role::Sfu,
+        "node-x",
+        Some("x.example.test"),
+        Some(expires),
+    )
+    .await
+    .unwrap();
+    let zip = std::fs::read(cluster.cluster_dir().join("names/node-x/bundle.zip")).unwrap();
+    let bundle = Bundle::from_zip(&zip).unwrap();
+    let meta: NameMeta = toml::from_str(
+        &std::fs::read_to_string(cluster.cluster_dir().join("names/node-x/meta.toml")).unwrap(),
+    )
+    .unwrap();
+    assert!(meta.expires_unix.is_some());
+    let issued_at = std::time::Instant::now();
+    // Valid now...
+    let conn = RedisConn::connect(&bundle)
+        .await
+        .expect("connects before expiry");
+    run(&conn, &redis::cmd("PING")).await.unwrap();
+    drop(conn);
+    // ...and refused at the TLS handshake once the certificate's notAfter has passed (whole
+    // seconds, so at most a second or two after `expires`).
+    let refused_after = eventually(Duration::from_secs(10), "expired bundle refused", || {
+        let bundle = bundle.clone();
+        async move {
+            RedisConn::connect(&bundle)
+                .await
+                .is_err()
+                .then(|| issued_at.elapsed())
+        }
+    })
+    .await;
+    assert!(
+        refused_after >= expires - Duration::from_millis(1100),
+        "{refused_after:?}"
+    );
+    // A bundle without expiry is not affected.
+    let mut cluster = cluster;
+    let other = cluster.sfu_bundle("node-y", "y.example.test").await;
+    assert!(RedisConn::connect(&other).await.is_ok());
 }

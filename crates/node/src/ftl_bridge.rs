@@ -43,6 +43,24 @@ pub struct FtlArgs {
     /// (repeatable): CHANNEL=ROOM.
     #[arg(long = "ftl-room", env = "DEADSFU_FTL_ROOM", value_delimiter = ',', value_parser = parse_room_map)]
     pub ftl_room: Vec<(u32, String)>,
+    /// Most open FTL control connections. When all are taken, the oldest one that has not
+    /// proved its stream key is closed for a newcomer.
+    #[arg(long, env = "DEADSFU_FTL_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub ftl_max_connections: usize,
+    /// Most open FTL control connections per client IP (IPv6: per /64).
+    #[arg(long, env = "DEADSFU_FTL_MAX_CONNECTIONS_PER_IP", default_value_t = 8)]
+    pub ftl_max_connections_per_ip: usize,
+    /// New FTL control connections per second per client IP (burst: 5 times this, at least 1).
+    #[arg(
+        long,
+        env = "DEADSFU_FTL_CONNECTS_PER_SECOND_PER_IP",
+        default_value_t = 2.0
+    )]
+    pub ftl_connects_per_second_per_ip: f64,
+    /// Seconds a client has to finish the FTL handshake (from connecting to streaming);
+    /// clients that send nothing are closed after this.
+    #[arg(long, env = "DEADSFU_FTL_HANDSHAKE_TIMEOUT", default_value_t = 5)]
+    pub ftl_handshake_timeout: u64,
 }
 
 fn parse_room_map(text: &str) -> Result<(u32, String), String> {
@@ -119,7 +137,21 @@ pub async fn start(
             .unwrap_or_else(|| control.to_string()),
     });
     let udp = SocketAddr::new(control.ip(), args.ftl_udp_port);
-    let server = FtlServer::bind(FtlServerConfig::new(control, udp), directory.clone())
+    let mut config = FtlServerConfig::new(control, udp);
+    config.max_sessions = args.ftl_max_connections.max(1);
+    config.max_connections_per_ip = args.ftl_max_connections_per_ip.max(1);
+    config.connects_per_second_per_ip = args.ftl_connects_per_second_per_ip.max(0.0);
+    config.connect_burst_per_ip = (args.ftl_connects_per_second_per_ip * 5.0).max(1.0);
+    config.session.handshake_timeout =
+        std::time::Duration::from_secs(args.ftl_handshake_timeout.max(1));
+    tracing::info!(
+        max_connections = config.max_sessions,
+        max_connections_per_ip = config.max_connections_per_ip,
+        connects_per_second_per_ip = config.connects_per_second_per_ip,
+        handshake_timeout_s = config.session.handshake_timeout.as_secs(),
+        "FTL limits"
+    );
+    let server = FtlServer::bind(config, directory.clone())
         .await
         .with_context(|| format!("binding FTL on {control} (TCP) and {udp} (UDP)"))?;
     let bound = server.control_addr()?;
@@ -130,6 +162,15 @@ pub async fn start(
         ));
     }
     Ok(Some((bound, server, channels)))
+}
+
+/// The FTL listener's counters on the SFU's `/metrics`.
+pub struct FtlMetrics(pub FtlServerHandle);
+
+impl deadsfu_server::MetricsSource for FtlMetrics {
+    fn write_prometheus(&self, out: &mut String) {
+        self.0.write_prometheus(out);
+    }
 }
 
 /// How often live channels' keys are checked against the cluster's key store.

@@ -2,12 +2,13 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::State;
-use axum::http::{HeaderMap, Uri};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use deadsfu_rtc::MediaEngine;
@@ -18,6 +19,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::WatchStream;
 
 use crate::front_door::{ClusterRoom, FrontDoor};
+use crate::limits::HttpRefusal;
 use crate::problem::Problem;
 use crate::{AppState, auth};
 
@@ -143,13 +145,35 @@ pub(crate) async fn rooms(
     Ok(Json(snapshot).into_response())
 }
 
+/// The live room list as server-sent events. Each stream holds a place in the event-stream
+/// limits (total: 503, per client IP: 429) for as long as it is open.
 pub(crate) async fn room_events(
     State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     auth::check(&state, &headers, &uri, crate::front_door::SessionRole::View)?;
-    let stream = WatchStream::new(state.rooms.clone()).map(|snapshot| {
+    let permit = match state.http_limits.admit_event_stream(client.ip()) {
+        Ok(permit) => permit,
+        Err(HttpRefusal::EventStreamsPerIp) => {
+            return Err(Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many event streams",
+                "this client has too many room event streams open",
+            ));
+        }
+        Err(_) => {
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Too many event streams",
+                "the server has too many room event streams open",
+            ));
+        }
+    };
+    let stream = WatchStream::new(state.rooms.clone()).map(move |snapshot| {
+        // The place is given back when the stream (and so this closure) is dropped.
+        let _held = &permit;
         Ok(Event::default()
             .event("rooms")
             .data(serde_json::to_string(&snapshot).unwrap_or_default()))

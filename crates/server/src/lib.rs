@@ -9,9 +9,11 @@
 mod api;
 mod auth;
 mod cors;
+mod framing;
 mod front_door;
 mod https;
 mod legacy;
+pub mod limits;
 pub mod listen;
 mod metrics;
 mod problem;
@@ -34,7 +36,10 @@ pub use front_door::{
     ClusterRoom, FrontDoor, RouteDecision, RouteRequest, SessionRole, TicketError,
 };
 pub use https::HttpsState;
-pub use listen::{ProxyProtocolRefusals, Transport, proxy_protocol_refusals, serve};
+pub use limits::{
+    HttpAdmission, HttpLimits, HttpRefusal, ProxyProtocolRefusals, raise_open_file_limit,
+};
+pub use listen::{Transport, serve};
 pub use problem::Problem;
 pub use proxy_protocol::{Cidr, CidrError, ProxyPolicy};
 pub use web::HtmlSource;
@@ -55,6 +60,15 @@ pub struct AppState {
     pub https: Option<HttpsState>,
     /// Cluster routing of new sessions (cluster mode); `None` serves everything here.
     pub front_door: Option<Arc<dyn FrontDoor>>,
+    /// Connection and event-stream limits (shared with the listeners).
+    pub http_limits: Arc<HttpAdmission>,
+    /// More counters for `/metrics` (e.g. the FTL listener's), appended as they write them.
+    pub extra_metrics: Vec<Arc<dyn MetricsSource>>,
+}
+
+/// Something that appends its counters to `/metrics` in Prometheus text format.
+pub trait MetricsSource: Send + Sync + 'static {
+    fn write_prometheus(&self, out: &mut String);
 }
 
 /// Longest time a request may take, reading its body included.

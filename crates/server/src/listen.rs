@@ -6,12 +6,15 @@
 //! Before TLS and HTTP, each connection passes the PROXY protocol rules of [`ProxyPolicy`]: a
 //! trusted front-line proxy must start with a PROXY v2 header, whose client address then stands
 //! for the connection (`ConnectInfo`, logs, limits); anyone else starting with one is refused.
+//! Then the connection limits of [`HttpAdmission`] (total and per client IP): over them, the
+//! connection is closed at once, counted, and logged in aggregate. Under hyper, HTTP/1
+//! connections pass through a [`FramingGuard`] (ambiguous framing refused with 400; a deadline
+//! for the first request head, which hyper does not have).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -25,17 +28,17 @@ use tower::ServiceExt;
 
 use deadsfu_tls::{AcceptError, HttpsAcceptor};
 
+use crate::framing::{AMBIGUOUS_FRAMING_PATH, FramingGuard};
+use crate::limits::{HttpAdmission, HttpRefusal};
+use crate::problem::Problem;
 use crate::proxy_protocol::{self, ProxyPolicy};
+use deadsfu_limits::Permit;
 
-/// A client must send its request headers within this time.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The TLS handshake must finish within this time.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A trusted proxy writes its PROXY v2 header first thing; an untrusted connection is looked at
 /// for this long at most before it is handed on as it is.
 pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Refusals are logged at most once in this period (with a count), so a flood cannot flood logs.
-const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(10);
 /// How long shutdown waits for open connections (event streams never end by themselves).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -46,25 +49,29 @@ pub enum Transport {
     Https,
 }
 
-fn builder() -> Builder<TokioExecutor> {
+fn builder(header_timeout: Duration) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(header_timeout);
     builder.http2().timer(TokioTimer::new());
     builder
 }
 
 /// Serves `app` on `listener` until `stop` resolves; with `tls`, every connection is HTTPS.
-/// `proxy` names the sources that must send a PROXY v2 header (the default trusts none).
+/// `proxy` names the sources that must send a PROXY v2 header (the default trusts none);
+/// `admission` holds the connection limits (shared by every listener and the routes).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<HttpsAcceptor>,
     proxy: Arc<ProxyPolicy>,
+    admission: Arc<HttpAdmission>,
     stop: impl std::future::Future<Output = ()>,
 ) {
+    let header_timeout = admission.limits().header_timeout;
+    let mut log_timer = tokio::time::interval(crate::limits::REFUSAL_LOG_INTERVAL);
     let graceful = GracefulShutdown::new();
     let transport = if tls.is_some() {
         Transport::Https
@@ -74,6 +81,10 @@ pub async fn serve(
     tokio::pin!(stop);
     loop {
         let (mut tcp, peer) = tokio::select! {
+            _ = log_timer.tick() => {
+                admission.log_refusals_if_due();
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
                 Err(e) => {
@@ -89,34 +100,50 @@ pub async fn serve(
         let app = app.clone();
         let tls = tls.clone();
         let proxy = proxy.clone();
+        let admission = admission.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let Some(client) = admit(&mut tcp, peer, &proxy).await else {
+            let accepted = Instant::now();
+            let Some((client, _permit)) = admit(&mut tcp, peer, &proxy, &admission).await else {
                 return;
             };
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(client));
-                req.extensions_mut().insert(transport);
-                let app = app.clone();
-                async move {
-                    let res = match app.oneshot(req).await {
-                        Ok(res) => res,
-                        Err(never) => match never {},
-                    };
-                    Ok::<_, Infallible>(res)
-                }
-            });
+            let rejected = Arc::new(AtomicBool::new(false));
+            let service = {
+                let rejected = rejected.clone();
+                hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(client));
+                    req.extensions_mut().insert(transport);
+                    let app = app.clone();
+                    let ambiguous = rejected.load(Ordering::Relaxed)
+                        && req.uri().path() == AMBIGUOUS_FRAMING_PATH;
+                    let admission = admission.clone();
+                    async move {
+                        if ambiguous {
+                            admission.refuse(HttpRefusal::AmbiguousFraming);
+                            return Ok(ambiguous_framing());
+                        }
+                        let res = match app.oneshot(req).await {
+                            Ok(res) => res,
+                            Err(never) => match never {},
+                        };
+                        Ok::<_, Infallible>(res)
+                    }
+                })
+            };
             match tls {
                 None => {
-                    let conn = builder()
-                        .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                    let left = header_timeout.saturating_sub(accepted.elapsed());
+                    let io = FramingGuard::new(tcp, left, rejected);
+                    let conn = builder(header_timeout)
+                        .serve_connection_with_upgrades(TokioIo::new(io), service)
                         .into_owned();
                     let _ = watcher.watch(conn).await;
                 }
                 Some(acceptor) => {
                     if let Some(stream) = accept_tls(&acceptor, tcp, client).await {
-                        let conn = builder()
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        let io = FramingGuard::new(stream, header_timeout, rejected);
+                        let conn = builder(header_timeout)
+                            .serve_connection_with_upgrades(TokioIo::new(io), service)
                             .into_owned();
                         let _ = watcher.watch(conn).await;
                     }
@@ -149,92 +176,56 @@ async fn accept_tls(
     }
 }
 
-/// Applies the PROXY protocol rules to a new connection; returns the address that stands for the
-/// client, or `None` when the connection is refused (the caller drops, so closes, it).
-async fn admit(tcp: &mut TcpStream, peer: SocketAddr, policy: &ProxyPolicy) -> Option<SocketAddr> {
+/// Applies the PROXY protocol rules and the connection limits to a new connection; returns the
+/// address that stands for the client and the connection's place, or `None` when the
+/// connection is refused (the caller drops, so closes, it). Refusals are counted and logged in
+/// aggregate only.
+async fn admit(
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    policy: &ProxyPolicy,
+    admission: &HttpAdmission,
+) -> Option<(SocketAddr, Permit)> {
     if policy.trusts(peer.ip()) {
         match proxy_protocol::read_header(tcp, PROXY_HEADER_TIMEOUT).await {
             // LOCAL (the proxy's own health check) and unspecified: the proxy is the client.
-            Ok(source) => Some(source.unwrap_or(peer)),
+            Ok(source) => {
+                let client = source.unwrap_or(peer);
+                let permit = admission.admit_connection(client.ip())?;
+                Some((client, permit))
+            }
             Err(e) => {
-                REFUSED_BAD_HEADER.fetch_add(1, Ordering::Relaxed);
-                log_refusal(peer, "trusted_source_without_header", e.reason(), &e);
+                tracing::debug!(%peer, reason = e.reason(), "trusted source without a PROXY header");
+                admission.refuse(HttpRefusal::ProxyHeaderMissing);
                 None
             }
         }
     } else {
+        // Limits first: they cost nothing, and nothing is read from a refused client.
+        let permit = admission.admit_connection(peer.ip())?;
         match proxy_protocol::peek_for_header(tcp, PROXY_HEADER_TIMEOUT).await {
-            None => Some(peer),
+            None => Some((peer, permit)),
             Some(kind) => {
-                REFUSED_UNTRUSTED_HEADER.fetch_add(1, Ordering::Relaxed);
-                log_refusal(
-                    peer,
-                    "untrusted_source_with_header",
-                    kind.as_str(),
-                    &format_args!(
-                        "PROXY {} header from a source not trusted to send one",
-                        kind.as_str()
-                    ),
-                );
+                tracing::debug!(%peer, kind = kind.as_str(), "PROXY header from an untrusted source");
+                admission.refuse(HttpRefusal::ProxyHeaderUntrusted);
                 None
             }
         }
     }
 }
 
-static REFUSED_BAD_HEADER: AtomicU64 = AtomicU64::new(0);
-static REFUSED_UNTRUSTED_HEADER: AtomicU64 = AtomicU64::new(0);
-/// Refusals since the last log line, and when that line was written.
-static UNLOGGED_REFUSALS: AtomicU64 = AtomicU64::new(0);
-static LAST_REFUSAL_LOG: Mutex<Option<Instant>> = Mutex::new(None);
-
-/// Connections refused by the PROXY protocol rules since the process started, over all
-/// listeners (for `/metrics`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ProxyProtocolRefusals {
-    /// From a trusted source, without a valid PROXY v2 header within [`PROXY_HEADER_TIMEOUT`]
-    /// (none, malformed, too long, cut short, too slow).
-    pub bad_header: u64,
-    /// From a source not trusted to send one, starting with a PROXY header (v1 or v2).
-    pub untrusted_header: u64,
-}
-
-impl ProxyProtocolRefusals {
-    pub fn total(&self) -> u64 {
-        self.bad_header + self.untrusted_header
-    }
-}
-
-pub fn proxy_protocol_refusals() -> ProxyProtocolRefusals {
-    ProxyProtocolRefusals {
-        bad_header: REFUSED_BAD_HEADER.load(Ordering::Relaxed),
-        untrusted_header: REFUSED_UNTRUSTED_HEADER.load(Ordering::Relaxed),
-    }
-}
-
-/// Logs a refusal unless one was logged within [`REFUSAL_LOG_PERIOD`]; the line that is written
-/// carries the count since the previous one and this (latest) peer. The counters above are exact.
-fn log_refusal(peer: SocketAddr, rule: &str, reason: &str, detail: &dyn std::fmt::Display) {
-    UNLOGGED_REFUSALS.fetch_add(1, Ordering::Relaxed);
-    // try_lock: whoever holds the lock is deciding to log right now; never wait for it.
-    let Ok(mut last) = LAST_REFUSAL_LOG.try_lock() else {
-        return;
-    };
-    let now = Instant::now();
-    if last.is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_PERIOD) {
-        return;
-    }
-    *last = Some(now);
-    drop(last);
-    let refused = UNLOGGED_REFUSALS.swap(0, Ordering::Relaxed);
-    tracing::warn!(
-        %peer,
-        rule,
-        reason,
-        %detail,
-        refused,
-        period_s = REFUSAL_LOG_PERIOD.as_secs(),
-        "connections refused by the PROXY protocol rules (`refused` since the last such line; \
-         peer, rule and reason are the latest's)"
+/// The answer to a request with both `Transfer-Encoding` and `Content-Length`.
+fn ambiguous_framing() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut res = Problem::new(
+        axum::http::StatusCode::BAD_REQUEST,
+        "Ambiguous request framing",
+        "a request may not carry both Transfer-Encoding and Content-Length",
+    )
+    .into_response();
+    res.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
     );
+    res
 }

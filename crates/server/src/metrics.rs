@@ -60,7 +60,11 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
             let _ = writeln!(out, "deadsfu_{name}_total {value}");
         }
     }
-    let refusals = crate::listen::proxy_protocol_refusals();
+    state.http_limits.write_prometheus(&mut out);
+    for source in &state.extra_metrics {
+        source.write_prometheus(&mut out);
+    }
+    let refusals = state.http_limits.proxy_protocol_refusals();
     let _ = writeln!(
         out,
         "# HELP deadsfu_proxy_protocol_refusals_total Connections refused for their PROXY protocol header"

@@ -39,7 +39,10 @@ impl IntoResponse for Problem {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
-use deadsfu_server::{ProxyPolicy, proxy_protocol_refusals, serve};
+use deadsfu_server::{HttpAdmission, HttpLimits, ProxyPolicy, serve};
 use ppp::v2::{Addresses, Builder, Command, Protocol, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -23,6 +23,7 @@ const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: sfu\r\nConnection: close\r\n\r\
 
 struct Server {
     addr: SocketAddr,
+    admission: Arc<HttpAdmission>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -37,11 +38,20 @@ impl Server {
         );
         let policy = Arc::new(ProxyPolicy::new(["127.0.0.10/32".parse().unwrap()]));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, app, None, policy, async move {
-            let _ = stopped.await;
-        }));
+        let admission = HttpAdmission::new(HttpLimits::default());
+        let task = tokio::spawn(serve(
+            listener,
+            app,
+            None,
+            policy,
+            admission.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Server {
             addr,
+            admission,
             stop: Some(stop),
             task,
         }
@@ -140,7 +150,7 @@ async fn trusted_source_header_names_the_client() {
 #[tokio::test]
 async fn trusted_source_without_valid_header_is_refused() {
     let server = Server::start().await;
-    let before = proxy_protocol_refusals().bad_header;
+    let before = server.admission.proxy_protocol_refusals().bad_header;
 
     // No header at all.
     let got = exchange(server.connect(TRUSTED).await, REQUEST).await;
@@ -176,14 +186,14 @@ async fn trusted_source_without_valid_header_is_refused() {
     assert_eq!(body(&got), None);
 
     // Counters are process-wide and tests run in parallel: at least ours were counted.
-    assert!(proxy_protocol_refusals().bad_header >= before + 5);
+    assert!(server.admission.proxy_protocol_refusals().bad_header >= before + 5);
     server.shutdown().await;
 }
 
 #[tokio::test]
 async fn untrusted_source_with_header_is_refused_and_plain_requests_work() {
     let server = Server::start().await;
-    let before = proxy_protocol_refusals().untrusted_header;
+    let before = server.admission.proxy_protocol_refusals().untrusted_header;
 
     let mut bytes = header("203.0.113.7:4711".parse().unwrap(), server.addr);
     bytes.extend_from_slice(REQUEST);
@@ -206,7 +216,7 @@ async fn untrusted_source_with_header_is_refused_and_plain_requests_work() {
     .await;
     assert_eq!(body(&got), None);
 
-    assert!(proxy_protocol_refusals().untrusted_header >= before + 3);
+    assert!(server.admission.proxy_protocol_refusals().untrusted_header >= before + 3);
 
     // A plain request is served with the connection's own address.
     let stream = server.connect(UNTRUSTED).await;
@@ -239,6 +249,7 @@ async fn no_trusted_sources_serves_everyone_as_themselves() {
         app,
         None,
         Arc::new(ProxyPolicy::default()),
+        HttpAdmission::new(HttpLimits::default()),
         async move {
             let _ = stopped.await;
         },

@@ -6,6 +6,6 @@ pub mod server;
 
 pub use client::{PushArgs, PushConfig, PushError, PushReport, push};
 pub use server::{
-    BoxFuture, ChannelDirectory, ClaimError, DirectoryError, FtlPublisher, FtlServer,
+    BoxFuture, ChannelDirectory, ClaimError, DirectoryError, FtlPublisher, FtlRefusal, FtlServer,
     FtlServerConfig, FtlServerHandle,
 };

@@ -5,16 +5,28 @@
 //!
 //! Channel secrets and room rules live with the caller, behind [`ChannelDirectory`]; media
 //! leaves through the [`FtlPublisher`] that a successful claim returns.
+//!
+//! The accept loop owns the limits: connections and new connections per second per client IP
+//! ([`Admission`]), and a fixed number of connection [`Slots`]: when all are taken, the oldest
+//! connection that has not proved its key is closed to make room, so idle or stalled
+//! connections cannot keep a streamer out. A client that does not finish the handshake within
+//! the session's handshake timeout is closed. Refusals are counted ([`FtlServerHandle`]) and
+//! logged in aggregate, one line per interval at most.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use deadsfu_limits::{
+    Admission, AdmissionLimits, AdmissionRefusal, ConnId, ConnectionPermit, RefusalReason,
+    Refusals, Slot, Slots,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -86,8 +98,17 @@ pub struct FtlServerConfig {
     pub announced_udp_port: Option<u16>,
     /// Per-session settings; its `udp_port` is replaced by the announced port.
     pub session: ServerConfig,
-    /// Most concurrent control connections; more are closed at once.
+    /// Most concurrent control connections. When all are taken, the oldest connection that
+    /// has not proved its key is closed for a newcomer; if all have, the newcomer is closed.
     pub max_sessions: usize,
+    /// Most concurrent control connections per client IP (IPv6: per /64).
+    pub max_connections_per_ip: usize,
+    /// New control connections per second per client IP...
+    pub connects_per_second_per_ip: f64,
+    /// ...and the burst allowed above that rate.
+    pub connect_burst_per_ip: f64,
+    /// Refusals are logged at most once per this interval (with counts by reason).
+    pub refusal_log_interval: Duration,
 }
 
 impl FtlServerConfig {
@@ -98,6 +119,12 @@ impl FtlServerConfig {
             announced_udp_port: None,
             session: ServerConfig::new(0),
             max_sessions: 1024,
+            // OBS and ftl-sdk use one control connection per stream, and reconnect every few
+            // seconds at most when a stream fails.
+            max_connections_per_ip: 8,
+            connects_per_second_per_ip: 2.0,
+            connect_burst_per_ip: 10.0,
+            refusal_log_interval: Duration::from_secs(10),
         }
     }
 }
@@ -111,10 +138,51 @@ const SESSION_DATAGRAM_QUEUE: usize = 1024;
 /// Largest control read.
 const CONTROL_READ: usize = 4096;
 
-#[derive(Default)]
+/// Why a control connection was closed before or during its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FtlRefusal {
+    /// Too many open connections from the client's IP.
+    PerIpConnections,
+    /// Too many new connections per second from the client's IP.
+    ConnectRate,
+    /// Every slot holds an authenticated session.
+    Full,
+    /// Closed to make room for a newcomer before it authenticated.
+    Evicted,
+    /// Did not finish the handshake in time (including clients that send nothing).
+    HandshakeTimeout,
+}
+
+impl RefusalReason for FtlRefusal {
+    const ALL: &'static [Self] = &[
+        FtlRefusal::PerIpConnections,
+        FtlRefusal::ConnectRate,
+        FtlRefusal::Full,
+        FtlRefusal::Evicted,
+        FtlRefusal::HandshakeTimeout,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            FtlRefusal::PerIpConnections => "per_ip_connections",
+            FtlRefusal::ConnectRate => "connect_rate",
+            FtlRefusal::Full => "full",
+            FtlRefusal::Evicted => "evicted",
+            FtlRefusal::HandshakeTimeout => "handshake_timeout",
+        }
+    }
+}
+
 struct Shared {
     /// Live channels and how to end each.
     channels: Mutex<HashMap<u32, mpsc::Sender<()>>>,
+    refusals: Refusals<FtlRefusal>,
+    /// Open control connections.
+    open: AtomicUsize,
 }
 
 /// Controls a running server from elsewhere (e.g. when a key is removed).
@@ -134,6 +202,32 @@ impl FtlServerHandle {
             .get(&channel_id)
             .cloned();
         sender.is_some_and(|sender| sender.try_send(()).is_ok())
+    }
+
+    /// Refusals for `reason` since the start.
+    pub fn refused(&self, reason: FtlRefusal) -> u64 {
+        self.shared.refusals.count(reason)
+    }
+
+    /// Appends the listener's counters in Prometheus text format (`deadsfu_ftl_*`).
+    pub fn write_prometheus(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        self.shared.refusals.write_prometheus(
+            "deadsfu_ftl_refused_total",
+            "FTL control connections refused or closed before authenticating, by reason",
+            "reason",
+            out,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP deadsfu_ftl_connections Open FTL control connections"
+        );
+        let _ = writeln!(out, "# TYPE deadsfu_ftl_connections gauge");
+        let _ = writeln!(
+            out,
+            "deadsfu_ftl_connections {}",
+            self.shared.open.load(Ordering::Relaxed)
+        );
     }
 
     /// Channels with a claimed session.
@@ -177,12 +271,17 @@ impl FtlServer {
             announced_udp_port = config.session.udp_port,
             "FTL ingest listening"
         );
+        let shared = Arc::new(Shared {
+            channels: Mutex::default(),
+            refusals: Refusals::new("ftl", config.refusal_log_interval),
+            open: AtomicUsize::new(0),
+        });
         Ok(Self {
             listener,
             udp: Arc::new(udp),
             config,
             directory,
-            shared: Arc::default(),
+            shared,
         })
     }
 
@@ -207,29 +306,88 @@ impl FtlServer {
         let (stop_tx, stop_rx) = watch::channel(false);
         let udp_task = tokio::spawn(udp_loop(self.udp.clone(), demux_rx));
         let mut sessions = JoinSet::new();
-        let mut next_id: SessionId = 0;
+        let admission = Admission::new(AdmissionLimits {
+            // The total is the slots' business (they can evict).
+            max_total: usize::MAX,
+            max_per_ip: self.config.max_connections_per_ip,
+            rate_per_ip: self.config.connects_per_second_per_ip,
+            burst_per_ip: self.config.connect_burst_per_ip,
+        });
+        let mut slots = Slots::new(self.config.max_sessions);
+        let mut evictors: HashMap<ConnId, oneshot::Sender<()>> = HashMap::new();
+        let mut task_conns: HashMap<tokio::task::Id, ConnId> = HashMap::new();
+        // One message per session at most (when it proves its key): bounded by the slots.
+        let (auth_tx, mut auth_rx) = mpsc::unbounded_channel::<ConnId>();
+        let mut log_timer = tokio::time::interval(self.config.refusal_log_interval);
+        let mut accept_errors: u64 = 0;
+        let refusals = &self.shared.refusals;
         tokio::pin!(shutdown);
         loop {
+            self.shared.open.store(slots.len(), Ordering::Relaxed);
             tokio::select! {
+                // Authentications first, so a session that just proved its key is not evicted
+                // for a newcomer accepted in the same turn.
+                biased;
                 () = &mut shutdown => break,
-                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+                Some(id) = auth_rx.recv() => slots.authenticated(id),
+                Some(done) = sessions.join_next_with_id(), if !sessions.is_empty() => {
+                    let task = match done {
+                        Ok((task, ())) => task,
+                        Err(error) => error.id(),
+                    };
+                    if let Some(id) = task_conns.remove(&task) {
+                        slots.remove(id);
+                        evictors.remove(&id);
+                    }
+                }
+                _ = log_timer.tick() => {
+                    refusals.log_if_due(Instant::now());
+                }
                 accepted = self.listener.accept() => {
                     let (stream, peer) = match accepted {
                         Ok(accepted) => accepted,
                         Err(error) => {
-                            // Out of descriptors and the like: back off instead of spinning.
-                            warn!(%error, "FTL accept failed");
+                            // Out of descriptors and the like: back off instead of spinning,
+                            // and log at powers of two only.
+                            accept_errors += 1;
+                            if accept_errors.is_power_of_two() {
+                                warn!(%error, accept_errors, "FTL accept failed");
+                            }
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         }
                     };
-                    if sessions.len() >= self.config.max_sessions {
-                        warn!(%peer, "too many FTL sessions; connection refused");
-                        continue;
-                    }
-                    next_id += 1;
+                    let now = Instant::now();
+                    let permit = match admission.try_admit(peer.ip(), now) {
+                        Ok(permit) => permit,
+                        Err(refusal) => {
+                            refusals.refuse(match refusal {
+                                AdmissionRefusal::PerIp => FtlRefusal::PerIpConnections,
+                                AdmissionRefusal::Rate => FtlRefusal::ConnectRate,
+                                AdmissionRefusal::Total => FtlRefusal::Full,
+                            }, now);
+                            continue;
+                        }
+                    };
+                    let id = match slots.admit() {
+                        Slot::Full => {
+                            refusals.refuse(FtlRefusal::Full, now);
+                            continue;
+                        }
+                        Slot::Open { id, evict } => {
+                            if let Some(victim) = evict {
+                                if let Some(evictor) = evictors.remove(&victim) {
+                                    let _ = evictor.send(());
+                                }
+                                refusals.refuse(FtlRefusal::Evicted, now);
+                            }
+                            id
+                        }
+                    };
+                    let (evict_tx, evict_rx) = oneshot::channel();
+                    evictors.insert(id, evict_tx);
                     let task = SessionTask {
-                        id: next_id,
+                        id,
                         peer,
                         udp: self.udp.clone(),
                         demux: demux_tx.clone(),
@@ -237,9 +395,12 @@ impl FtlServer {
                         config: self.config.session.clone(),
                         shared: self.shared.clone(),
                         stop: stop_rx.clone(),
+                        authenticated: auth_tx.clone(),
+                        _permit: permit,
                     };
-                    let span = info_span!("ftl_session", session = next_id, %peer);
-                    sessions.spawn(task.run(stream).instrument(span));
+                    let span = info_span!("ftl_session", session = id, %peer);
+                    let handle = sessions.spawn(task.run(stream, evict_rx).instrument(span));
+                    task_conns.insert(handle.id(), id);
                 }
             }
         }
@@ -253,6 +414,7 @@ impl FtlServer {
             sessions.abort_all();
         }
         udp_task.abort();
+        refusals.flush();
         Ok(())
     }
 }
@@ -353,6 +515,10 @@ struct SessionTask {
     config: ServerConfig,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
+    /// Told the session's id once it proved its key (it is then no longer evicted).
+    authenticated: mpsc::UnboundedSender<ConnId>,
+    /// The session's place in the per-IP limits.
+    _permit: ConnectionPermit,
 }
 
 /// What a session task holds beyond the sans-IO session.
@@ -367,7 +533,7 @@ struct SessionIo {
 }
 
 impl SessionTask {
-    async fn run(mut self, stream: TcpStream) {
+    async fn run(mut self, stream: TcpStream, mut evict: oneshot::Receiver<()>) {
         let accepted_at = Instant::now();
         let handshake_deadline =
             tokio::time::Instant::from_std(accepted_at + self.config.handshake_timeout);
@@ -386,6 +552,7 @@ impl SessionTask {
         };
         let mut read_buffer = vec![0u8; CONTROL_READ];
         let mut stopping = false;
+        let mut evict_done = false;
         debug!("FTL control connection accepted");
         let reason = loop {
             if let Some(reason) = self
@@ -409,6 +576,13 @@ impl SessionTask {
                 }
                 () = tokio::time::sleep_until(timeout) => session.handle_input(Instant::now(), ServerInput::Timeout),
                 Some(()) = end_rx.recv() => session.handle_input(Instant::now(), ServerInput::Terminate),
+                evicted = &mut evict, if !evict_done => {
+                    evict_done = true;
+                    // An error only means the accept loop is gone (shutdown handles that).
+                    if evicted.is_ok() {
+                        session.handle_input(Instant::now(), ServerInput::Terminate);
+                    }
+                }
                 changed = self.stop.changed(), if !stopping => {
                     stopping = true;
                     if changed.is_err() || *self.stop.borrow() {
@@ -427,6 +601,11 @@ impl SessionTask {
                 .lock()
                 .expect("not poisoned")
                 .remove(&channel_id);
+        }
+        if reason == EndReason::HandshakeTimeout {
+            self.shared
+                .refusals
+                .refuse(FtlRefusal::HandshakeTimeout, Instant::now());
         }
         if let Some(mut publisher) = io.publisher.take() {
             publisher.ended(reason);
@@ -499,6 +678,8 @@ impl SessionTask {
                 session.handle_input(Instant::now(), ServerInput::Secret(lookup));
             }
             ServerEvent::ClaimNeeded { channel_id } => {
+                // The client proved its key (claims come only after that).
+                let _ = self.authenticated.send(self.id);
                 let outcome = match tokio::time::timeout_at(
                     handshake_deadline,
                     self.directory.claim(channel_id),
