@@ -19,6 +19,11 @@ pub struct Sfu {
 
 impl Sfu {
     pub fn start(extra: &[&str]) -> Sfu {
+        Sfu::start_with_env(extra, &[])
+    }
+
+    /// Like [`Sfu::start`], with extra environment variables for the process.
+    pub fn start_with_env(extra: &[&str], envs: &[(&str, &str)]) -> Sfu {
         let port = deadsfu_testkit::free_tcp_port(Ipv4Addr::LOCALHOST);
         let ftl_port = deadsfu_testkit::free_tcp_port(Ipv4Addr::LOCALHOST);
         let ftl_listen = format!("127.0.0.1:{ftl_port}");
@@ -42,6 +47,7 @@ impl Sfu {
             .args(&ftl_args)
             .args(extra)
             .env("RUST_LOG", "info,str0m=warn")
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -101,6 +107,20 @@ impl Sfu {
             std::thread::sleep(Duration::from_millis(100));
         }
         false
+    }
+}
+
+impl Sfu {
+    /// Waits up to `timeout` for the process to exit by itself; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let end = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 }
 

@@ -112,7 +112,9 @@ impl MediaEngine {
             };
             let thread = std::thread::Builder::new()
                 .name(format!("media-{index}"))
-                .spawn(move || shell.run(socket, send_socket, crx, irx))
+                .spawn(move || {
+                    crate::worker_shell::run_or_exit(shell, socket, send_socket, crx, irx)
+                })
                 .map_err(EngineError::Thread)?;
             threads.push(thread);
         }

@@ -94,6 +94,32 @@ impl TurnIo for Io<'_> {
     }
 }
 
+/// Exit status of a process whose media worker panicked.
+pub(crate) const WORKER_PANIC_EXIT: i32 = 70;
+
+/// Runs a worker; if it panics, the process exits. A worker's sessions, rooms and the claims
+/// other threads hold on them are one state that a panic leaves half-changed (rooms claimed
+/// forever, viewers waiting on a dead thread); ending the process lets a supervisor (systemd,
+/// Docker, Kubernetes) start a clean one, and clients reconnect.
+pub(crate) fn run_or_exit(
+    shell: WorkerShell,
+    socket: std::net::UdpSocket,
+    send_socket: std::net::UdpSocket,
+    control: mpsc::Receiver<ToWorker>,
+    inbox: mpsc::Receiver<PeerMessage>,
+) {
+    let index = shell.index;
+    let run = std::panic::AssertUnwindSafe(move || shell.run(socket, send_socket, control, inbox));
+    if std::panic::catch_unwind(run).is_err() {
+        tracing::error!(
+            worker = index,
+            exit_code = WORKER_PANIC_EXIT,
+            "media worker panicked; exiting so that a supervisor restarts deadsfu"
+        );
+        std::process::exit(WORKER_PANIC_EXIT);
+    }
+}
+
 /// What ended a wait.
 enum Woke {
     Socket,

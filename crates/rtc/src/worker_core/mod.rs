@@ -295,6 +295,14 @@ impl WorkerCore {
     }
 
     pub(super) fn adopt(&mut self, session: Session, now: Instant) {
+        // Test hook (debug builds only): a worker that fails, for the panic policy's test.
+        #[cfg(debug_assertions)]
+        if std::env::var("DEADSFU_TEST_PANIC_ROOM").is_ok_and(|r| r == session.room.name) {
+            panic!(
+                "test hook: worker panics on a session in room {}",
+                session.room.name
+            );
+        }
         let serial = session.serial;
         let kind = session.kind();
         let room = session.room.clone();
