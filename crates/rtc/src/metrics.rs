@@ -46,6 +46,7 @@ counters! {
     sessions_ended: "sessions ended",
     unknown_datagrams: "datagrams from unknown sources that were not a check for a session here",
     stun_rate_limited: "STUN checks from unknown sources refused by rate limits before any integrity check",
+    gop_replays: "GOP replays sent to viewers that joined or switched rooms",
     replays_refused: "GOP replays refused because the viewer's replay budget was spent",
     peer_drops: "messages to other workers dropped because their inbox was full",
     sessions_refused_total: "new sessions refused: the server's session limit (503)",

@@ -56,6 +56,9 @@ pub(crate) struct Session {
     /// Room switches this second, and GOP bytes replayed to it this second.
     pub switches: PerSecond,
     pub replay_bytes: PerSecond,
+    /// When the viewer last switched rooms, and when a coalesced switch's GOP replay is due.
+    pub last_switch: Option<Instant>,
+    pub replay_at: Option<Instant>,
     /// The session's place among those not yet connected, given back when it connects.
     pub pending: Option<deadsfu_limits::Permit>,
 }
@@ -148,6 +151,8 @@ impl Session {
             switches: PerSecond::new(SWITCHES_PER_SECOND.into(), now),
             replay_bytes: PerSecond::new(REPLAY_BYTES_PER_SECOND as u64, now),
             pending: None,
+            last_switch: None,
+            replay_at: None,
         }
     }
 

@@ -93,12 +93,21 @@ impl WorkerCore {
             {
                 Counters::add(&self.counters.keyframe_requests_sent, 1);
             }
+            let replay = session.replay_at.is_some_and(|t| t <= now);
+            if replay {
+                session.replay_at = None;
+            }
+            let room = session.room.clone();
             if session.timeout <= now
                 && let Err(e) = session.rtc.handle_input(Input::Timeout(now))
             {
                 tracing::debug!(session = %session.id, error = %e, "timeout input rejected");
             }
             self.drain(slot, now);
+            if replay && self.sessions.try_get_mut(slot).is_some() {
+                self.replay_gop(slot, room.id, now);
+                self.request_keyframe(&room, now);
+            }
         }
     }
 }
@@ -127,9 +136,11 @@ pub(super) fn drain_session(
             Ok(Output::Timeout(at)) => {
                 let at = at.min(now + MAX_TIMER_GAP);
                 session.timeout = at;
-                if session.scheduled.is_none_or(|s| at < s) {
-                    session.scheduled = Some(at);
-                    timers.push(Reverse((at, session.serial)));
+                // A coalesced switch's replay is due on the same timer.
+                let wake = session.replay_at.map_or(at, |r| r.min(at));
+                if session.scheduled.is_none_or(|s| wake < s) {
+                    session.scheduled = Some(wake);
+                    timers.push(Reverse((wake, session.serial)));
                 }
                 return answered;
             }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use deadsfu_media::{IdleClip, MediaKind, MediaPacket, Room, RoomId};
 
-use super::{PeerMessage, Slot, TIDY_EVERY, WorkerCore};
+use super::{PeerMessage, SWITCH_COALESCE, Slot, TIDY_EVERY, WorkerCore};
 use crate::error::SessionError;
 use crate::metrics::Counters;
 use crate::session::Role;
@@ -30,6 +30,7 @@ impl WorkerCore {
         }
         if let Some(viewer) = session.connected_viewer() {
             viewer.replay(gop, &mut self.sends, &self.counters, now);
+            Counters::add(&self.counters.gop_replays, 1);
         }
     }
 
@@ -57,21 +58,34 @@ impl WorkerCore {
             return Err(SessionError::TooManyRequests);
         }
         viewer.resync();
-        let old = std::mem::replace(&mut session.room, room.clone());
-        let old_empty = self.rooms.get_mut(&old.id).is_some_and(|local| {
-            local.remove_viewer(slot);
-            local.viewers.is_empty() && local.publisher.is_none()
-        });
-        old.viewer_left();
-        if old_empty && old.id != room.id {
-            self.rooms.remove(&old.id);
+        // A switch overtaking another within the coalescing time replays nothing now: the
+        // room the viewer settles on is replayed once, when switching has stopped.
+        let overtaking = session
+            .last_switch
+            .is_some_and(|t| now.saturating_duration_since(t) < SWITCH_COALESCE);
+        session.last_switch = Some(now);
+        if overtaking {
+            let at = now + SWITCH_COALESCE;
+            session.replay_at = Some(at);
+            if session.scheduled.is_none_or(|s| at < s) {
+                session.scheduled = Some(at);
+                self.timers.push(std::cmp::Reverse((at, serial)));
+            }
         }
+        let old = std::mem::replace(&mut session.room, room.clone());
+        // The old room stays (with its GOP, for whoever comes back to it) until tidied.
+        if let Some(local) = self.rooms.get_mut(&old.id) {
+            local.remove_viewer(slot);
+        }
+        old.viewer_left();
         self.rooms.entry(room.id).or_default().viewers.push(slot);
         room.viewer_joined();
         tracing::info!(session = serial, from = %old.name, to = %room.name, "viewer switched rooms");
         self.shared.rooms.release(old);
-        self.replay_gop(slot, room.id, now);
-        self.request_keyframe(&room, now);
+        if !overtaking {
+            self.replay_gop(slot, room.id, now);
+            self.request_keyframe(&room, now);
+        }
         Ok(())
     }
 

@@ -38,6 +38,8 @@ use sessions::Sessions;
 
 /// Longest a session waits between timer checks, so connect and idle timeouts are noticed.
 const MAX_TIMER_GAP: Duration = Duration::from_secs(1);
+/// Switches of one viewer closer together than this are coalesced (see `switch_room`).
+const SWITCH_COALESCE: Duration = Duration::from_millis(200);
 /// How often rooms without live video or sessions here are tidied away.
 const TIDY_EVERY: Duration = Duration::from_secs(1);
 

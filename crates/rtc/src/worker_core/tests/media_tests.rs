@@ -221,3 +221,65 @@ fn keyframe_requests_for_a_remote_publisher_merge() {
     let most = steps_ms / rooms::KEYFRAME_REQUEST_MERGE.as_millis() as usize + 1;
     assert!(storm <= most, "{storm} requests in {steps_ms} ms");
 }
+
+#[test]
+fn switches_overtaken_within_the_coalescing_time_replay_once() {
+    let mut net = Net::new(0, 1, config());
+    // Held for the whole test, as the engine holds rooms with sessions or publishers.
+    let (room_a, room_b) = (
+        net.shared.rooms.get_or_create("a"),
+        net.shared.rooms.get_or_create("b"),
+    );
+    let (a, b) = (room_a.id, room_b.id);
+    let mut v = net.peer("a", Direction::RecvOnly, 6001);
+    net.connect(&mut [&mut v]);
+    // Both rooms live from here on: a keyframe, then a delta frame every step.
+    let mut seq = 0;
+    let mut live = |net: &mut Net, key: bool| {
+        let now = net.now;
+        seq += 1;
+        net.inject(a, &frame(1, seq, seq as u32 * 3000, 1, key, now));
+        net.inject(b, &frame(2, seq, seq as u32 * 3000, 1, key, now));
+    };
+    live(&mut net, true);
+    net.step(&mut [&mut v]);
+    let serial = v.serial;
+    let switch = |net: &mut Net, to: &str| {
+        let room = net.shared.rooms.get_or_create(to);
+        let command = Command::SwitchRoom { serial, room };
+        net.core.handle_control(
+            net.now,
+            Control {
+                command,
+                reply: None,
+            },
+        );
+    };
+    let replays = |net: &Net| net.metrics().gop_replays;
+    // The first switch replays at once.
+    let before = replays(&net);
+    switch(&mut net, "b");
+    assert_eq!(replays(&net), before + 1);
+    // Two more within the coalescing time: nothing now, then one replay where it settled.
+    live(&mut net, false);
+    net.step(&mut [&mut v]);
+    switch(&mut net, "a");
+    live(&mut net, false);
+    net.step(&mut [&mut v]);
+    switch(&mut net, "b");
+    assert_eq!(
+        replays(&net),
+        before + 1,
+        "overtaken switches replay nothing at once"
+    );
+    for _ in 0..(300 / STEP.as_millis()) {
+        live(&mut net, false);
+        net.step(&mut [&mut v]);
+    }
+    assert_eq!(
+        replays(&net),
+        before + 2,
+        "one replay once switching stopped"
+    );
+    assert_consecutive(&v.video_seqs());
+}
