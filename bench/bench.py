@@ -67,7 +67,11 @@ def start_deadsfu(bins, extra=()):
     cmd = ["taskset", "-c", SFU_CPU, f"{bins}/deadsfu", "serve",
            "--http", f"127.0.0.1:{port}", "--udp-port", "0", "--workers", "1",
            "--ice-candidate-host", "127.0.0.1",
-           "--ftl-listen", f"127.0.0.1:{free_port()}", "--ftl-udp-port", "0", *extra]
+           "--ftl-listen", f"127.0.0.1:{free_port()}", "--ftl-udp-port", "0",
+           # Every viewer of the load generator comes from 127.0.0.1: lift the per-client
+           # admission limits (meant for the internet) for the benchmark.
+           "--max-pending-per-ip", "100000", "--new-sessions-per-ip", "100000",
+           "--max-pending-sessions", "100000", "--max-sessions", "1000000", *extra]
     env = dict(os.environ, RUST_LOG="warn")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             env=env, text=True)

@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Join storm: viewers joining as fast as the load generator can, into a room that already has
+viewers, on deadsfu pinned to one core. Reports the joiners' time to first frame, deadsfu's CPU
+per join, the connected viewers' forwarding latency p99 before and during the storm, and the
+bare cost of a DTLS handshake's public-key cryptography on this machine (`openssl speed`) as
+the limit a join cannot go below.
+
+    bench/join_storm.py --bin target/release [--existing 300] [--joiners 1000] [--rate 400]
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_secs(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def loadtest_cmd(bins, server, viewers, ramp, duration, publish, extra=()):
+    cmd = ["taskset", "-c", bench.GEN_CPU, f"{bins}/deadsfu-loadtest", "--quiet",
+           "--viewers", str(viewers), "--ramp", str(ramp), "--duration", f"{duration}s",
+           "--settle", "2s", "--bitrate", "1M", "--whep", server.whep, *extra]
+    if publish:
+        cmd += ["--whip", server.whip, "--sfu-pid", str(server.proc.pid)]
+    return cmd
+
+
+def report(proc):
+    out, err = proc.communicate(timeout=300)
+    lines = [l for l in out.splitlines() if l.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"loadtest failed: {err[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def handshake_crypto_us():
+    """ECDHE P-256 (a key and a shared secret), one ECDSA P-256 signature (ServerKeyExchange)
+    and one verification (the client's CertificateVerify): the public-key work of one DTLS
+    handshake on the server's side, in microseconds on this machine."""
+    out = subprocess.run(["openssl", "speed", "-seconds", "2", "ecdsap256", "ecdhp256"],
+                         capture_output=True, text=True).stdout
+    sign = verify = ecdh = None
+    for line in out.splitlines():
+        m = re.match(r"\s*256 bits ecdsa \(nistp256\)\s+(\S+)s\s+(\S+)s", line)
+        if m:
+            sign, verify = float(m.group(1)) * 1e6, float(m.group(2)) * 1e6
+        m = re.match(r"\s*256 bits ecdh \(nistp256\)\s+(\S+)s", line)
+        if m:
+            ecdh = float(m.group(1)) * 1e6
+    if None in (sign, verify, ecdh):
+        return None
+    # The ECDHE key pair costs about as much as the shared secret.
+    return {"sign_us": sign, "verify_us": verify, "ecdh_us": ecdh,
+            "total_us": sign + verify + 2 * ecdh}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--existing", type=int, default=300)
+    ap.add_argument("--joiners", type=int, default=1000)
+    ap.add_argument("--rate", type=float, default=400)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    results = {"existing": args.existing, "joiners": args.joiners, "asked_rate": args.rate}
+
+    # Before: the existing viewers alone, for their latency and deadsfu's CPU rate.
+    server = bench.start_deadsfu(args.bin)
+    try:
+        t0, c0 = time.time(), cpu_secs(server.proc.pid)
+        calm = report(subprocess.Popen(
+            loadtest_cmd(args.bin, server, args.existing, 100, 20, True, ["--full-viewers", "8"]),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        base_rate = (cpu_secs(server.proc.pid) - c0) / (time.time() - t0)
+    finally:
+        server.stop()
+    results["before"] = {"latency_p99_ms": calm.get("latency_p99_ms"),
+                         "latency_p50_ms": calm.get("latency_p50_ms"),
+                         "sfu_cpu_pct": calm.get("sfu_cpu_pct")}
+
+    # During: the same viewers, and a storm of joiners once they are settled.
+    server = bench.start_deadsfu(args.bin)
+    try:
+        existing = subprocess.Popen(
+            loadtest_cmd(args.bin, server, args.existing, 100, 20, True, ["--full-viewers", "8"]),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(args.existing / 100 + 4)  # their ramp and settle (a benchmark's pacing)
+        # The forwarding CPU for the existing viewers, measured just before the storm.
+        c1, t1 = cpu_secs(server.proc.pid), time.time()
+        time.sleep(2)
+        forwarding_rate = (cpu_secs(server.proc.pid) - c1) / (time.time() - t1)
+        c2, t2 = cpu_secs(server.proc.pid), time.time()
+        storm = report(subprocess.Popen(
+            loadtest_cmd(args.bin, server, args.joiners, args.rate, 3, False,
+                         ["--concurrency", "128"]),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        storm_secs = time.time() - t2
+        storm_cpu = cpu_secs(server.proc.pid) - c2
+        during = report(existing)
+    finally:
+        server.stop()
+    joins = storm.get("connected") or args.joiners
+    # The storm's run also forwards to the existing viewers and, after the joins, to the
+    # joiners for a few seconds: take out what forwarding to everyone costs at the rate
+    # measured before the storm, scaled by viewers.
+    forwarding = forwarding_rate * storm_secs * (args.existing + joins) / args.existing
+    per_join_us = max(0.0, storm_cpu - forwarding) / joins * 1e6
+    results["storm"] = {
+        "connected": storm.get("connected"),
+        "ttff_p50_ms": storm.get("ttff_p50_ms"), "ttff_p99_ms": storm.get("ttff_p99_ms"),
+        "first_packet_p50_ms": storm.get("first_packet_p50_ms"),
+        "first_packet_p99_ms": storm.get("first_packet_p99_ms"),
+        # The storm's run is its sign-ups, then 2 s of settling and 3 s of measuring.
+        "achieved_rate": joins / max(0.1, storm_secs - 5),
+        "sfu_cpu_secs": storm_cpu, "wall_secs": storm_secs,
+        "generator_cpu_pct": storm.get("generator_cpu_pct"),
+        "cpu_per_join_us": per_join_us,
+    }
+    results["during"] = {"latency_p99_ms": during.get("latency_p99_ms"),
+                         "latency_p50_ms": during.get("latency_p50_ms"),
+                         "loss_pct": during.get("loss_pct")}
+    results["base_cpu_rate"] = base_rate
+    results["crypto"] = handshake_crypto_us()
+    if results["crypto"]:
+        results["per_join_over_crypto"] = per_join_us / results["crypto"]["total_us"]
+    print(json.dumps(results, indent=1))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
