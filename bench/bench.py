@@ -62,16 +62,24 @@ class Server:
                 self.proc.wait()
 
 
+def admission_flags(bins):
+    """Every viewer of the load generator comes from 127.0.0.1: lift the per-client admission
+    limits (meant for the internet) for the benchmark; builds from before them have none."""
+    help_text = subprocess.run([f"{bins}/deadsfu", "serve", "--help"], capture_output=True,
+                               text=True).stdout
+    if "--max-pending-per-ip" not in help_text:
+        return []
+    return ["--max-pending-per-ip", "100000", "--new-sessions-per-ip", "100000",
+            "--max-pending-sessions", "100000", "--max-sessions", "1000000"]
+
+
 def start_deadsfu(bins, extra=()):
     port = free_port()
     cmd = ["taskset", "-c", SFU_CPU, f"{bins}/deadsfu", "serve",
            "--http", f"127.0.0.1:{port}", "--udp-port", "0", "--workers", "1",
            "--ice-candidate-host", "127.0.0.1",
            "--ftl-listen", f"127.0.0.1:{free_port()}", "--ftl-udp-port", "0",
-           # Every viewer of the load generator comes from 127.0.0.1: lift the per-client
-           # admission limits (meant for the internet) for the benchmark.
-           "--max-pending-per-ip", "100000", "--new-sessions-per-ip", "100000",
-           "--max-pending-sessions", "100000", "--max-sessions", "1000000", *extra]
+           *admission_flags(bins), *extra]
     env = dict(os.environ, RUST_LOG="warn")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             env=env, text=True)
@@ -294,6 +302,7 @@ def write_markdown(results, path, plot_rel):
                    "plain": "plain reader: this kernel refused `UDP_GRO`"}.get(
                        u.get("raw_limit_method"), "plain reader")
     fanout = u.get("fanout_gso_pps")
+    sealed = u.get("fanout_gso_sealed_pps")
     dpps = dcap.get("pps")
     ratio_raw = dpps / best if dpps else None
     ratio_fanout = dpps / fanout if dpps and fanout else None
@@ -373,11 +382,13 @@ them whole and they count every datagram in them.
 |---|---:|---:|
 | (1) raw UDP send rate of one core, 1200-byte datagrams to readers with `UDP_GRO` (best method: {best_method}) | {best:,.0f} /s | |
 | (1b) the same, fanned out to {u.get('fanout_viewers', FANOUT_VIEWERS)} viewer sockets in GSO buffers of {u.get('fanout_segments', FANOUT_SEGMENTS)} | {f"{fanout:,.0f} /s" if fanout else "–"} | |
+| (1c) the same fan-out, every datagram sealed with AES-128-GCM as SRTP does (the physical limit of an SFU's egress) | {f"{sealed:,.0f} /s" if sealed else "–"} | |
 | (2, 3) viewers per core at < {LOSS_LIMIT_PCT}% loss and ≥ {DELIVERY_MIN_PCT:.0f}% delivered | **{dcap.get('viewers', 0)}** | **{jcap.get('viewers', 0)}** |
 | egress packets/s per core at that load | {fmt(dcap.get('pps'), 0)} | {fmt(jcap.get('pps'), 0)} |
 | egress Mbit/s per core at that load | {fmt(dcap.get('mbps'), 0)} | {fmt(jcap.get('mbps'), 0)} |
 | ratio to the raw UDP send rate (1) | {fmt(ratio_raw and ratio_raw * 100, 1)}% | {fmt(jcap.get('pps') and jcap['pps'] / best * 100, 1)}% |
 | ratio to the fan-out send rate (1b) | {fmt(ratio_fanout and ratio_fanout * 100, 1)}% | {fmt(jcap.get('pps') and fanout and jcap['pps'] / fanout * 100, 1)}% |
+| ratio to the sealed fan-out (1c) | {fmt(dcap.get('pps') and sealed and dcap['pps'] / sealed * 100, 1)}% | {fmt(jcap.get('pps') and sealed and jcap['pps'] / sealed * 100, 1)}% |
 | deadsfu / Janus viewers per core | {fmt(ratio_janus, 2)}× | |
 | (4) RSS per viewer (slope over the steps) | {fmt(rss['deadsfu'], 1)} KiB | {fmt(rss['janus'], 1)} KiB |
 | (5) time to first keyframe, 4 s keyframe interval, p50 / p99 | GOP cache on: {fmt(tt['deadsfu_gop'].get('ttff_p50_ms'), 0)} / {fmt(tt['deadsfu_gop'].get('ttff_p99_ms'), 0)} ms; off: {fmt(tt['deadsfu_nogop'].get('ttff_p50_ms'), 0)} / {fmt(tt['deadsfu_nogop'].get('ttff_p99_ms'), 0)} ms | {fmt(tt['janus'].get('ttff_p50_ms'), 0)} / {fmt(tt['janus'].get('ttff_p99_ms'), 0)} ms |
