@@ -169,7 +169,7 @@ impl Cluster {
         );
         let boot = Proc(
             deadsfu(
-                &["cluster", "serve", "--dir", &cdir_s],
+                &["cluster", "serve", "--dir", &format!("{cdir_s}/bootstrap")],
                 &[],
                 &log("bootstrap.log"),
             )

@@ -110,7 +110,7 @@ async fn node_joins_leases_rooms_and_leaves() {
     );
     let _boot = Proc(
         deadsfu(
-            &["cluster", "serve", "--dir", cdir_s],
+            &["cluster", "serve", "--dir", &format!("{cdir_s}/bootstrap")],
             &[],
             &log("bootstrap.log"),
         )

@@ -194,7 +194,7 @@ impl Cluster {
         let redis_proc = spawn_redis(&cdir, &log("redis.log"));
         let boot = Proc(
             deadsfu(
-                &["cluster", "serve", "--dir", &cdir_s],
+                &["cluster", "serve", "--dir", &format!("{cdir_s}/bootstrap")],
                 &[],
                 &log("bootstrap.log"),
             )

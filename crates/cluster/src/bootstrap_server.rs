@@ -4,6 +4,9 @@
 //! gets the same 401 after the token's hash has been compared, in constant time, with every
 //! issued token's hash, so the answer gives no hint which names exist. Repeated failures
 //! from one address are answered ever more slowly. Logs never carry the token.
+//!
+//! It runs from a bootstrap directory ([`crate::bootstrap_dir`]), never from the cluster
+//! directory: it refuses to start where the CA's private key is.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -24,8 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::cluster_dir::ClusterDir;
-use crate::issue::list_names;
+use crate::bootstrap_dir::{BootstrapDir, BootstrapDirError, refuse_if_holds_ca_key};
 use crate::secret::{constant_time_eq, sha256_hex};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,8 +43,8 @@ const MAX_TRACKED_ADDRESSES: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("{0} is not a cluster directory: {1}")]
-    NotInitialised(String, std::io::Error),
+    #[error(transparent)]
+    BootstrapDir(#[from] BootstrapDirError),
     #[error("cannot read the bootstrap certificate or key: {0}")]
     Certificate(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -53,7 +55,7 @@ pub enum ServeError {
 }
 
 struct ServerState {
-    dir: ClusterDir,
+    dir: BootstrapDir,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
 
@@ -65,18 +67,28 @@ pub struct BootstrapServer {
 }
 
 impl BootstrapServer {
-    /// Binds `listen`, or the bootstrap address chosen at `init` when `None`.
+    /// Serves the bootstrap directory `dir` (`DIR/bootstrap`, or one written by
+    /// `cluster export-bootstrap`); refused if it holds the CA's private key. Binds `listen`,
+    /// or the bootstrap address chosen at `init` when `None`.
     pub async fn bind(dir: &Path, listen: Option<&str>) -> Result<Self, ServeError> {
-        let dir = ClusterDir::new(dir)
-            .map_err(|e| ServeError::NotInitialised(dir.display().to_string(), e))?;
-        let settings = dir
-            .read_settings()
-            .map_err(|e| ServeError::NotInitialised(dir.root().display().to_string(), e))?;
-        let listen = listen.unwrap_or(&settings.bootstrap_addr).to_string();
-        let certs = CertificateDer::pem_file_iter(dir.bootstrap_cert())
+        refuse_if_holds_ca_key(dir)?;
+        let dir = BootstrapDir::new(dir).map_err(BootstrapDirError::Io)?;
+        let settings = dir.read_settings()?;
+        if let Some(cluster_root) = dir.root().parent()
+            && cluster_root.join("ca/ca.key").exists()
+        {
+            tracing::warn!(
+                cluster_dir = %cluster_root.display(),
+                "serving from inside the cluster directory: this process can reach the CA key \
+                 beside it; for a server facing the internet, run `cluster export-bootstrap` \
+                 and serve the copy as a user or on a host without the cluster directory"
+            );
+        }
+        let listen = listen.unwrap_or(&settings.listen).to_string();
+        let certs = CertificateDer::pem_file_iter(dir.server_cert())
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
             .map_err(|e| ServeError::Certificate(e.to_string()))?;
-        let key = PrivateKeyDer::from_pem_file(dir.bootstrap_key())
+        let key = PrivateKeyDer::from_pem_file(dir.server_key())
             .map_err(|e| ServeError::Certificate(e.to_string()))?;
         let mut config =
             ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -215,22 +227,22 @@ impl ServerState {
             return None;
         }
         let hash = sha256_hex(token.as_bytes());
-        let names = match list_names(&self.dir) {
+        let names = match self.dir.list_token_hashes() {
             Ok(names) => names,
             Err(err) => {
-                tracing::error!(error = %err, "cannot list issued names");
+                tracing::error!(error = %err, "cannot list the bundles");
                 return None;
             }
         };
         // Compare with every name, without stopping at a match.
         let mut matched = None;
-        for (name, meta) in names {
-            if constant_time_eq(hash.as_bytes(), meta.token_sha256.as_bytes()) {
+        for (name, token_sha256) in names {
+            if constant_time_eq(hash.as_bytes(), token_sha256.as_bytes()) {
                 matched = Some(name);
             }
         }
         let name = matched?;
-        match std::fs::read(self.dir.name_dir(&name).join("bundle.zip")) {
+        match std::fs::read(self.dir.bundle(&name)) {
             Ok(zip) => Some((name, zip)),
             Err(err) => {
                 tracing::error!(%name, error = %err, "cannot read bundle");
@@ -275,7 +287,7 @@ mod tests {
     #[test]
     fn repeated_failures_are_slowed_down_and_success_forgives() {
         let state = ServerState {
-            dir: ClusterDir::new(Path::new("/nonexistent")).unwrap(),
+            dir: BootstrapDir::new(Path::new("/nonexistent")).unwrap(),
             failures: Mutex::new(HashMap::new()),
         };
         let ip: IpAddr = "127.0.0.1".parse().unwrap();

@@ -13,7 +13,7 @@ use crate::cert_admin::{
 };
 use crate::cert_store::NO_CLUSTER_KEY;
 use crate::init::{InitOptions, init};
-use crate::issue::{AclReload, issue_expiring, revoke};
+use crate::issue::{AclReload, export_bootstrap, issue_expiring, revoke};
 use crate::join_url::{JoinUrl, URL_ENV, URL_FILE_ENV};
 use crate::keys::DEFAULT_KEY_PREFIX;
 use crate::redis_conn::RedisConn;
@@ -64,9 +64,23 @@ pub enum ClusterCommand {
         #[arg(long)]
         name: String,
     },
-    /// Run the bootstrap HTTPS server that hands bundles out.
-    Serve {
+    /// Write, or bring up to date, a copy of the bootstrap directory (server certificate and
+    /// key, bundles, token hashes; never the CA key) for `cluster serve` to run from. Run it
+    /// again after `issue` and `revoke`.
+    ExportBootstrap {
+        /// The cluster directory.
         #[arg(long, env = "DEADSFU_CLUSTER_DIR")]
+        dir: PathBuf,
+        /// Where to write it (created if missing).
+        #[arg(long, value_name = "OUT")]
+        to: PathBuf,
+    },
+    /// Run the bootstrap HTTPS server that hands bundles out. It refuses to start from a
+    /// directory holding the CA's private key.
+    Serve {
+        /// The bootstrap directory: the cluster directory's `bootstrap/`, or a copy written
+        /// by `export-bootstrap`; never the cluster directory itself.
+        #[arg(long, env = "DEADSFU_BOOTSTRAP_DIR")]
         dir: PathBuf,
         /// Default: the bootstrap address given to `init`.
         #[arg(long, env = "DEADSFU_CLUSTER_LISTEN", value_name = "ADDR")]
@@ -156,6 +170,11 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
             );
             println!(
                 "Start bootstrap:  deadsfu cluster serve --dir {}",
+                dir.bootstrap_dir().display()
+            );
+            println!(
+                "  (or elsewhere:  deadsfu cluster export-bootstrap --dir {} --to OUT; \
+                 deadsfu cluster serve --dir OUT)",
                 dir.root().display()
             );
             println!(
@@ -201,6 +220,16 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
                     "Redis not reachable ({reason}); run ACL LOAD once it is up to drop the password."
                 );
             }
+        }
+        ClusterCommand::ExportBootstrap { dir, to } => {
+            let exported = export_bootstrap(&dir, &to)?;
+            let bundles = exported.list_token_hashes()?.len();
+            println!(
+                "Bootstrap directory {} is up to date ({bundles} bundles, no CA key). Serve it: \
+                 deadsfu cluster serve --dir {}",
+                exported.root().display(),
+                exported.root().display()
+            );
         }
         ClusterCommand::Serve { dir, listen } => {
             let server = BootstrapServer::bind(&dir, listen.as_deref()).await?;

@@ -64,6 +64,11 @@ impl ClusterDir {
     pub fn ca_key(&self) -> PathBuf {
         self.root.join("ca/ca.key")
     }
+    /// The bootstrap server's directory ([`crate::bootstrap_dir`]): `cluster serve --dir`
+    /// takes it, never the cluster directory, which holds the CA key.
+    pub fn bootstrap_dir(&self) -> PathBuf {
+        self.root.join("bootstrap")
+    }
     pub fn bootstrap_cert(&self) -> PathBuf {
         self.root.join("bootstrap/server.crt")
     }

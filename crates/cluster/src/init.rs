@@ -1,10 +1,12 @@
 //! `cluster init`: the cluster directory with its CA, the bootstrap server's and Redis's
 //! certificates, a ready `redis.conf`, the ACL file, and the cluster key and ticket secret
-//! (`secrets/`).
+//! (`secrets/`). `bootstrap/` is complete as the bootstrap server's own directory
+//! ([`crate::bootstrap_dir`]).
 
 use std::path::Path;
 
 use crate::acl;
+use crate::bootstrap_dir::{BootstrapDirError, sync_bootstrap_dir};
 use crate::bundle::{Bundle, BundleSettings};
 use crate::cluster_dir::{
     ClusterDir, ClusterSettings, create_private_dir, write_private, write_public,
@@ -29,6 +31,8 @@ pub enum InitError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Bundle(#[from] crate::bundle::BundleError),
+    #[error(transparent)]
+    BootstrapDir(#[from] BootstrapDirError),
 }
 
 /// What `init` needs.
@@ -125,6 +129,8 @@ pub fn init(dir: &Path, options: &InitOptions) -> Result<ClusterDir, InitError> 
         )
         .as_bytes(),
     )?;
+    // What the bootstrap server reads, and nothing else: `bootstrap/`.
+    sync_bootstrap_dir(&dir, &settings, &[], &dir.bootstrap_dir())?;
     // Written last: its presence means the directory is complete.
     write_private(
         &dir.settings(),

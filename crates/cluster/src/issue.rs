@@ -3,7 +3,9 @@
 //! (acl.rs), bound to the node id NAME and one hostname.
 //!
 //! Only hashes of the token and of the password stay beside the bundle, so the bootstrap
-//! server and the ACL file never hold them in clear (the bundle itself does, 0600).
+//! server and the ACL file never hold them in clear (the bundle itself does, 0600). Each
+//! issue and revoke brings `DIR/bootstrap/` up to date, the directory the bootstrap server
+//! serves from; [`export_bootstrap`] writes a copy of it elsewhere.
 
 use std::fs;
 use std::path::Path;
@@ -12,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::acl::{self, NodeUser};
+use crate::bootstrap_dir::{BootstrapDir, BootstrapDirError, sync_bootstrap_dir};
 use crate::bundle::{Bundle, BundleSettings};
 use crate::cluster_dir::{ClusterDir, ClusterSettings, create_private_dir, write_private};
 use crate::keys::Keys;
@@ -49,6 +52,8 @@ pub enum IssueError {
     Bundle(#[from] crate::bundle::BundleError),
     #[error("bad metadata for {name:?}: {reason}")]
     BadMeta { name: String, reason: String },
+    #[error(transparent)]
+    BootstrapDir(#[from] BootstrapDirError),
 }
 
 /// Kept beside each name's bundle.
@@ -232,6 +237,7 @@ pub async fn issue_expiring(
         &name_dir.join("meta.toml"),
         toml::to_string(&meta).expect("meta serialises").as_bytes(),
     )?;
+    sync_bootstrap_dir(&dir, &settings, &list_names(&dir)?, &dir.bootstrap_dir())?;
 
     let fingerprint = pki::cert_fingerprint_hex(&fs::read_to_string(dir.bootstrap_cert())?)
         .ok_or(IssueError::BadBootstrapCert)?;
@@ -297,6 +303,9 @@ pub async fn revoke(dir: &Path, name: &str) -> Result<AclReload, IssueError> {
         )
         .await;
     }
+    // The token stops working first, then the bundle goes.
+    let _ = fs::remove_file(name_dir.join("meta.toml"));
+    sync_bootstrap_dir(&dir, &settings, &list_names(&dir)?, &dir.bootstrap_dir())?;
     fs::remove_dir_all(&name_dir)?;
     let reload = rewrite_acl_and_reload(&dir, &settings).await?;
     if own_user.is_none() && reload == AclReload::Reloaded {
@@ -315,6 +324,14 @@ pub async fn revoke(dir: &Path, name: &str) -> Result<AclReload, IssueError> {
     }
     tracing::info!(%name, "bundle revoked");
     Ok(reload)
+}
+
+/// Writes, or brings up to date, a bootstrap directory at `to` from the cluster directory
+/// `dir`: everything `cluster serve` needs, without the CA key. Run it again after `issue` and
+/// `revoke` when the server runs from a copy (`DIR/bootstrap/` itself is always current).
+pub fn export_bootstrap(dir: &Path, to: &Path) -> Result<BootstrapDir, IssueError> {
+    let (dir, settings) = open(dir)?;
+    Ok(sync_bootstrap_dir(&dir, &settings, &list_names(&dir)?, to)?)
 }
 
 /// Runs `commands` with the operator's own credentials, in order, each allowed to fail

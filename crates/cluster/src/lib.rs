@@ -6,6 +6,7 @@
 //! `DEADSFU_CLUSTER_URL` is set (standalone mode).
 
 mod acl;
+pub mod bootstrap_dir;
 pub mod bootstrap_server;
 pub mod bundle;
 pub mod bundle_fetch;

@@ -304,12 +304,20 @@ async fn revoke_removes_the_node_user() {
     let clients_of = |user: &'static str| {
         let admin = admin.clone();
         async move {
-            let mut m = admin.manager();
-            let list: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .query_async(&mut m)
-                .await
-                .unwrap();
+            // Each `issue` reloads the ACL, which can drop the admin's connection (seen as a
+            // broken pipe): the manager reconnects, but the first command may meet the old
+            // socket.
+            let list: String = eventually(Duration::from_secs(5), "CLIENT LIST", || {
+                let mut m = admin.manager();
+                async move {
+                    redis::cmd("CLIENT")
+                        .arg("LIST")
+                        .query_async::<String>(&mut m)
+                        .await
+                        .ok()
+                }
+            })
+            .await;
             list.lines()
                 .filter(|l| l.contains(&format!(" user={user} ")))
                 .count()

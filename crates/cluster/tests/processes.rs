@@ -99,6 +99,178 @@ async fn cluster_cmd(args: &[&str], env: &[(&str, &str)]) -> (String, String) {
     (stdout, stderr)
 }
 
+/// Runs `deadsfu-cluster-node cluster ...`, which must fail; returns its stderr.
+async fn cluster_cmd_failing(args: &[&str]) -> String {
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new(BIN)
+            .arg("cluster")
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("command finishes")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "cluster {args:?} succeeded: {stderr}"
+    );
+    stderr
+}
+
+/// Every PEM private key in the files under `dir`, and in the bundles (zips) among them.
+fn private_keys_under(dir: &Path) -> Vec<(PathBuf, String)> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut keys = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            let mut texts = vec![String::from_utf8_lossy(&bytes).into_owned()];
+            if path.extension().is_some_and(|e| e == "zip") {
+                let bundle = deadsfu_cluster::Bundle::from_zip(&bytes).unwrap();
+                texts.push(bundle.client_key_pem.expose().to_string());
+            }
+            for text in texts {
+                for key in PrivateKeyDer::pem_slice_iter(text.as_bytes()) {
+                    let key = key.unwrap();
+                    let pem = rcgen::KeyPair::try_from(&key).unwrap().serialize_pem();
+                    keys.push((path.clone(), pem));
+                }
+            }
+        }
+    }
+    keys
+}
+
+#[tokio::test]
+async fn the_bootstrap_server_runs_only_from_a_directory_without_the_ca_key() {
+    use rcgen::PublicKeyData;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cluster");
+    let dir_s = dir.to_str().unwrap();
+    let exported = tmp.path().join("exported");
+    let exported_s = exported.to_str().unwrap();
+    let bootstrap_addr = format!(
+        "127.0.0.1:{}",
+        deadsfu_testkit::free_tcp_port(Ipv4Addr::LOCALHOST)
+    );
+    // No Redis: issue and revoke only report that it is not reachable.
+    let redis_addr = format!(
+        "127.0.0.1:{}",
+        deadsfu_testkit::free_tcp_port(Ipv4Addr::LOCALHOST)
+    );
+    cluster_cmd(
+        &[
+            "init",
+            "--dir",
+            dir_s,
+            "--redis-addr",
+            &redis_addr,
+            "--bootstrap-addr",
+            &bootstrap_addr,
+        ],
+        &[],
+    )
+    .await;
+
+    // The cluster directory holds the CA key: refused, before binding anything.
+    let refused = cluster_cmd_failing(&["serve", "--dir", dir_s]).await;
+    assert!(
+        refused.contains("CA's private key") && refused.contains("export-bootstrap"),
+        "{refused}"
+    );
+    // So is any directory with the CA key in it, whatever the file is called.
+    let planted = tmp.path().join("planted");
+    cluster_cmd(
+        &[
+            "export-bootstrap",
+            "--dir",
+            dir_s,
+            "--to",
+            planted.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    std::fs::copy(dir.join("ca/ca.key"), planted.join("bundles/backup.pem")).unwrap();
+    let refused = cluster_cmd_failing(&["serve", "--dir", planted.to_str().unwrap()]).await;
+    assert!(refused.contains("backup.pem"), "{refused}");
+    // Exporting onto the cluster directory is refused too.
+    cluster_cmd_failing(&["export-bootstrap", "--dir", dir_s, "--to", dir_s]).await;
+
+    let (stdout, _) = cluster_cmd(
+        &["issue", "--dir", dir_s, "--role", "sfu", "--name", "joiner"],
+        &[],
+    )
+    .await;
+    let url = stdout.lines().last().unwrap().to_string();
+    let (stdout, _) = cluster_cmd(
+        &["export-bootstrap", "--dir", dir_s, "--to", exported_s],
+        &[],
+    )
+    .await;
+    assert!(stdout.contains("1 bundles"), "{stdout}");
+
+    // The export holds private keys (the server's, the bundle's client key), none the CA's.
+    let ca_key_pem = std::fs::read_to_string(dir.join("ca/ca.key")).unwrap();
+    let ca_public = rcgen::KeyPair::from_pem(&ca_key_pem)
+        .unwrap()
+        .subject_public_key_info();
+    let keys = private_keys_under(&exported);
+    assert!(keys.len() >= 2, "{keys:?}");
+    for (path, pem) in &keys {
+        let public = rcgen::KeyPair::from_pem(pem)
+            .unwrap()
+            .subject_public_key_info();
+        assert_ne!(public, ca_public, "{} holds the CA key", path.display());
+    }
+
+    // A joining node fetches its bundle from a server running on the export.
+    let serve_log = tmp.path().join("serve.log");
+    let _serve = Proc::spawn(&["cluster", "serve", "--dir", exported_s], &[], &serve_log);
+    let bundle = eventually(Duration::from_secs(10), "bootstrap server answers", || {
+        let url = url.clone();
+        async move { fetch_bundle(&JoinUrl::parse(&url).unwrap()).await.ok() }
+    })
+    .await;
+    assert_eq!(bundle.settings.name, "joiner");
+    let issued = deadsfu_cluster::Bundle::from_zip(
+        &std::fs::read(dir.join("names/joiner/bundle.zip")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(bundle.settings.password, issued.settings.password);
+
+    // Revoked, and exported again: the copy no longer hands the bundle out.
+    cluster_cmd(&["revoke", "--dir", dir_s, "--name", "joiner"], &[]).await;
+    let (stdout, _) = cluster_cmd(
+        &["export-bootstrap", "--dir", dir_s, "--to", exported_s],
+        &[],
+    )
+    .await;
+    assert!(stdout.contains("0 bundles"), "{stdout}");
+    assert!(!exported.join("bundles/joiner").exists());
+    assert!(
+        fetch_bundle(&JoinUrl::parse(&url).unwrap()).await.is_err(),
+        "a revoked token still fetches"
+    );
+    let log = std::fs::read_to_string(&serve_log).unwrap();
+    assert_no_secrets(
+        &log,
+        &[token_of(&url), issued.settings.password.clone()],
+        "serve.log",
+    );
+}
+
 fn token_of(url: &str) -> String {
     url.split("access_token=")
         .nth(1)
@@ -155,7 +327,12 @@ async fn operator_commands_and_node_processes() {
         RedisProcess::start(&dir.join("redis/redis.conf"), &tmp.path().join("redis.log"));
     redis.wait_ready().await;
     let serve_log = tmp.path().join("serve.log");
-    let _serve = Proc::spawn(&["cluster", "serve", "--dir", dir_s], &[], &serve_log);
+    let bootstrap_dir = dir.join("bootstrap");
+    let _serve = Proc::spawn(
+        &["cluster", "serve", "--dir", bootstrap_dir.to_str().unwrap()],
+        &[],
+        &serve_log,
+    );
 
     let mut secrets = Vec::new();
     let mut issue = async |role: &str, name: &str, extra: &[&str]| -> String {

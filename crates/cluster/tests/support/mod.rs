@@ -220,7 +220,7 @@ impl TestCluster {
             &dir.path().join("redis.log"),
         );
         redis.wait_ready().await;
-        let server = BootstrapServer::bind(&cluster_dir, None)
+        let server = BootstrapServer::bind(&cluster_dir.join("bootstrap"), None)
             .await
             .expect("bootstrap server binds");
         let bootstrap = tokio::spawn(server.run(std::future::pending()));
