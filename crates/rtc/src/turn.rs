@@ -19,8 +19,8 @@ pub(crate) const CONTROLS_PER_TURN: usize = 16;
 
 /// Where a turn's inputs come from and where messages for other workers go.
 pub(crate) trait TurnIo {
-    /// The next datagram waiting, written into `buf`: its length and source.
-    fn datagram(&mut self, buf: &mut [u8]) -> Option<(usize, SocketAddr)>;
+    /// The next datagram waiting, and its source.
+    fn datagram(&mut self) -> Option<(SocketAddr, &[u8])>;
     fn peer_message(&mut self) -> Option<PeerMessage>;
     fn control(&mut self) -> Option<Control>;
     fn now(&mut self) -> Instant;
@@ -46,17 +46,16 @@ impl TurnReport {
 pub(crate) fn run_turn(
     core: &mut WorkerCore,
     io: &mut impl TurnIo,
-    buf: &mut [u8],
     counters: &Counters,
 ) -> TurnReport {
     let mut report = TurnReport::default();
     while report.datagrams < DATAGRAMS_PER_TURN {
-        let Some((len, from)) = io.datagram(buf) else {
+        let now = io.now();
+        let Some((from, data)) = io.datagram() else {
             break;
         };
         report.datagrams += 1;
-        let now = io.now();
-        core.handle_datagram(now, from, &buf[..len]);
+        core.handle_datagram(now, from, data);
     }
     let now = io.now();
     while report.peer_messages < PEER_MESSAGES_PER_TURN {

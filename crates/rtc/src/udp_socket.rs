@@ -16,6 +16,8 @@ pub(crate) fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket>
     use std::os::fd::AsRawFd;
     let _ = deadsfu_udp::sockopt::set_send_buffer(socket.as_raw_fd(), SOCKET_BUFFER);
     let _ = deadsfu_udp::sockopt::set_receive_buffer(socket.as_raw_fd(), SOCKET_BUFFER);
+    // Publishers' bursts arrive coalesced where the kernel can (one buffer, many datagrams).
+    let _ = deadsfu_udp::sockopt::enable_gro(socket.as_raw_fd());
     // The kernel reports twice what it grants (it counts its bookkeeping).
     let granted = socket.send_buffer_size().unwrap_or(0) / 2;
     if granted < SOCKET_BUFFER / 2 {

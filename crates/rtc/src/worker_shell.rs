@@ -6,11 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use std::os::fd::AsRawFd;
+
+use deadsfu_udp::RecvMmsg;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::metrics::Counters;
-use crate::send_batch::MAX_DATAGRAM;
 use crate::shared::Shared;
 use crate::turn::{TurnIo, run_turn};
 use crate::udp_sink::UdpSink;
@@ -22,6 +24,10 @@ pub(crate) const CONTROL_CAPACITY: usize = 1024;
 /// Packets and requests from other workers waiting for one worker; beyond, they are dropped
 /// and counted.
 pub(crate) const INBOX_CAPACITY: usize = 8192;
+
+/// Buffers per `recvmmsg` call, and their size (a coalesced GRO buffer is up to 64 KiB).
+const RECV_BATCH: usize = 32;
+const RECV_BUFFER: usize = 65_536;
 
 /// What the control side sends a worker.
 pub(crate) enum ToWorker {
@@ -46,6 +52,11 @@ pub(crate) struct WorkerShell {
 
 struct Io<'a> {
     socket: &'a UdpSocket,
+    /// The last `recvmmsg` batch, and where in it the next datagram is: the buffer, and the
+    /// offset within a coalesced (GRO) buffer.
+    received: RecvMmsg,
+    next_buffer: usize,
+    next_offset: usize,
     control: &'a mut mpsc::Receiver<ToWorker>,
     inbox: &'a mut mpsc::Receiver<PeerMessage>,
     peers: &'a [WorkerHandle],
@@ -56,8 +67,33 @@ struct Io<'a> {
 }
 
 impl TurnIo for Io<'_> {
-    fn datagram(&mut self, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
-        self.socket.try_recv_from(buf).ok()
+    fn datagram(&mut self) -> Option<(SocketAddr, &[u8])> {
+        loop {
+            let Some(r) = self.received.get(self.next_buffer) else {
+                // The batch is used up: read what is waiting, up to a batch.
+                self.next_buffer = 0;
+                self.next_offset = 0;
+                if self.received.recv(self.socket.as_raw_fd()).unwrap_or(0) == 0 {
+                    return None;
+                }
+                continue;
+            };
+            let buffer = self.next_buffer;
+            let size = r.segment_size.filter(|s| *s > 0).unwrap_or(r.data.len());
+            let start = self.next_offset;
+            let end = (start + size.max(1)).min(r.data.len());
+            let from = r.from;
+            if end >= r.data.len() {
+                self.next_buffer += 1;
+                self.next_offset = 0;
+            } else {
+                self.next_offset = end;
+            }
+            if let (Some(from), true) = (from, start < end) {
+                let r = self.received.get(buffer)?;
+                return Some((from, &r.data[start..end]));
+            }
+        }
     }
 
     fn peer_message(&mut self) -> Option<PeerMessage> {
@@ -165,9 +201,11 @@ impl WorkerShell {
                     return;
                 }
             };
-            let mut buf = vec![0u8; MAX_DATAGRAM];
             let mut io = Io {
                 socket: &socket,
+                received: RecvMmsg::new(RECV_BATCH, RECV_BUFFER),
+                next_buffer: 0,
+                next_offset: 0,
                 control: &mut control,
                 inbox: &mut inbox,
                 peers: &self.peers,
@@ -176,7 +214,7 @@ impl WorkerShell {
                 shutdown: false,
             };
             loop {
-                let report = run_turn(&mut core, &mut io, &mut buf, &self.counters);
+                let report = run_turn(&mut core, &mut io, &self.counters);
                 if io.shutdown {
                     break;
                 }
