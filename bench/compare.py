@@ -32,13 +32,14 @@ def main():
     ap.add_argument("--before", required=True)
     ap.add_argument("--after", required=True)
     ap.add_argument("--loadtest", required=True)
+    ap.add_argument("--ladder", default="1500,2000,2250,2500,2750,3000")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     tmp = tempfile.mkdtemp()
     results = {}
     try:
         results["udprate"] = bench.udprate(bins_for(args.after, args.loadtest, tmp), 3)
-        ladder = [1500, 2000, 2250, 2500, 2750, 3000]
+        ladder = [int(n) for n in args.ladder.split(",")]
         for name, d in (("before", args.before), ("after", args.after)):
             bins = bins_for(d, args.loadtest, tmp)
             bench.log(f"{name}: {d}")

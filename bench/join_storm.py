@@ -53,12 +53,13 @@ def handshake_crypto_us():
                          capture_output=True, text=True).stdout
     sign = verify = ecdh = None
     for line in out.splitlines():
-        m = re.match(r"\s*256 bits ecdsa \(nistp256\)\s+(\S+)s\s+(\S+)s", line)
+        # "256 bits ecdsa (nistp256)   0.0000s   0.0001s  40703.0  13828.0": the rates.
+        m = re.match(r"\s*256 bits ecdsa \(nistp256\)\s+\S+s\s+\S+s\s+(\S+)\s+(\S+)", line)
         if m:
-            sign, verify = float(m.group(1)) * 1e6, float(m.group(2)) * 1e6
-        m = re.match(r"\s*256 bits ecdh \(nistp256\)\s+(\S+)s", line)
+            sign, verify = 1e6 / float(m.group(1)), 1e6 / float(m.group(2))
+        m = re.match(r"\s*256 bits ecdh \(nistp256\)\s+\S+s\s+(\S+)", line)
         if m:
-            ecdh = float(m.group(1)) * 1e6
+            ecdh = 1e6 / float(m.group(1))
     if None in (sign, verify, ecdh):
         return None
     # The ECDHE key pair costs about as much as the shared secret.
@@ -69,8 +70,8 @@ def handshake_crypto_us():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
-    ap.add_argument("--existing", type=int, default=300)
-    ap.add_argument("--joiners", type=int, default=1000)
+    ap.add_argument("--existing", type=int, default=200)
+    ap.add_argument("--joiners", type=int, default=800)
     ap.add_argument("--rate", type=float, default=400)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -112,11 +113,6 @@ def main():
     finally:
         server.stop()
     joins = storm.get("connected") or args.joiners
-    # The storm's run also forwards to the existing viewers and, after the joins, to the
-    # joiners for a few seconds: take out what forwarding to everyone costs at the rate
-    # measured before the storm, scaled by viewers.
-    forwarding = forwarding_rate * storm_secs * (args.existing + joins) / args.existing
-    per_join_us = max(0.0, storm_cpu - forwarding) / joins * 1e6
     results["storm"] = {
         "connected": storm.get("connected"),
         "ttff_p50_ms": storm.get("ttff_p50_ms"), "ttff_p99_ms": storm.get("ttff_p99_ms"),
@@ -126,12 +122,27 @@ def main():
         "achieved_rate": joins / max(0.1, storm_secs - 5),
         "sfu_cpu_secs": storm_cpu, "wall_secs": storm_secs,
         "generator_cpu_pct": storm.get("generator_cpu_pct"),
-        "cpu_per_join_us": per_join_us,
     }
     results["during"] = {"latency_p99_ms": during.get("latency_p99_ms"),
                          "latency_p50_ms": during.get("latency_p50_ms"),
                          "loss_pct": during.get("loss_pct")}
     results["base_cpu_rate"] = base_rate
+
+    # Joins alone: the same storm into a room nobody publishes to (and no idle clip), so that
+    # deadsfu's CPU is the joins' own: SDP, ICE, DTLS, session set-up and tear-down.
+    server = bench.start_deadsfu(args.bin, ["--idle-clip", "none"])
+    try:
+        c0 = cpu_secs(server.proc.pid)
+        alone = report(subprocess.Popen(
+            loadtest_cmd(args.bin, server, args.joiners, args.rate, 1, False,
+                         ["--concurrency", "128"]),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        joins_cpu = cpu_secs(server.proc.pid) - c0
+    finally:
+        server.stop()
+    per_join_us = joins_cpu / max(1, alone.get("connected") or args.joiners) * 1e6
+    results["joins_alone"] = {"connected": alone.get("connected"), "sfu_cpu_secs": joins_cpu,
+                              "cpu_per_join_us": per_join_us}
     results["crypto"] = handshake_crypto_us()
     if results["crypto"]:
         results["per_join_over_crypto"] = per_join_us / results["crypto"]["total_us"]
