@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime};
 use std::os::fd::AsRawFd;
 
 use deadsfu_udp::RecvMmsg;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -73,7 +74,17 @@ impl TurnIo for Io<'_> {
                 // The batch is used up: read what is waiting, up to a batch.
                 self.next_buffer = 0;
                 self.next_offset = 0;
-                if self.received.recv(self.socket.as_raw_fd()).unwrap_or(0) == 0 {
+                // Through tokio's `try_io`, so that an empty socket clears its readiness (else
+                // the wait below would wake at once, for ever).
+                let fd = self.socket.as_raw_fd();
+                let received = &mut self.received;
+                let read = self
+                    .socket
+                    .try_io(Interest::READABLE, || match received.recv(fd) {
+                        Ok(0) => Err(std::io::ErrorKind::WouldBlock.into()),
+                        other => other,
+                    });
+                if read.unwrap_or(0) == 0 {
                     return None;
                 }
                 continue;
