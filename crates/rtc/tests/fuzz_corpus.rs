@@ -14,7 +14,10 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
     // Hand-written seeds first, then the fuzzer's (named by their SHA-1).
     paths.sort_by_key(|p| {
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        (name.len() == 40 && name.bytes().all(|b| b.is_ascii_hexdigit()), name)
+        (
+            name.len() == 40 && name.bytes().all(|b| b.is_ascii_hexdigit()),
+            name,
+        )
     });
     let mut seeds: Vec<Vec<u8>> = paths.iter().map(|p| std::fs::read(p).unwrap()).collect();
     assert!(!seeds.is_empty(), "no seeds for {target}");
