@@ -442,7 +442,16 @@ impl MediaEngine {
     /// Closes every session (sending DTLS close_notify) and stops the workers.
     pub fn shutdown(&self) {
         for w in self.inner.workers.iter() {
-            let _ = w.control.try_send(ToWorker::Shutdown);
+            // A full command queue drains within moments; waiting for room beats a worker
+            // that never hears it should stop (and a join that never returns).
+            let mut msg = ToWorker::Shutdown;
+            for _ in 0..2000 {
+                match w.control.try_send(msg) {
+                    Err(mpsc::error::TrySendError::Full(m)) => msg = m,
+                    _ => break,
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
         }
         let threads =
             std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|e| e.into_inner()));
