@@ -1073,7 +1073,9 @@ async fn ftl(fx: Arc<Fixture>) {
             .tick(|| format!("{}\n{}", push.log_text(), fx.tails()))
             .await;
     }
-    // A viewer through the service name lands on sfu-c and gets the stream, every gap repaired.
+    // A viewer through the service name lands on sfu-c and gets the stream, every video gap
+    // repaired (NACKs through the relay). Audio has no retransmission anywhere on the path, so
+    // a datagram lost on a loaded machine stays lost: a stray gap or two is allowed there.
     let (client, hops) = fx.via_recording(px1);
     let mut v = connect(
         &fx,
@@ -1093,7 +1095,11 @@ async fn ftl(fx: Arc<Fixture>) {
         .wait_until(
             "300 video packets with every gap repaired",
             Duration::from_secs(30),
-            |s| s.video.packets >= 300 && s.video.gaps() == 0 && s.audio.gaps() == 0,
+            |s| {
+                s.video.packets >= 300
+                    && s.video.gaps() == 0
+                    && s.audio.gaps() <= 2 + s.audio.packets / 100
+            },
         )
         .await
         .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", v.stats(), fx.tails()));
