@@ -271,7 +271,9 @@ class Cluster:
             conf = os.path.join(self.dir, "redis", "redis.conf")
             redis = self.spawn("redis", ["redis-server", conf])
             redis.wait_line("Ready to accept connections", START_TIMEOUT)
-            boot = self.spawn("bootstrap", [binary, "cluster", "serve", "--dir", self.dir])
+            # The bootstrap server runs from the directory without the CA key.
+            boot = self.spawn("bootstrap", [binary, "cluster", "serve", "--dir",
+                                            os.path.join(self.dir, "bootstrap")])
             boot.wait_line("bootstrap server listening", START_TIMEOUT)
             self.admin_url = self.issue("admin", "ops")
         except BaseException:
