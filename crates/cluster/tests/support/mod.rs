@@ -193,8 +193,18 @@ impl Drop for TestCluster {
 }
 
 impl TestCluster {
-    /// init → redis-server with the generated config → bootstrap server.
+    /// init → redis-server with the generated config → bootstrap server. A free port can be
+    /// taken by another test between being found and being bound: then it starts again.
     pub async fn start() -> Self {
+        for _ in 0..4 {
+            if let Some(cluster) = Self::try_start().await {
+                return cluster;
+            }
+        }
+        panic!("no free ports for the test cluster after 4 tries");
+    }
+
+    async fn try_start() -> Option<Self> {
         capture_logs();
         let dir = tempfile::tempdir().unwrap();
         let cluster_dir = dir.path().join("cluster");
@@ -220,18 +230,20 @@ impl TestCluster {
             &dir.path().join("redis.log"),
         );
         redis.wait_ready().await;
-        let server = BootstrapServer::bind(&cluster_dir.join("bootstrap"), None)
-            .await
-            .expect("bootstrap server binds");
+        let server = match BootstrapServer::bind(&cluster_dir.join("bootstrap"), None).await {
+            Ok(server) => server,
+            Err(e) if format!("{e:?}").contains("AddrInUse") => return None,
+            Err(e) => panic!("bootstrap server binds: {e:?}"),
+        };
         let bootstrap = tokio::spawn(server.run(std::future::pending()));
-        Self {
+        Some(Self {
             dir,
             redis,
             redis_addr,
             bootstrap_addr,
             bootstrap,
             secrets: Vec::new(),
-        }
+        })
     }
 
     pub fn cluster_dir(&self) -> PathBuf {
