@@ -24,6 +24,71 @@ pub(crate) const CHECKS_PER_WORKER: u32 = 5_000;
 const MAX_COUNTED_SOURCES: usize = 8_192;
 const WINDOW: Duration = Duration::from_secs(1);
 
+/// Checks from unknown sources held back in one turn, at most; beyond, the held ones are
+/// handled at once to make room.
+pub(crate) const MAX_DEFERRED_CHECKS: usize = 64;
+
+/// Checks from sources not bound yet (already within the rate limits), held until the end of
+/// the turn so that the turn's media from known sources goes first: a burst of checks, each
+/// costing an integrity check and perhaps an answer, cannot delay forwarding. Their bytes are
+/// copied into one reused buffer (no allocation once warm).
+#[derive(Default)]
+pub(crate) struct DeferredChecks {
+    entries: Vec<DeferredCheck>,
+    bytes: Vec<u8>,
+}
+
+pub(crate) struct DeferredCheck {
+    pub at: Instant,
+    pub from: SocketAddr,
+    pub slot: Slot,
+    /// The session's serial, to notice a slot reused by another session meanwhile.
+    pub serial: u64,
+    range: std::ops::Range<usize>,
+}
+
+impl DeferredChecks {
+    pub fn is_full(&self) -> bool {
+        self.entries.len() >= MAX_DEFERRED_CHECKS
+    }
+
+    pub fn push(&mut self, at: Instant, from: SocketAddr, slot: Slot, serial: u64, buf: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(buf);
+        self.entries.push(DeferredCheck {
+            at,
+            from,
+            slot,
+            serial,
+            range: start..self.bytes.len(),
+        });
+    }
+
+    /// Takes the held checks out, oldest first, with their bytes; `give_back` returns the
+    /// buffers for reuse.
+    pub fn take(&mut self) -> (Vec<DeferredCheck>, Vec<u8>) {
+        (
+            std::mem::take(&mut self.entries),
+            std::mem::take(&mut self.bytes),
+        )
+    }
+
+    pub fn give_back(&mut self, mut entries: Vec<DeferredCheck>, mut bytes: Vec<u8>) {
+        if self.entries.is_empty() {
+            entries.clear();
+            bytes.clear();
+            self.entries = entries;
+            self.bytes = bytes;
+        }
+    }
+}
+
+impl DeferredCheck {
+    pub fn bytes<'b>(&self, bytes: &'b [u8]) -> &'b [u8] {
+        &bytes[self.range.clone()]
+    }
+}
+
 /// Why a datagram was not routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refused {

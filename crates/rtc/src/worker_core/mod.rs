@@ -32,7 +32,7 @@ use crate::session::{Outbox, Session, SessionKind};
 use crate::shared::Shared;
 use crate::stun;
 pub(crate) use demux::Slot;
-use demux::{Demux, Refused};
+use demux::{DeferredChecks, Demux, Refused};
 use rooms::LocalRoom;
 use sessions::Sessions;
 
@@ -100,6 +100,7 @@ pub(crate) struct WorkerCore {
     clock: WallClock,
     sessions: Sessions,
     demux: Demux,
+    deferred_checks: DeferredChecks,
     rooms: HashMap<RoomId, LocalRoom>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     outbox: Outbox,
@@ -135,6 +136,7 @@ impl WorkerCore {
             clock: WallClock::new(now, wall),
             sessions: Sessions::default(),
             demux: Demux::default(),
+            deferred_checks: DeferredChecks::default(),
             rooms: HashMap::new(),
             timers: BinaryHeap::new(),
             outbox: Outbox::default(),
@@ -169,9 +171,11 @@ impl WorkerCore {
         self.sessions.len()
     }
 
-    /// Ends a turn of the shell's loop: due timers and idle-clip frames, then the fan-out of the
-    /// turn's packets and the datagrams it all produced.
+    /// Ends a turn of the shell's loop: the checks from new sources held back during it, due
+    /// timers and idle-clip frames, then the fan-out of the turn's packets and the datagrams it
+    /// all produced.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.handle_deferred_checks();
         self.handle_timers(now);
         self.play_idle(now);
         self.tidy_rooms(now);
@@ -257,6 +261,31 @@ impl WorkerCore {
                 return;
             }
         };
+        if known {
+            self.receive(now, from, slot, true, buf);
+            return;
+        }
+        // A check from a source not bound yet: after this turn's media (see `DeferredChecks`).
+        if self.deferred_checks.is_full() {
+            self.handle_deferred_checks();
+        }
+        let serial = self.sessions.get_mut(slot).serial;
+        self.deferred_checks.push(now, from, slot, serial, buf);
+    }
+
+    /// The checks held back this turn, in arrival order, for sessions still there.
+    fn handle_deferred_checks(&mut self) {
+        let (checks, bytes) = self.deferred_checks.take();
+        for check in &checks {
+            if self.sessions.slot_of(check.serial) == Some(check.slot) {
+                self.receive(check.at, check.from, check.slot, false, check.bytes(&bytes));
+            }
+        }
+        self.deferred_checks.give_back(checks, bytes);
+    }
+
+    /// Feeds a routed datagram to its session; `known`: from an address bound to it.
+    fn receive(&mut self, now: Instant, from: SocketAddr, slot: Slot, known: bool, buf: &[u8]) {
         let Ok(contents) = DatagramRecv::try_from(buf) else {
             return;
         };

@@ -57,3 +57,47 @@ fn a_flood_of_checks_for_one_ufrag_is_cut_before_integrity_checks() {
     net.now += Duration::from_secs(1);
     net.connect(&mut [&mut v]);
 }
+
+/// Media from a bound address is handled as it comes; a check from a new source waits for the
+/// end of the turn (after the turn's media), then is answered and its source bound.
+#[test]
+fn checks_from_new_sources_wait_for_the_end_of_the_turn() {
+    let mut net = Net::new(0, 1, config());
+    let mut v = net.peer("r", Direction::RecvOnly, 6001);
+    net.connect(&mut [&mut v]);
+    net.sink.take();
+    // A second viewer's first check comes from a source not bound yet.
+    let mut w = net.peer("r", Direction::RecvOnly, 6002);
+    let check = w.first_check(net.now);
+    net.core.handle_datagram(net.now, w.addr, &check);
+    // Not handled yet: the source is not bound, so what it sends next in this turn is unknown.
+    let before = net.metrics().unknown_datagrams;
+    net.core.handle_datagram(net.now, w.addr, &[0x80; 40]);
+    assert_eq!(net.metrics().unknown_datagrams, before + 1);
+    net.core.handle_timeout(net.now);
+    assert!(
+        net.sink
+            .take()
+            .iter()
+            .any(|(to, d)| *to == w.addr && crate::stun::is_binding_success(d)),
+        "the held check is answered at the end of the turn"
+    );
+    // A check whose session ended before the turn's end is dropped, not fed to another.
+    let mut x = net.peer("r", Direction::RecvOnly, 6003);
+    let check = x.first_check(net.now);
+    net.core.handle_datagram(net.now, x.addr, &check);
+    net.core.handle_control(
+        net.now,
+        crate::worker_core::Control {
+            command: crate::worker_core::Command::Close { serial: x.serial },
+            reply: None,
+        },
+    );
+    net.core.handle_timeout(net.now);
+    assert!(
+        net.sink
+            .take()
+            .iter()
+            .all(|(to, d)| *to != x.addr || !crate::stun::is_binding_success(d))
+    );
+}
