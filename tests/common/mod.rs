@@ -32,6 +32,12 @@ impl Sfu {
         } else {
             vec!["--ftl-listen", &ftl_listen, "--ftl-udp-port", "0"]
         };
+        // Two media workers unless the test chooses.
+        let worker_args: &[&str] = if extra.contains(&"--workers") {
+            &[]
+        } else {
+            &["--workers", "2"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_deadsfu"))
             .args([
                 "serve",
@@ -39,11 +45,10 @@ impl Sfu {
                 &format!("127.0.0.1:{port}"),
                 "--udp-port",
                 "0",
-                "--workers",
-                "2",
                 "--ice-candidate-host",
                 "127.0.0.1",
             ])
+            .args(worker_args)
             .args(&ftl_args)
             .args(extra)
             .env("RUST_LOG", "info,str0m=warn")

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use deadsfu_media::keyframe::{h264_keyframe_start, vp8_keyframe_start};
 use str0m::change::SdpAnswer;
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
@@ -59,6 +59,9 @@ pub struct PeerOptions {
     pub drop_incoming_percent: f64,
     /// Share (0-100) of outgoing RTP datagrams to drop, to make the far end NACK.
     pub drop_outgoing_percent: f64,
+    /// A viewer asks for keyframes (PLI) this many times a second: 0 for only what its
+    /// RTP stack asks by itself; high rates play a misbehaving viewer.
+    pub keyframe_requests_per_second: u32,
     /// The HTTP client for signaling (see [`Signaling::with_client`]); `None` makes a default
     /// one. Set it to reach HTTPS endpoints with a test root or a host override.
     pub http_client: Option<reqwest::Client>,
@@ -77,6 +80,7 @@ impl Default for PeerOptions {
             view_codecs: vec![VideoCodec::H264, VideoCodec::Vp8],
             drop_incoming_percent: 0.0,
             drop_outgoing_percent: 0.0,
+            keyframe_requests_per_second: 0,
             http_client: None,
         }
     }
@@ -118,6 +122,10 @@ pub struct PeerStats {
     pub connected: bool,
     pub closed: bool,
     pub sent_packets: u64,
+    /// Keyframe requests (PLI or FIR) a publisher received.
+    pub keyframe_requests: u64,
+    /// Keyframe requests a viewer sent (see [`PeerOptions::keyframe_requests_per_second`]).
+    pub keyframe_requests_sent: u64,
     pub video: TrackStats,
     pub audio: TrackStats,
 }
@@ -229,6 +237,8 @@ impl Peer {
         let driver = Driver {
             drop_in: opts.drop_incoming_percent / 100.0,
             drop_out: opts.drop_outgoing_percent / 100.0,
+            keyframe_request_every: (opts.keyframe_requests_per_second > 0)
+                .then(|| Duration::from_secs(1) / opts.keyframe_requests_per_second),
             rtc,
             socket,
             local_addr,
@@ -308,6 +318,7 @@ impl Peer {
 struct Driver {
     drop_in: f64,
     drop_out: f64,
+    keyframe_request_every: Option<Duration>,
     rtc: Rtc,
     socket: UdpSocket,
     local_addr: SocketAddr,
@@ -338,6 +349,7 @@ impl Driver {
             Role::Publish(spec) => Some(self.sender(spec.clone())),
             Role::View => None,
         };
+        let mut next_keyframe_request = Instant::now();
         loop {
             let Some(timeout) = self.drain().await else {
                 return self.mark_closed();
@@ -348,6 +360,20 @@ impl Driver {
                 && connected
             {
                 wake = wake.min(s.next_video).min(s.next_audio);
+            }
+            if let Some(every) = self.keyframe_request_every
+                && connected
+            {
+                let now = Instant::now();
+                if next_keyframe_request <= now {
+                    // str0m turns a pending request into a PLI at its next timeout.
+                    if self.request_keyframe() {
+                        self.update(|st| st.keyframe_requests_sent += 1);
+                    }
+                    next_keyframe_request = now + every;
+                    wake = now;
+                }
+                wake = wake.min(next_keyframe_request);
             }
             tokio::select! {
                 _ = &mut stop => {
@@ -438,9 +464,24 @@ impl Driver {
         }
     }
 
+    /// Asks the sender of the received video for a keyframe; false when there is none yet.
+    fn request_keyframe(&mut self) -> bool {
+        let Some(&(_, mid)) = self.mids.iter().find(|(k, _)| *k == MediaKind::Video) else {
+            return false;
+        };
+        match self.rtc.direct_api().stream_rx_by_mid(mid, None) {
+            Some(rx) => {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn handle_event(&mut self, event: Event) {
         match event {
             Event::Connected => self.update(|s| s.connected = true),
+            Event::KeyframeRequest(_) => self.update(|s| s.keyframe_requests += 1),
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.update(|s| s.closed = true)
             }

@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::budget::PerSecond;
+
 /// A session's place in the worker's session table.
 pub(crate) type Slot = u32;
 
@@ -98,31 +100,36 @@ pub(crate) enum Refused {
     RateLimited,
 }
 
-#[derive(Default)]
 pub(crate) struct Demux {
     by_addr: HashMap<SocketAddr, Slot>,
     by_ufrag: HashMap<String, UfragEntry>,
-    window_start: Option<Instant>,
-    checks_in_window: u32,
+    /// Checks from unknown sources in all, per second.
+    worker_checks: PerSecond,
+    /// Checks per unknown source in the current second of `source_window`.
     checks_by_source: HashMap<SocketAddr, u32>,
+    source_window: Instant,
 }
 
 struct UfragEntry {
     slot: Slot,
-    checks: u32,
-    window_start: Option<Instant>,
+    /// Checks naming this ufrag per second, from any source, bound or not.
+    checks: PerSecond,
 }
 
 impl Demux {
-    pub fn add_ufrag(&mut self, ufrag: String, slot: Slot) {
-        self.by_ufrag.insert(
-            ufrag,
-            UfragEntry {
-                slot,
-                checks: 0,
-                window_start: None,
-            },
-        );
+    pub fn new(now: Instant) -> Self {
+        Demux {
+            by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            worker_checks: PerSecond::new(CHECKS_PER_WORKER.into(), now),
+            checks_by_source: HashMap::new(),
+            source_window: now,
+        }
+    }
+
+    pub fn add_ufrag(&mut self, ufrag: String, slot: Slot, now: Instant) {
+        let checks = PerSecond::new(CHECKS_PER_UFRAG.into(), now);
+        self.by_ufrag.insert(ufrag, UfragEntry { slot, checks });
     }
 
     pub fn remove_ufrag(&mut self, ufrag: &str) {
@@ -133,36 +140,38 @@ impl Demux {
         self.by_addr.remove(addr);
     }
 
-    /// The session of a datagram from `from`; `local_ufrag` is the ufrag of its STUN check,
-    /// if it is one. A known source needs no check.
+    /// The session of a datagram from `from` and whether `from` is bound to it; `local_ufrag`
+    /// is the ufrag of its STUN check, if it is one. A bound source needs no check, but its
+    /// checks still count against their session's per-ufrag budget: a client knows its own
+    /// session's password and could otherwise have every check it sends from a bound address
+    /// verified.
     pub fn route<'u>(
         &mut self,
         from: SocketAddr,
         local_ufrag: impl FnOnce() -> Option<&'u str>,
         now: Instant,
     ) -> Result<(Slot, bool), Refused> {
-        if let Some(slot) = self.by_addr.get(&from) {
-            return Ok((*slot, true));
+        if let Some(&slot) = self.by_addr.get(&from) {
+            let Some(ufrag) = local_ufrag() else {
+                return Ok((slot, true));
+            };
+            return match self.by_ufrag.get_mut(ufrag) {
+                Some(entry) if entry.slot == slot => {
+                    if entry.checks.take(now) {
+                        Ok((slot, true))
+                    } else {
+                        Err(Refused::RateLimited)
+                    }
+                }
+                // A bound address checking for another session (or none): nothing of ours.
+                _ => Err(Refused::Unknown),
+            };
         }
         let ufrag = local_ufrag().ok_or(Refused::Unknown)?;
         let entry = self.by_ufrag.get_mut(ufrag).ok_or(Refused::Unknown)?;
-        if self
-            .window_start
-            .is_none_or(|t| now.saturating_duration_since(t) >= WINDOW)
-        {
-            self.window_start = Some(now);
-            self.checks_in_window = 0;
+        if now.saturating_duration_since(self.source_window) >= WINDOW {
+            self.source_window = now;
             self.checks_by_source.clear();
-        }
-        if entry
-            .window_start
-            .is_none_or(|t| now.saturating_duration_since(t) >= WINDOW)
-        {
-            entry.window_start = Some(now);
-            entry.checks = 0;
-        }
-        if entry.checks >= CHECKS_PER_UFRAG || self.checks_in_window >= CHECKS_PER_WORKER {
-            return Err(Refused::RateLimited);
         }
         let counted = self.checks_by_source.len();
         let per_source = match self.checks_by_source.get_mut(&from) {
@@ -170,12 +179,13 @@ impl Demux {
             None if counted >= MAX_COUNTED_SOURCES => return Err(Refused::RateLimited),
             None => self.checks_by_source.entry(from).or_insert(0),
         };
-        if *per_source >= CHECKS_PER_SOURCE {
+        if *per_source >= CHECKS_PER_SOURCE
+            || !entry.checks.take(now)
+            || !self.worker_checks.take(now)
+        {
             return Err(Refused::RateLimited);
         }
         *per_source += 1;
-        entry.checks += 1;
-        self.checks_in_window += 1;
         Ok((entry.slot, false))
     }
 
@@ -216,9 +226,9 @@ mod tests {
 
     #[test]
     fn checks_are_limited_per_source_per_ufrag_and_per_second() {
-        let mut d = Demux::default();
-        d.add_ufrag("u1".into(), 7);
         let t0 = Instant::now();
+        let mut d = Demux::new(t0);
+        d.add_ufrag("u1".into(), 7, t0);
         let check = || Some("u1");
         let routed = (0..100)
             .filter(|_| d.route(addr(1), check, t0).is_ok())
@@ -242,8 +252,37 @@ mod tests {
     }
 
     #[test]
+    fn checks_from_a_bound_source_count_against_its_sessions_budget() {
+        let t0 = Instant::now();
+        let mut d = Demux::new(t0);
+        d.add_ufrag("mine".into(), 1, t0);
+        d.add_ufrag("theirs".into(), 2, t0);
+        d.bind(addr(1), 1, &mut Vec::new());
+        // Media from the bound source is never limited.
+        assert!((0..1000).all(|_| d.route(addr(1), || None, t0) == Ok((1, true))));
+        // Its checks are, per ufrag (a client knows its own session's password).
+        let routed = (0..1000)
+            .filter(|_| d.route(addr(1), || Some("mine"), t0).is_ok())
+            .count();
+        assert_eq!(routed, CHECKS_PER_UFRAG as usize);
+        assert_eq!(
+            d.route(addr(1), || Some("mine"), t0),
+            Err(Refused::RateLimited)
+        );
+        // A bound source checking for another session gets nothing.
+        assert_eq!(
+            d.route(addr(1), || Some("theirs"), t0),
+            Err(Refused::Unknown)
+        );
+        assert_eq!(
+            d.route(addr(1), || Some("mine"), t0 + WINDOW),
+            Ok((1, true))
+        );
+    }
+
+    #[test]
     fn a_session_binds_a_bounded_number_of_addresses() {
-        let mut d = Demux::default();
+        let mut d = Demux::new(Instant::now());
         let mut addrs = Vec::new();
         for p in 0..(MAX_ADDRS_PER_SESSION as u16 + 3) {
             d.bind(addr(p), 1, &mut addrs);

@@ -135,7 +135,7 @@ impl WorkerCore {
             counters,
             clock: WallClock::new(now, wall),
             sessions: Sessions::default(),
-            demux: Demux::default(),
+            demux: Demux::new(now),
             deferred_checks: DeferredChecks::default(),
             rooms: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -217,7 +217,7 @@ impl WorkerCore {
                 api.set_local_ice_credentials(local.clone());
                 self.demux.remove_ufrag(&s.local_ufrag);
                 s.local_ufrag = local.ufrag.clone();
-                self.demux.add_ufrag(local.ufrag.clone(), slot);
+                self.demux.add_ufrag(local.ufrag.clone(), slot, now);
                 answer(reply, Reply::IceRestarted(Ok(local)));
                 self.drain(slot, now);
             }
@@ -347,7 +347,7 @@ impl WorkerCore {
                 room.viewer_joined();
             }
         }
-        self.demux.add_ufrag(ufrag, slot);
+        self.demux.add_ufrag(ufrag, slot, now);
         if self.next_idle_frame.is_none() && self.shared.config.idle_clip.is_some() {
             self.next_idle_frame = Some(now);
         }
