@@ -8,6 +8,9 @@ Measures, in one run, on loopback, with the SFU pinned to CPU 0 and the load gen
   4. RSS per viewer (slope),
   5. time to first frame with a 4 s keyframe interval (GOP cache on and off),
   6. forwarding latency p50/p99 at 80% of deadsfu's capacity,
+  7. a join storm (join_storm.py): time to first frame, CPU per join against the handshake's
+     bare cryptography, connected viewers' latency before and during,
+  8. the STUN flood capacity of one media worker (stun_flood.py),
 and writes BENCHMARKS.md with a plot of loss and CPU against viewers.
 """
 
@@ -285,6 +288,51 @@ def fmt(v, digits=2):
     return str(v)
 
 
+def join_storm_md(js):
+    """Step (7), when the run has it."""
+    if not js:
+        return ""
+    storm, crypto = js["storm"], js.get("crypto") or {}
+    return f"""
+### Join storm (7)
+
+{js['joiners']} viewers joining as fast as the load generator can (asked {js['asked_rate']:.0f}/s,
+achieved {fmt(storm['achieved_rate'], 0)}/s) into a room that already has {js['existing']}
+viewers, deadsfu on one core.
+
+| figure | value |
+|---|---:|
+| joiners' time to first frame, p50 / p99 | {fmt(storm['ttff_p50_ms'], 0)} / {fmt(storm['ttff_p99_ms'], 0)} ms |
+| connected viewers' forwarding latency p99, before / during | {fmt(js['before']['latency_p99_ms'])} / {fmt(js['during']['latency_p99_ms'])} ms |
+| deadsfu CPU per join (SDP, ICE, DTLS, set-up and tear-down) | {fmt(js['joins_alone']['cpu_per_join_us'], 0)} µs |
+| a handshake's bare public-key cryptography on this machine | {fmt(crypto.get('total_us'), 0)} µs |
+| per join ÷ cryptography | {fmt(js.get('per_join_over_crypto'), 1)}× |
+"""
+
+
+def stun_flood_md(sf):
+    """Step (8), when the run has it."""
+    if not sf:
+        return ""
+    rows = "\n".join(
+        f"| {s['rate']:,} | {fmt((s.get('flood') or {}).get('pps'), 0)} | {s['loss_pct']:.3f}% "
+        f"| {fmt(s.get('delivery_pct'), 1)}% | {s['sfu_cpu_pct']}% | {'ok' if s['ok'] else 'loss'} |"
+        for s in sf["steps"])
+    more = " (the top of the ladder: more was not tried)" if sf.get("beyond_ladder") else ""
+    return f"""
+### STUN flood capacity of one media worker (8)
+
+{sf['viewers']} viewers of one stream on a one-worker deadsfu, while Binding requests naming
+a real session's ufrag with garbage integrity arrive from 64 addresses at rising rates. The
+capacity is the highest rate at which the viewers still lose < 0.1%:
+**{sf['capacity_pps']:,} checks/s**{more}.
+
+| checks/s asked | sent | viewers' loss | delivered | deadsfu CPU | |
+|---:|---:|---:|---:|---:|---|
+{rows}
+"""
+
+
 def write_markdown(results, path, plot_rel):
     m = results["machine"]
     u = results["udprate"]
@@ -431,7 +479,7 @@ Janus (streaming plugin, CPU {SFU_CPU}):
 A step whose generator CPU is near 100% was limited by the load generator, not the server.
 "settle s": seconds from the last sign-up to the opening of the measuring window.
 Raw figures: `bench/results.json`.
-"""
+""" + join_storm_md(results.get("join_storm")) + stun_flood_md(results.get("stun_flood"))
     extra = os.path.join(ROOT, "bench", "NOTES.md")
     if os.path.exists(extra):
         md += "\n" + open(extra).read()
@@ -499,6 +547,16 @@ def main():
         n = max(10, int(0.8 * cap["viewers"])) if cap else 10
         results["latency"][kind] = step(args.bin, kind, args.janus_preload, n,
                                         duration * 2, extra_load=["--full-viewers", "8"])
+
+    log("(7) join storm")
+    import join_storm
+    results["join_storm"] = (join_storm.run(args.bin, 50, 200, 200) if quick
+                             else join_storm.run(args.bin))
+
+    log("(8) STUN flood capacity of one media worker")
+    import stun_flood
+    results["stun_flood"] = (stun_flood.capacity(args.bin, [50_000, 200_000], 100, 5) if quick
+                             else stun_flood.capacity(args.bin))
 
     with open(os.path.join(ROOT, "bench", "results.json"), "w") as f:
         json.dump(results, f, indent=1)

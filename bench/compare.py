@@ -22,7 +22,7 @@ def bins_for(deadsfu_dir, loadtest_dir, tmp):
     """bench.py finds every binary in one directory: put them side by side."""
     d = tempfile.mkdtemp(dir=tmp)
     os.symlink(os.path.join(deadsfu_dir, "deadsfu"), os.path.join(d, "deadsfu"))
-    for name in ("deadsfu-loadtest", "deadsfu-udprate"):
+    for name in ("deadsfu-loadtest", "deadsfu-udprate", "deadsfu-stunflood"):
         os.symlink(os.path.join(loadtest_dir, name), os.path.join(d, name))
     return d
 

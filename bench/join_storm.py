@@ -67,14 +67,9 @@ def handshake_crypto_us():
             "total_us": sign + verify + 2 * ecdh}
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", required=True)
-    ap.add_argument("--existing", type=int, default=200)
-    ap.add_argument("--joiners", type=int, default=800)
-    ap.add_argument("--rate", type=float, default=400)
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+def run(bins, existing=200, joiners=800, rate=400):
+    """The join storm (see the module's text); returns its figures."""
+    args = argparse.Namespace(bin=bins, existing=existing, joiners=joiners, rate=rate)
     results = {"existing": args.existing, "joiners": args.joiners, "asked_rate": args.rate}
 
     # Before: the existing viewers alone, for their latency and deadsfu's CPU rate.
@@ -146,6 +141,18 @@ def main():
     results["crypto"] = handshake_crypto_us()
     if results["crypto"]:
         results["per_join_over_crypto"] = per_join_us / results["crypto"]["total_us"]
+    return results
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--existing", type=int, default=200)
+    ap.add_argument("--joiners", type=int, default=800)
+    ap.add_argument("--rate", type=float, default=400)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    results = run(args.bin, args.existing, args.joiners, args.rate)
     print(json.dumps(results, indent=1))
     if args.out:
         with open(args.out, "w") as f:

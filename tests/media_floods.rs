@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::Sfu;
 use deadsfu_client::{Peer, PeerOptions, Role, StreamSpec};
+use deadsfu_loadtest::stunflood::{NEVER_CONNECTING_OFFER as OFFER, Target, forged_check};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -69,8 +70,6 @@ async fn metrics(sfu: &Sfu) -> String {
         .await
         .unwrap()
 }
-
-const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef012345\r\na=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\na=setup:actpass\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=rtcp-mux\r\na=recvonly\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1;profile-level-id=42e01f\r\n";
 
 /// 400 viewer offers from one address that never do ICE: that address gets its share of
 /// sessions not yet connected and then 429s (problem+json, Retry-After); the viewer already
@@ -139,43 +138,9 @@ async fn an_offer_flood_from_one_address_does_not_disturb_other_sessions() {
     );
 }
 
-/// The server's ufrag of a session, from its SDP answer.
-fn server_ufrag(answer: &str) -> String {
-    answer
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
-        .expect("an ice-ufrag in the answer")
-        .to_string()
-}
-
-/// The server's media port, from its answer's host candidate.
-fn server_port(answer: &str) -> u16 {
-    answer
-        .lines()
-        .find_map(|l| {
-            let c = l.trim().strip_prefix("a=candidate:")?;
-            c.split_whitespace().nth(5)?.parse().ok()
-        })
-        .expect("a candidate in the answer")
-}
-
-/// A STUN Binding request naming `ufrag`, with a MESSAGE-INTEGRITY that is garbage.
-fn forged_check(ufrag: &str, n: u32) -> Vec<u8> {
-    let username = format!("{ufrag}:evil");
-    let padded = username.len().div_ceil(4) * 4;
-    let body = 4 + padded + 24;
-    let mut d = vec![0x00, 0x01];
-    d.extend_from_slice(&(body as u16).to_be_bytes());
-    d.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
-    d.extend_from_slice(&n.to_be_bytes());
-    d.extend_from_slice(&[7; 8]);
-    d.extend_from_slice(&[0x00, 0x06]);
-    d.extend_from_slice(&(username.len() as u16).to_be_bytes());
-    d.extend_from_slice(username.as_bytes());
-    d.resize(20 + 4 + padded, 0);
-    d.extend_from_slice(&[0x00, 0x08, 0x00, 0x14]);
-    d.extend_from_slice(&[0xee; 20]);
-    d
+/// The server's ufrag and media address of a session, from its SDP answer.
+fn target(answer: &str) -> Target {
+    Target::from_answer(answer).expect("a ufrag and a candidate in the answer")
 }
 
 /// The STUN floods run against one media worker, which the viewers share with the attack.
@@ -222,8 +187,8 @@ async fn a_stun_flood_with_a_real_ufrag_is_cut_before_integrity_checks() {
     let sfu = Sfu::start(&ONE_WORKER);
     let _p = publisher(&sfu, "r").await;
     let v = viewer(&sfu, "r").await;
-    let ufrag = server_ufrag(&v.session.answer);
-    let port = server_port(&v.session.answer);
+    let Target { ufrag, addr } = target(&v.session.answer);
+    let port = addr.port();
     let flood = flood_from_many_sources(port, move |n| forged_check(&ufrag, n));
     let (received, gaps, sent) = during(&v, flood).await;
     let m = metrics(&sfu).await;
@@ -242,7 +207,7 @@ async fn a_stun_flood_with_unknown_ufrags_costs_a_lookup_each() {
     let sfu = Sfu::start(&ONE_WORKER);
     let _p = publisher(&sfu, "r").await;
     let v = viewer(&sfu, "r").await;
-    let port = server_port(&v.session.answer);
+    let port = target(&v.session.answer).addr.port();
     let before = metric(&metrics(&sfu).await, "deadsfu_unknown_datagrams_total");
     let flood = flood_from_many_sources(port, |n| forged_check(&format!("nx{n:08x}"), n));
     let (received, gaps, sent) = during(&v, flood).await;
@@ -271,7 +236,7 @@ fn signed_check(answer: &str, client_ufrag: &str, n: u32) -> Vec<u8> {
         .lines()
         .find_map(|l| l.trim().strip_prefix("a=ice-pwd:"))
         .expect("an ice-pwd in the answer");
-    let username = format!("{}:{client_ufrag}", server_ufrag(answer));
+    let username = format!("{}:{client_ufrag}", target(answer).ufrag);
     let msg = StunMessage::binding_request(&username, TransId::new(), true, u64::from(n), 1, false);
     let mut buf = vec![0u8; 1500];
     let hmac = |key: &[u8], parts: &[&[u8]]| -> [u8; 20] {
@@ -309,8 +274,12 @@ async fn a_flood_of_genuine_checks_is_rate_limited_like_forged_ones() {
         .text()
         .await
         .unwrap();
-    let attacked_port = server_port(&answer);
-    assert_eq!(attacked_port, server_port(&v.session.answer), "one worker");
+    let attacked_port = target(&answer).addr.port();
+    assert_eq!(
+        attacked_port,
+        target(&v.session.answer).addr.port(),
+        "one worker"
+    );
     let checks: Vec<Vec<u8>> = (0..64).map(|n| signed_check(&answer, "abcd", n)).collect();
     let flood = flood_from_many_sources(attacked_port, move |n| checks[n as usize % 64].clone());
     let (received, gaps, sent) = during(&v, flood).await;

@@ -10,6 +10,7 @@
 //! - [`wire`]: datagram demultiplexing and clear RTP headers.
 //! - [`publish`], [`signal`]: the publishing and signalling sides.
 //! - [`udprate`]: the machine's raw UDP send rate, the yardstick of the benchmark.
+//! - [`stunflood`]: a paced STUN flood, for the flood-capacity step and the flood tests.
 //! - [`proxybench`]: the front-line proxy benchmark's load tools and fake backends.
 
 pub mod accounting;
@@ -18,6 +19,7 @@ pub mod publish;
 mod recv;
 pub mod signal;
 pub mod stream;
+pub mod stunflood;
 pub mod udprate;
 pub mod viewer;
 pub mod wire;
