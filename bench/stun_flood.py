@@ -44,7 +44,7 @@ def flood_step(bins, rate, viewers, duration):
             out, err = flood.communicate(timeout=120)
             lines = [l for l in out.splitlines() if l.startswith("{")]
             if not lines:
-                raise RuntimeError(f"stunflood failed: {err[-2000:]}")
+                raise RuntimeError(f"stunflood failed: {err[:2000]}")
             r["flood"] = json.loads(lines[-1])
     finally:
         if flood and flood.poll() is None:

@@ -19,23 +19,27 @@ pub enum FloodKind {
     UnknownUfrag,
 }
 
-/// A STUN Binding request naming `ufrag` (as the server's half of USERNAME), with a
-/// MESSAGE-INTEGRITY of garbage; `n` makes its transaction id.
+/// A STUN Binding request naming `ufrag` (as the server's half of USERNAME), with the
+/// attributes an ICE check carries (PRIORITY, ICE-CONTROLLING) so that a parser takes it as one,
+/// and a MESSAGE-INTEGRITY of garbage; `n` makes its transaction id.
 pub fn forged_check(ufrag: &str, n: u32) -> Vec<u8> {
     let username = format!("{ufrag}:evil");
     let padded = username.len().div_ceil(4) * 4;
-    let body = 4 + padded + 24;
-    let mut d = vec![0x00, 0x01];
-    d.extend_from_slice(&(body as u16).to_be_bytes());
-    d.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+    let mut d = vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
     d.extend_from_slice(&n.to_be_bytes());
     d.extend_from_slice(&[7; 8]);
     d.extend_from_slice(&[0x00, 0x06]);
     d.extend_from_slice(&(username.len() as u16).to_be_bytes());
     d.extend_from_slice(username.as_bytes());
     d.resize(20 + 4 + padded, 0);
+    // PRIORITY and ICE-CONTROLLING.
+    d.extend_from_slice(&[0x00, 0x24, 0x00, 0x04, 0x6e, 0x7f, 0x1e, 0xff]);
+    d.extend_from_slice(&[0x80, 0x2a, 0x00, 0x08]);
+    d.extend_from_slice(&u64::from(n).to_be_bytes());
     d.extend_from_slice(&[0x00, 0x08, 0x00, 0x14]);
     d.extend_from_slice(&[0xee; 20]);
+    let body = (d.len() - 20) as u16;
+    d[2..4].copy_from_slice(&body.to_be_bytes());
     d
 }
 
@@ -92,6 +96,8 @@ pub struct Flood {
     to: SocketAddr,
     next_socket: usize,
     pub sent: u64,
+    /// Fresh targets that could not be had (the offer was refused or timed out).
+    pub failed_reaims: u64,
 }
 
 /// Checks per `sendmmsg` call.
@@ -111,6 +117,7 @@ impl Flood {
             to: SocketAddr::from(([127, 0, 0, 1], 9)),
             next_socket: 0,
             sent: 0,
+            failed_reaims: 0,
         })
     }
 
@@ -134,18 +141,22 @@ impl Flood {
         reaim: Duration,
         mut retarget: impl FnMut() -> anyhow::Result<Target>,
         kind: FloodKind,
-    ) -> anyhow::Result<()> {
+    ) {
         let start = Instant::now();
         let mut sent_here = 0u64;
         let mut next_aim = start + reaim;
         loop {
             let now = Instant::now();
             if now >= until {
-                return Ok(());
+                return;
             }
             if now >= next_aim {
-                let target = retarget()?;
-                self.aim(&target, kind);
+                // A server too busy to answer the offer keeps getting the old target's checks
+                // (a flood does not stop because its victim is slow).
+                match retarget() {
+                    Ok(target) => self.aim(&target, kind),
+                    Err(_) => self.failed_reaims += 1,
+                }
                 next_aim = now + reaim;
             }
             let due = (rate * now.duration_since(start).as_secs_f64()) as u64;

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::h264_packetize::packetize_nal;
 use crate::packet::{Codec, MediaPacket, SourceId};
 
@@ -30,7 +32,7 @@ pub struct IdleClip {
 
 #[derive(Debug)]
 struct IdleFrame {
-    payloads: Vec<Arc<[u8]>>,
+    payloads: Vec<Bytes>,
     keyframe: bool,
 }
 
@@ -54,7 +56,7 @@ impl IdleClip {
                     let keyframe = pending.iter().any(|n| n[0] & 0x1f == 5);
                     let mut payloads = Vec::new();
                     for n in pending.drain(..) {
-                        payloads.extend(packetize_nal(n, MAX_PAYLOAD).map(Arc::from));
+                        payloads.extend(packetize_nal(n, MAX_PAYLOAD).map(Bytes::from));
                     }
                     frames.push(IdleFrame { payloads, keyframe });
                 }

@@ -1,7 +1,8 @@
 //! A received RTP packet in the form that is shared by every viewer of a room.
 
-use std::sync::Arc;
 use std::time::Instant;
+
+use bytes::Bytes;
 
 /// Audio or video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -116,7 +117,9 @@ pub struct MediaPacket {
     /// When the sample was captured, in local time (from the publisher's sender reports when
     /// it sends them, else `arrival`): the wallclock viewers' sender reports are built from.
     pub capture: Instant,
-    pub payload: Arc<[u8]>,
+    /// Shared by every viewer and worker (one reference count each), never copied: from FTL a
+    /// slice of the datagram it arrived in, from WebRTC str0m's own buffer.
+    pub payload: Bytes,
 }
 
 impl MediaPacket {

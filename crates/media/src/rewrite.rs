@@ -198,7 +198,7 @@ mod tests {
             keyframe_start: key,
             arrival: at,
             capture: at,
-            payload: Arc::from(&[0u8][..]),
+            payload: bytes::Bytes::from_static(&[0u8]),
         }
     }
 

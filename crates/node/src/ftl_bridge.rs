@@ -286,7 +286,7 @@ impl FtlPublisher for FtlRoomPublisher {
             sequence: media.sequence,
             timestamp: media.timestamp,
             marker: media.marker,
-            payload: Arc::from(&media.payload[..]),
+            payload: media.payload,
             arrival: media.received_at,
             capture,
         });

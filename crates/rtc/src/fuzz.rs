@@ -112,7 +112,7 @@ pub fn worker_core(data: &[u8]) {
                     keyframe_start: chunk.first().is_some_and(|b| b & 0x1f == 5),
                     arrival: now,
                     capture: now,
-                    payload: chunk.into(),
+                    payload: bytes::Bytes::copy_from_slice(chunk),
                 });
                 core.handle_peer_message(
                     now,

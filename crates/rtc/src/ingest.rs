@@ -30,7 +30,7 @@ pub struct IngestPacket {
     pub sequence: u16,
     pub timestamp: u32,
     pub marker: bool,
-    pub payload: Arc<[u8]>,
+    pub payload: bytes::Bytes,
     pub arrival: Instant,
     /// Capture time from the publisher's sender reports, when known.
     pub capture: Option<Instant>,

@@ -250,7 +250,8 @@ impl Session {
                     keyframe_start,
                     arrival: rtp.timestamp,
                     capture: rtp.timestamp,
-                    payload: rtp.payload,
+                    // str0m's buffer, shared rather than copied.
+                    payload: bytes::Bytes::from_owner(rtp.payload),
                 }));
             }
             Event::KeyframeRequest(_) => {

@@ -39,14 +39,16 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
     let open = || runtime.block_on(Target::open(&http, &cli.whep));
     let mut flood = Flood::new(cli.sources)?;
     flood.aim(&open()?, cli.kind);
     std::thread::sleep(Duration::from_secs_f64(cli.delay));
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(cli.seconds);
-    flood.run(cli.rate, until, Duration::from_secs(4), open, cli.kind)?;
+    flood.run(cli.rate, until, Duration::from_secs(4), open, cli.kind);
     let seconds = start.elapsed().as_secs_f64();
     println!(
         "{}",
@@ -54,6 +56,7 @@ fn main() -> anyhow::Result<()> {
             "kind": format!("{:?}", cli.kind),
             "rate": cli.rate,
             "sent": flood.sent,
+            "failed_reaims": flood.failed_reaims,
             "seconds": seconds,
             "pps": flood.sent as f64 / seconds,
         })
