@@ -19,7 +19,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
-RATES = [25_000, 50_000, 100_000, 200_000, 400_000]
+RATES = [100_000, 200_000, 400_000, 800_000, 1_200_000]
 VIEWERS = 300
 DURATION = 8
 

@@ -24,6 +24,8 @@ use deadsfu_cluster::node_choice::choose_node;
 
 /// How often node records and room owners are re-read.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
+/// Least time between two out-of-turn snapshot reads.
+const FORCED_REFRESH_GAP: Duration = Duration::from_millis(250);
 /// A lease taken for a redirected client that never arrives is given back after this.
 const UNUSED_CLAIM: Duration = Duration::from_secs(30);
 
@@ -43,6 +45,14 @@ struct Snapshot {
 }
 
 impl Snapshot {
+    fn from_status(status: deadsfu_cluster::status::ClusterStatus) -> Self {
+        Snapshot {
+            nodes: status.nodes,
+            rooms: status.rooms,
+            waiting_rooms: status.waiting_rooms,
+        }
+    }
+
     fn node(&self, id: &str) -> Option<&NodeRecord> {
         self.nodes.iter().find(|n| n.config.node_id == id)
     }
@@ -58,6 +68,7 @@ pub struct ClusterFrontDoor {
     /// Rooms with a pending check of an unused claim: one check per room, however many
     /// requests for it are redirected meanwhile.
     unused_checks: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    last_forced_refresh: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl ClusterFrontDoor {
@@ -84,11 +95,7 @@ impl ClusterFrontDoor {
             loop {
                 tick.tick().await;
                 match deadsfu_cluster::status::read_status(&redis).await {
-                    Ok(status) => reader.store(Arc::new(Snapshot {
-                        nodes: status.nodes,
-                        rooms: status.rooms,
-                        waiting_rooms: status.waiting_rooms,
-                    })),
+                    Ok(status) => reader.store(Arc::new(Snapshot::from_status(status))),
                     // Keep the last snapshot; the registry logs Redis outages once.
                     Err(e) => tracing::debug!(error = %e, "cluster snapshot not refreshed"),
                 }
@@ -102,6 +109,7 @@ impl ClusterFrontDoor {
             tickets,
             snapshot,
             unused_checks: Arc::default(),
+            last_forced_refresh: std::sync::Mutex::new(None),
         })
     }
 
@@ -145,11 +153,34 @@ impl ClusterFrontDoor {
         if owner.node == self.this() {
             return Some(owner);
         }
+        if self.snapshot.load().node(&owner.node).is_none() {
+            // A node this snapshot has not seen (it joined since the last read): read again
+            // now rather than take its room from it.
+            self.refresh_snapshot_now().await;
+        }
         let snapshot = self.snapshot.load();
         let live = snapshot
             .node(&owner.node)
             .is_some_and(|r| r.is_fresh(unix_ms(), deadsfu_cluster::FRESH_FOR.as_millis() as u64));
         live.then_some(owner)
+    }
+
+    /// Reads the cluster's status out of turn, at most once per [`FORCED_REFRESH_GAP`] (a
+    /// lease naming a node that is gone must not cost a read per request).
+    async fn refresh_snapshot_now(&self) {
+        {
+            let mut last = self
+                .last_forced_refresh
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < FORCED_REFRESH_GAP) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        if let Ok(status) = deadsfu_cluster::status::read_status(self.node.redis()).await {
+            self.snapshot.store(Arc::new(Snapshot::from_status(status)));
+        }
     }
 
     /// Takes the room's lease. `Ok(())` when this node holds it (or Redis is away: a node keeps
