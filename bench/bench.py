@@ -318,7 +318,8 @@ def stun_flood_md(sf):
         f"| {s['rate']:,} | {fmt((s.get('flood') or {}).get('pps'), 0)} | {s['loss_pct']:.3f}% "
         f"| {fmt(s.get('delivery_pct'), 1)}% | {s['sfu_cpu_pct']}% | {'ok' if s['ok'] else 'loss'} |"
         for s in sf["steps"])
-    more = " (the top of the ladder: more was not tried)" if sf.get("beyond_ladder") else ""
+    more = (" (the most the flood tool sent: the worker was not overwhelmed)"
+            if sf.get("beyond_ladder") else "")
     return f"""
 ### STUN flood capacity of one media worker (8)
 
