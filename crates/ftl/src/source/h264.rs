@@ -149,22 +149,6 @@ mod tests {
     }
 
     #[test]
-    fn fragments_large_nal_units_as_fu_a() {
-        let mut nal = vec![0x65];
-        nal.extend((0..3000).map(|i| i as u8));
-        let payloads: Vec<Vec<u8>> = packetize_nal(&nal, 1380).collect();
-        assert_eq!(payloads.len(), 3);
-        assert_eq!(payloads[0][..2], [0x7c, 0x85]);
-        assert_eq!(payloads[1][..2], [0x7c, 0x05]);
-        assert_eq!(payloads[2][..2], [0x7c, 0x45]);
-        assert!(payloads.iter().all(|p| p.len() <= 1380));
-        let rebuilt: Vec<u8> = payloads.iter().flat_map(|p| p[2..].to_vec()).collect();
-        assert_eq!(rebuilt, nal[1..]);
-        let single: Vec<Vec<u8>> = packetize_nal(&[0x67, 1, 2], 1380).collect();
-        assert_eq!(single, [vec![0x67, 1, 2]]);
-    }
-
-    #[test]
     fn marks_the_last_packet_of_a_frame() {
         let frame = [
             Bytes::from_static(&[0x67, 1]),

@@ -294,6 +294,28 @@ impl ViewerEgress {
 
 /// Fuzzing: a viewer that was sent 64 video packets gets NACKs made of `data` as
 /// (ssrc, pid, blp) reports; retransmissions stay within the budget, the buffer within bounds.
+impl ViewerEgress {
+    /// A viewer with one H264 track (SSRC 1111, payload type 96) keyed with `keys`: the egress
+    /// of the unit tests and of the fuzz target.
+    pub(crate) fn one_video_track(dest: SocketAddr, now: Instant, keys: &SrtpKeys) -> Self {
+        ViewerEgress {
+            video: Some(TrackOut::new(
+                Ssrc::from(1111),
+                vec![(Pt::from(96), Codec::H264 { profile: 0x42e0 })],
+                MediaKind::Video,
+                Mid::from("0"),
+                Some(4),
+            )),
+            audio: None,
+            srtp: SrtpSender::new(&crate::dtls_tap::crypto_provider(), keys),
+            destination: Some(dest),
+            cname: "egress".into(),
+            next_report: None,
+            resends: PerSecond::new(RESENDS_PER_SECOND, now),
+        }
+    }
+}
+
 pub(crate) fn fuzz_nacks(data: &[u8]) {
     let now = Instant::now();
     let keys = SrtpKeys {
@@ -301,21 +323,8 @@ pub(crate) fn fuzz_nacks(data: &[u8]) {
         material: (0..56u8).collect(),
         we_are_client: false,
     };
-    let mut egress = ViewerEgress {
-        video: Some(TrackOut::new(
-            Ssrc::from(1111),
-            vec![(Pt::from(96), Codec::H264 { profile: 0x42e0 })],
-            MediaKind::Video,
-            Mid::from("0"),
-            Some(4),
-        )),
-        audio: None,
-        srtp: SrtpSender::new(&crate::dtls_tap::crypto_provider(), &keys),
-        destination: Some(SocketAddr::from(([127, 0, 0, 1], 4000))),
-        cname: "fuzz".into(),
-        next_report: None,
-        resends: PerSecond::new(RESENDS_PER_SECOND, now),
-    };
+    let mut egress =
+        ViewerEgress::one_video_track(SocketAddr::from(([127, 0, 0, 1], 4000)), now, &keys);
     let sink = crate::send_batch::RecordingSink::default();
     let mut sends = SendBatch::new(Box::new(sink.clone()));
     let counters = Counters::default();

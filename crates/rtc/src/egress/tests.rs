@@ -5,23 +5,7 @@ use crate::srtp::tests::test_keys;
 use deadsfu_media::SourceId;
 
 fn egress(dest: SocketAddr, now: Instant) -> ViewerEgress {
-    let track = TrackOut::new(
-        Ssrc::from(1111),
-        vec![(Pt::from(96), Codec::H264 { profile: 0x42e0 })],
-        MediaKind::Video,
-        Mid::from("0"),
-        Some(4),
-    );
-    let crypto = crate::dtls_tap::crypto_provider();
-    ViewerEgress {
-        video: Some(track),
-        audio: None,
-        srtp: SrtpSender::new(&crypto, &test_keys()),
-        destination: Some(dest),
-        cname: "test".into(),
-        next_report: None,
-        resends: PerSecond::new(RESENDS_PER_SECOND, now),
-    }
+    ViewerEgress::one_video_track(dest, now, &test_keys())
 }
 
 fn packets(n: u64, now: Instant) -> Vec<(RoomId, Arc<MediaPacket>)> {
