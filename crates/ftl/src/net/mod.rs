@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod demux;
+pub mod listener;
 pub mod server;
 
 pub use client::{PushArgs, PushConfig, PushError, PushReport, push};

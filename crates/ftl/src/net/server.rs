@@ -6,10 +6,10 @@
 //! Channel secrets and room rules live with the caller, behind [`ChannelDirectory`]; media
 //! leaves through the [`FtlPublisher`] that a successful claim returns.
 //!
-//! The accept loop owns the limits: connections and new connections per second per client IP
-//! ([`Admission`]), and a fixed number of connection [`Slots`]: when all are taken, the oldest
-//! connection that has not proved its key is closed to make room, so idle or stalled
-//! connections cannot keep a streamer out. A client that does not finish the handshake within
+//! The accept loop (shared with the proxy's relay, see [`listener`](super::listener)) owns the
+//! limits: connections and new connections per second per client IP, and a fixed number of
+//! connection slots: when all are taken, the oldest connection that has not proved its key is
+//! closed to make room, so idle or stalled connections cannot keep a streamer out. A client that does not finish the handshake within
 //! the session's handshake timeout is closed. Refusals are counted ([`FtlServerHandle`]) and
 //! logged in aggregate, one line per interval at most.
 
@@ -23,17 +23,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use deadsfu_limits::{
-    Admission, AdmissionLimits, AdmissionRefusal, ConnId, ConnectionPermit, RefusalReason,
-    Refusals, Slot, Slots,
-};
+use deadsfu_limits::{ConnectionPermit, RefusalReason, Refusals};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::demux::{Demux, Route, SessionId, SsrcInUse};
+use super::listener::{self, Authenticated, Connection, ListenerLimits, ListenerOwner};
 use crate::media::{FtlMedia, MediaKind};
 use crate::server::{
     ClaimOutcome, EndReason, SecretLookup, ServerConfig, ServerEvent, ServerInput, ServerOutput,
@@ -131,8 +128,6 @@ impl FtlServerConfig {
 
 /// How long a session may block on writing one control reply.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long shutdown waits for sessions to say goodbye.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Datagrams queued per session before newer ones are dropped.
 const SESSION_DATAGRAM_QUEUE: usize = 1024;
 /// Largest control read.
@@ -303,119 +298,77 @@ impl FtlServer {
     /// for them to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let (demux_tx, demux_rx) = mpsc::unbounded_channel();
-        let (stop_tx, stop_rx) = watch::channel(false);
         let udp_task = tokio::spawn(udp_loop(self.udp.clone(), demux_rx));
-        let mut sessions = JoinSet::new();
-        let admission = Admission::new(AdmissionLimits {
-            // The total is the slots' business (they can evict).
-            max_total: usize::MAX,
+        let limits = ListenerLimits {
+            max_connections: self.config.max_sessions,
             max_per_ip: self.config.max_connections_per_ip,
-            rate_per_ip: self.config.connects_per_second_per_ip,
-            burst_per_ip: self.config.connect_burst_per_ip,
-        });
-        let mut slots = Slots::new(self.config.max_sessions);
-        let mut evictors: HashMap<ConnId, oneshot::Sender<()>> = HashMap::new();
-        let mut task_conns: HashMap<tokio::task::Id, ConnId> = HashMap::new();
-        // One message per session at most (when it proves its key): bounded by the slots.
-        let (auth_tx, mut auth_rx) = mpsc::unbounded_channel::<ConnId>();
-        let mut log_timer = tokio::time::interval(self.config.refusal_log_interval);
-        let mut accept_errors: u64 = 0;
-        let refusals = &self.shared.refusals;
-        tokio::pin!(shutdown);
-        loop {
-            self.shared.open.store(slots.len(), Ordering::Relaxed);
-            tokio::select! {
-                // Authentications first, so a session that just proved its key is not evicted
-                // for a newcomer accepted in the same turn.
-                biased;
-                () = &mut shutdown => break,
-                Some(id) = auth_rx.recv() => slots.authenticated(id),
-                Some(done) = sessions.join_next_with_id(), if !sessions.is_empty() => {
-                    let task = match done {
-                        Ok((task, ())) => task,
-                        Err(error) => error.id(),
-                    };
-                    if let Some(id) = task_conns.remove(&task) {
-                        slots.remove(id);
-                        evictors.remove(&id);
-                    }
-                }
-                _ = log_timer.tick() => {
-                    refusals.log_if_due(Instant::now());
-                }
-                accepted = self.listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(accepted) => accepted,
-                        Err(error) => {
-                            // Out of descriptors and the like: back off instead of spinning,
-                            // and log at powers of two only.
-                            accept_errors += 1;
-                            if accept_errors.is_power_of_two() {
-                                warn!(%error, accept_errors, "FTL accept failed");
-                            }
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    };
-                    let now = Instant::now();
-                    let permit = match admission.try_admit(peer.ip(), now) {
-                        Ok(permit) => permit,
-                        Err(refusal) => {
-                            refusals.refuse(match refusal {
-                                AdmissionRefusal::PerIp => FtlRefusal::PerIpConnections,
-                                AdmissionRefusal::Rate => FtlRefusal::ConnectRate,
-                                AdmissionRefusal::Total => FtlRefusal::Full,
-                            }, now);
-                            continue;
-                        }
-                    };
-                    let id = match slots.admit() {
-                        Slot::Full => {
-                            refusals.refuse(FtlRefusal::Full, now);
-                            continue;
-                        }
-                        Slot::Open { id, evict } => {
-                            if let Some(victim) = evict {
-                                if let Some(evictor) = evictors.remove(&victim) {
-                                    let _ = evictor.send(());
-                                }
-                                refusals.refuse(FtlRefusal::Evicted, now);
-                            }
-                            id
-                        }
-                    };
-                    let (evict_tx, evict_rx) = oneshot::channel();
-                    evictors.insert(id, evict_tx);
-                    let task = SessionTask {
-                        id,
-                        peer,
-                        udp: self.udp.clone(),
-                        demux: demux_tx.clone(),
-                        directory: self.directory.clone(),
-                        config: self.config.session.clone(),
-                        shared: self.shared.clone(),
-                        stop: stop_rx.clone(),
-                        authenticated: auth_tx.clone(),
-                        _permit: permit,
-                    };
-                    let span = info_span!("ftl_session", session = id, %peer);
-                    let handle = sessions.spawn(task.run(stream, evict_rx).instrument(span));
-                    task_conns.insert(handle.id(), id);
-                }
-            }
-        }
-        info!(sessions = sessions.len(), "FTL ingest shutting down");
-        let _ = stop_tx.send(true);
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while sessions.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            sessions.abort_all();
-        }
+            connects_per_second_per_ip: self.config.connects_per_second_per_ip,
+            connect_burst_per_ip: self.config.connect_burst_per_ip,
+            log_interval: self.config.refusal_log_interval,
+        };
+        let owner = IngestSessions {
+            udp: self.udp.clone(),
+            demux: demux_tx,
+            directory: self.directory.clone(),
+            config: self.config.session.clone(),
+            shared: self.shared.clone(),
+        };
+        listener::serve(&self.listener, &limits, &owner, "ingest", shutdown).await;
         udp_task.abort();
-        refusals.flush();
         Ok(())
+    }
+}
+
+/// The ingest server's part in the shared accept loop.
+struct IngestSessions {
+    udp: Arc<UdpSocket>,
+    demux: mpsc::UnboundedSender<DemuxCommand>,
+    directory: Arc<dyn ChannelDirectory>,
+    config: ServerConfig,
+    shared: Arc<Shared>,
+}
+
+impl ListenerOwner for IngestSessions {
+    fn session(&self, connection: Connection) -> impl Future<Output = ()> + Send + 'static {
+        let Connection {
+            id,
+            peer,
+            stream,
+            permit,
+            evict,
+            stop,
+            authenticated,
+        } = connection;
+        let task = SessionTask {
+            id,
+            peer,
+            udp: self.udp.clone(),
+            demux: self.demux.clone(),
+            directory: self.directory.clone(),
+            config: self.config.clone(),
+            shared: self.shared.clone(),
+            stop,
+            authenticated,
+            _permit: permit,
+        };
+        let span = info_span!("ftl_session", session = id, %peer);
+        task.run(stream, evict).instrument(span)
+    }
+
+    fn refused(&self, why: FtlRefusal, now: Instant) {
+        self.shared.refusals.refuse(why, now);
+    }
+
+    fn open(&self, count: usize) {
+        self.shared.open.store(count, Ordering::Relaxed);
+    }
+
+    fn log_refusals(&self, now: Instant) {
+        self.shared.refusals.log_if_due(now);
+    }
+
+    fn flush_refusals(&self) {
+        self.shared.refusals.flush();
     }
 }
 
@@ -515,8 +468,8 @@ struct SessionTask {
     config: ServerConfig,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
-    /// Told the session's id once it proved its key (it is then no longer evicted).
-    authenticated: mpsc::UnboundedSender<ConnId>,
+    /// Tells the accept loop when the session proved its key (it is then no longer evicted).
+    authenticated: Authenticated,
     /// The session's place in the per-IP limits.
     _permit: ConnectionPermit,
 }
@@ -679,7 +632,7 @@ impl SessionTask {
             }
             ServerEvent::ClaimNeeded { channel_id } => {
                 // The client proved its key (claims come only after that).
-                let _ = self.authenticated.send(self.id);
+                self.authenticated.mark();
                 let outcome = match tokio::time::timeout_at(
                     handshake_deadline,
                     self.directory.claim(channel_id),

@@ -1,9 +1,9 @@
 //! The tokio shell of the FTL proxy.
 //!
-//! - The accept loop owns the limits: per-IP connections and connect rate
-//!   ([`Admission`]) and the connection [`Slots`] (when all are taken, the
-//!   oldest unauthenticated connection is closed to make room). Refusals are counted and
-//!   logged once per interval in aggregate.
+//! - The accept loop is the `ftl` crate's ([`listener`]), shared with the SFU's ingest: per-IP
+//!   connections and connect rate, and the connection slots (when all are taken, the oldest
+//!   unauthenticated connection is closed to make room). Refusals are counted and logged once
+//!   per interval in aggregate.
 //! - One task per control connection owns its [`RelaySession`], the client's and the SFU's TCP
 //!   connections and, once streaming, a UDP socket connected to the SFU's media port. It reads
 //!   at most [`CONTROL_READ`] bytes at a time and every wait has a deadline (handshake, ping,
@@ -29,9 +29,8 @@ use deadsfu_ftl::udp::MAX_DATAGRAM;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinSet;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tokio::sync::{oneshot, watch};
+use tracing::{Instrument, debug, info, info_span};
 
 use super::FtlProxyConfig;
 use super::session::{
@@ -40,14 +39,12 @@ use super::session::{
 };
 use super::stats::{Counters, FtlStats, GaugeGuard};
 use crate::ftl_routes::FtlRoutes;
-use deadsfu_limits::{
-    Admission, AdmissionLimits, AdmissionRefusal, ConnId, ConnectionPermit as Permit, Slot, Slots,
-};
+use deadsfu_ftl::net::FtlRefusal;
+use deadsfu_ftl::net::listener::{self, Authenticated, Connection, ListenerLimits, ListenerOwner};
+use deadsfu_limits::{ConnId, ConnectionPermit as Permit};
 
 /// Largest control read, either side.
 pub const CONTROL_READ: usize = 4096;
-/// How long shutdown waits for sessions to say goodbye.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// A bound FTL proxy; [`run`](Self::run) serves it.
 pub struct FtlProxy {
@@ -134,105 +131,66 @@ impl FtlProxy {
             counters: stats.0.clone(),
         });
         let udp_task = tokio::spawn(udp_loop(shared.clone()));
-        let admission = Admission::new(AdmissionLimits {
-            // The total is the slots' business (they can evict).
-            max_total: usize::MAX,
+        let listener_limits = ListenerLimits {
+            max_connections: limits.max_connections,
             max_per_ip: limits.max_per_ip,
-            rate_per_ip: limits.connects_per_second_per_ip,
-            burst_per_ip: limits.connect_burst_per_ip,
-        });
-        let mut slots = Slots::new(limits.max_connections);
-        let mut evictors: HashMap<ConnId, oneshot::Sender<()>> = HashMap::new();
-        let mut task_conns: HashMap<tokio::task::Id, ConnId> = HashMap::new();
-        let mut sessions = JoinSet::new();
-        let (auth_tx, mut auth_rx) = mpsc::unbounded_channel();
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let mut log_timer = tokio::time::interval(limits.log_interval);
-        log_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut accept_errors: u64 = 0;
-        let counters = &shared.counters;
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                // Authentications first, so a session that just proved its key is not
-                // evicted for a newcomer accepted in the same turn.
-                biased;
-                () = &mut stop => break,
-                Some(id) = auth_rx.recv() => slots.authenticated(id),
-                Some(done) = sessions.join_next_with_id(), if !sessions.is_empty() => {
-                    let task = match done {
-                        Ok((task, ())) => task,
-                        Err(error) => error.id(),
-                    };
-                    if let Some(id) = task_conns.remove(&task) {
-                        slots.remove(id);
-                        evictors.remove(&id);
-                    }
-                }
-                _ = log_timer.tick() => { counters.refusals.log_if_due(Instant::now()); }
-                accepted = listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(accepted) => accepted,
-                        Err(error) => {
-                            // Out of descriptors and the like: back off instead of spinning.
-                            accept_errors += 1;
-                            if accept_errors.is_power_of_two() {
-                                warn!(%error, accept_errors, "FTL accept failed");
-                            }
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    };
-                    counters.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let permit = match admission.try_admit(peer.ip(), Instant::now()) {
-                        Ok(permit) => permit,
-                        Err(refusal) => {
-                            counters.reject(match refusal {
-                                AdmissionRefusal::PerIp => Rejection::PerIpConnections,
-                                AdmissionRefusal::Rate => Rejection::ConnectRate,
-                                AdmissionRefusal::Total => Rejection::Full,
-                            });
-                            continue;
-                        }
-                    };
-                    let id = match slots.admit() {
-                        Slot::Full => {
-                            counters.reject(Rejection::Full);
-                            continue;
-                        }
-                        Slot::Open { id, evict } => {
-                            if let Some(victim) = evict {
-                                if let Some(evictor) = evictors.remove(&victim) {
-                                    let _ = evictor.send(());
-                                }
-                                counters.reject(Rejection::Evicted);
-                            }
-                            id
-                        }
-                    };
-                    let (evict_tx, evict_rx) = oneshot::channel();
-                    evictors.insert(id, evict_tx);
-                    let session = Session::new(shared.clone(), id, peer, stream, auth_tx.clone());
-                    let span = info_span!("ftl_proxy", conn = id, %peer);
-                    let task = sessions.spawn(
-                        session.run(permit, evict_rx, stop_rx.clone()).instrument(span),
-                    );
-                    task_conns.insert(task.id(), id);
-                }
-            }
-        }
-        info!(sessions = sessions.len(), "FTL proxy shutting down");
-        let _ = stop_tx.send(true);
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while sessions.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            sessions.abort_all();
-        }
+            connects_per_second_per_ip: limits.connects_per_second_per_ip,
+            connect_burst_per_ip: limits.connect_burst_per_ip,
+            log_interval: limits.log_interval,
+        };
+        let owner = RelaySessions {
+            shared: shared.clone(),
+        };
+        listener::serve(&listener, &listener_limits, &owner, "proxy", stop).await;
         udp_task.abort();
-        shared.counters.refusals.flush();
         Ok(())
+    }
+}
+
+/// The relay's part in the shared accept loop.
+struct RelaySessions {
+    shared: Arc<Shared>,
+}
+
+impl ListenerOwner for RelaySessions {
+    fn session(&self, connection: Connection) -> impl Future<Output = ()> + Send + 'static {
+        let Connection {
+            id,
+            peer,
+            stream,
+            permit,
+            evict,
+            stop,
+            authenticated,
+        } = connection;
+        let session = Session::new(self.shared.clone(), id, peer, stream, authenticated);
+        let span = info_span!("ftl_proxy", conn = id, %peer);
+        session.run(permit, evict, stop).instrument(span)
+    }
+
+    fn refused(&self, why: FtlRefusal, _now: Instant) {
+        self.shared.counters.reject(match why {
+            FtlRefusal::PerIpConnections => Rejection::PerIpConnections,
+            FtlRefusal::ConnectRate => Rejection::ConnectRate,
+            FtlRefusal::Full => Rejection::Full,
+            FtlRefusal::Evicted => Rejection::Evicted,
+            FtlRefusal::HandshakeTimeout => Rejection::HandshakeTimeout,
+        });
+    }
+
+    fn accepted(&self) {
+        self.shared
+            .counters
+            .accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn log_refusals(&self, now: Instant) {
+        self.shared.counters.refusals.log_if_due(now);
+    }
+
+    fn flush_refusals(&self) {
+        self.shared.counters.refusals.flush();
     }
 }
 
@@ -368,7 +326,7 @@ struct Session {
     media: Option<Arc<UdpSocket>>,
     path: Option<PathGuard>,
     client_udp: Option<watch::Receiver<Option<SocketAddr>>>,
-    auth: mpsc::UnboundedSender<ConnId>,
+    auth: Authenticated,
 }
 
 impl Session {
@@ -377,7 +335,7 @@ impl Session {
         id: ConnId,
         peer: SocketAddr,
         stream: TcpStream,
-        auth: mpsc::UnboundedSender<ConnId>,
+        auth: Authenticated,
     ) -> Self {
         let now = Instant::now();
         let _ = stream.set_nodelay(true);
@@ -493,7 +451,7 @@ impl Session {
                         .handle_input(Instant::now(), RelayInput::Secret(lookup));
                 }
                 RelayOutput::Event(RelayEvent::ConnectSfu { channel_id }) => {
-                    let _ = self.auth.send(self.id);
+                    self.auth.mark();
                     let input = self.connect_sfu(channel_id).await;
                     self.relay.handle_input(Instant::now(), input);
                 }
