@@ -112,8 +112,11 @@ pub(crate) struct Demux {
 
 struct UfragEntry {
     slot: Slot,
-    /// Checks naming this ufrag per second, from any source, bound or not.
+    /// Checks naming this ufrag per second from sources not bound yet.
     checks: PerSecond,
+    /// The same from the session's bound addresses: a budget of its own, so that a flood from
+    /// elsewhere naming this ufrag cannot starve the session's own consent checks.
+    bound_checks: PerSecond,
 }
 
 impl Demux {
@@ -129,7 +132,15 @@ impl Demux {
 
     pub fn add_ufrag(&mut self, ufrag: String, slot: Slot, now: Instant) {
         let checks = PerSecond::new(CHECKS_PER_UFRAG.into(), now);
-        self.by_ufrag.insert(ufrag, UfragEntry { slot, checks });
+        let bound_checks = checks.clone();
+        self.by_ufrag.insert(
+            ufrag,
+            UfragEntry {
+                slot,
+                checks,
+                bound_checks,
+            },
+        );
     }
 
     pub fn remove_ufrag(&mut self, ufrag: &str) {
@@ -142,9 +153,8 @@ impl Demux {
 
     /// The session of a datagram from `from` and whether `from` is bound to it; `local_ufrag`
     /// is the ufrag of its STUN check, if it is one. A bound source needs no check, but its
-    /// checks still count against their session's per-ufrag budget: a client knows its own
-    /// session's password and could otherwise have every check it sends from a bound address
-    /// verified.
+    /// checks still have a per-session budget: a client knows its own session's password and
+    /// could otherwise have every check it sends from a bound address verified.
     pub fn route<'u>(
         &mut self,
         from: SocketAddr,
@@ -157,7 +167,7 @@ impl Demux {
             };
             return match self.by_ufrag.get_mut(ufrag) {
                 Some(entry) if entry.slot == slot => {
-                    if entry.checks.take(now) {
+                    if entry.bound_checks.take(now) {
                         Ok((slot, true))
                     } else {
                         Err(Refused::RateLimited)
@@ -269,14 +279,18 @@ mod tests {
             d.route(addr(1), || Some("mine"), t0),
             Err(Refused::RateLimited)
         );
+        // Checks naming the ufrag from elsewhere have their own budget: a flood of them
+        // leaves the bound source's checks alone.
+        let t1 = t0 + WINDOW;
+        assert!(
+            (0..1000).all(|i| d.route(addr(100 + i), || Some("mine"), t1).is_ok()
+                || i >= CHECKS_PER_UFRAG as u16)
+        );
+        assert_eq!(d.route(addr(1), || Some("mine"), t1), Ok((1, true)));
         // A bound source checking for another session gets nothing.
         assert_eq!(
             d.route(addr(1), || Some("theirs"), t0),
             Err(Refused::Unknown)
-        );
-        assert_eq!(
-            d.route(addr(1), || Some("mine"), t0 + WINDOW),
-            Ok((1, true))
         );
     }
 
