@@ -14,13 +14,28 @@ pub fn free_tcp_port(ip: impl Into<IpAddr>) -> u16 {
 }
 
 /// A TCP port free on every one of `ips` at once (for servers that must share one port
-/// number across addresses, such as nodes reached through one DNS name).
+/// number across addresses, such as nodes reached through one DNS name). It is chosen below
+/// the kernel's ephemeral range: the servers are started a moment later, and meanwhile any
+/// outgoing connection (theirs included) may be given an ephemeral port, which then cannot
+/// be listened on.
 pub fn tcp_port_free_on_all(ips: &[Ipv4Addr]) -> u16 {
-    let (first_ip, rest) = ips.split_first().expect("at least one address");
-    for _ in 0..200 {
-        let first = TcpListener::bind((*first_ip, 0)).expect("bind on the first address");
-        let port = first.local_addr().unwrap().port();
-        if rest.iter().all(|ip| TcpListener::bind((*ip, port)).is_ok()) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = ephemeral_low.saturating_sub(16_000).max(1024);
+    let span = u64::from(ephemeral_low - low).max(1);
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()) << 32;
+    for _ in 0..500 {
+        // xorshift: a different candidate each round, different across processes.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let port = low + (seed % span) as u16;
+        if ips.iter().all(|ip| TcpListener::bind((*ip, port)).is_ok()) {
             return port;
         }
     }
@@ -51,6 +66,10 @@ mod tests {
         TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
         let port = tcp_port_free_on_all(&[Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 2)]);
         assert_ne!(port, 0);
+        if let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") {
+            let low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+            assert!(port < low, "{port} is below the ephemeral range ({range})");
+        }
         let (udp, tcp) = free_udp_and_tcp_port(Ipv4Addr::LOCALHOST);
         assert_eq!(udp.local_addr().unwrap(), tcp.local_addr().unwrap());
     }
