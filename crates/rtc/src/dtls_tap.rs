@@ -10,10 +10,10 @@
 //! keys are left in a thread-local slot that the worker empties right after the call that
 //! completed the handshake (see [`take_keys`]).
 //!
-//! The wrapper builds the OpenSSL connection only when DTLS starts: for a passive session (the
-//! usual answer to a browser's offer) at the peer's first record, after ICE. A session that
-//! never connects, such as one of a flood of offers, so never costs OpenSSL's context (about
-//! 30 KiB, and a fifth of the CPU of setting a session up).
+//! The peer that writes a session's SDP answer never runs DTLS (see `session_setup.rs`): its
+//! provider, [`answering_crypto_provider`], builds the OpenSSL connection only when DTLS starts
+//! (for a passive one at the peer's first record), so answering costs neither OpenSSL's context
+//! (about 30 KiB) nor its CPU (a fifth of a session's set-up).
 //!
 //! The wrapper also retires the DTLS connection some time after the handshake: once SRTP is
 //! keyed, DTLS has nothing left to do in a WebRTC session that carries no data channel (those
@@ -66,11 +66,27 @@ pub(crate) fn take_keys() -> Option<SrtpKeys> {
 pub(crate) fn crypto_provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     static TAP: OnceLock<TapProvider> = OnceLock::new();
-    PROVIDER
+    tapped(&PROVIDER, &TAP, false)
+}
+
+/// The same, building each DTLS connection only when it starts: for peers that only answer.
+pub(crate) fn answering_crypto_provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    static TAP: OnceLock<TapProvider> = OnceLock::new();
+    tapped(&PROVIDER, &TAP, true)
+}
+
+fn tapped(
+    provider: &'static OnceLock<Arc<CryptoProvider>>,
+    tap: &'static OnceLock<TapProvider>,
+    lazy: bool,
+) -> Arc<CryptoProvider> {
+    provider
         .get_or_init(|| {
             let mut provider = str0m::crypto::from_feature_flags();
-            let tap = TAP.get_or_init(|| TapProvider {
+            let tap = tap.get_or_init(|| TapProvider {
                 inner: provider.dtls_provider,
+                lazy,
             });
             provider.dtls_provider = tap;
             Arc::new(provider)
@@ -81,6 +97,8 @@ pub(crate) fn crypto_provider() -> Arc<CryptoProvider> {
 #[derive(Debug)]
 struct TapProvider {
     inner: &'static dyn DtlsProvider,
+    /// Build connections when DTLS starts rather than with the peer.
+    lazy: bool,
 }
 
 impl DtlsProvider for TapProvider {
@@ -95,14 +113,21 @@ impl DtlsProvider for TapProvider {
         dtls_version: DtlsVersion,
         mtu: Option<usize>,
     ) -> Result<Box<dyn DtlsInstance>, CryptoError> {
-        Ok(Box::new(TapInstance {
-            inner: None,
-            unbuilt: Some(UnbuiltDtls {
+        let (inner, unbuilt) = if self.lazy {
+            let unbuilt = UnbuiltDtls {
                 provider: self.inner,
                 cert: cert.clone(),
                 version: dtls_version,
                 mtu,
-            }),
+            };
+            (None, Some(unbuilt))
+        } else {
+            let inner = self.inner.new_dtls(cert, now, dtls_version, mtu)?;
+            (Some(inner), None)
+        };
+        Ok(Box::new(TapInstance {
+            inner,
+            unbuilt,
             active_set: false,
             active: false,
             version: None,
@@ -414,7 +439,10 @@ mod tests {
     }
 
     fn unbuilt(provider: &'static CountingProvider, t0: Instant) -> Box<dyn DtlsInstance> {
-        let tap = TapProvider { inner: provider };
+        let tap = TapProvider {
+            inner: provider,
+            lazy: true,
+        };
         let cert = DtlsCert {
             certificate: vec![1],
             private_key: vec![2],

@@ -14,6 +14,7 @@ use crate::config::EngineConfig;
 use crate::error::{EngineError, SessionError};
 use crate::ingest::Ingest;
 use crate::metrics::Counters;
+use crate::peer_builder::PeerBuilder;
 use crate::sdp::{OfferSummary, TrickleFragment, VideoFamily};
 use crate::session::SessionKind;
 use crate::session_setup::{SessionRequest, prepare_session};
@@ -93,6 +94,12 @@ impl MediaEngine {
         let workers: Arc<[WorkerHandle]> = handles.into();
         let mut counters = Vec::new();
         let mut threads = Vec::new();
+        let (builder, builder_thread) = PeerBuilder::start(
+            shared.clone(),
+            ports.clone(),
+            workers.iter().map(|w| w.control.downgrade()).collect(),
+        )
+        .map_err(EngineError::Thread)?;
         for (index, (socket, (crx, irx))) in sockets.into_iter().zip(receivers).enumerate() {
             let c = Arc::new(Counters::default());
             counters.push(c.clone());
@@ -109,6 +116,7 @@ impl MediaEngine {
                 shared: shared.clone(),
                 peers: workers.clone(),
                 counters: c,
+                builder: builder.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("media-{index}"))
@@ -118,6 +126,9 @@ impl MediaEngine {
                 .map_err(EngineError::Thread)?;
             threads.push(thread);
         }
+        // Joined last: it stops once every worker has (they hold its queue open).
+        drop(builder);
+        threads.push(builder_thread);
         spawn_heap_trimmer(Arc::downgrade(&shared));
         Ok(MediaEngine {
             inner: Arc::new(Inner {
@@ -205,6 +216,7 @@ impl MediaEngine {
             kind,
             room: room_arc.clone(),
             offer: sdp,
+            offer_sdp: offer.into(),
             summary,
             video_family,
         };

@@ -14,8 +14,8 @@ use crate::config::EngineConfig;
 use crate::metrics::Counters;
 use crate::sdp::OfferSummary;
 use crate::send_batch::RecordingSink;
-use crate::session::SessionKind;
-use crate::session_setup::{SessionRequest, prepare_session};
+use crate::session::{Peer, SessionKind};
+use crate::session_setup::{SessionRequest, build_peer, prepare_session};
 use crate::shared::Shared;
 use crate::worker_core::{Command, Control, PeerMessage, WorkerCore};
 
@@ -74,6 +74,7 @@ pub fn worker_core(data: &[u8]) {
         kind: SessionKind::Viewer,
         room,
         offer: SdpOffer::from_sdp_string(offer).expect("our own offer parses"),
+        offer_sdp: offer.into(),
         summary: OfferSummary::parse(offer).expect("our own offer is summarised"),
         video_family: None,
     };
@@ -81,6 +82,10 @@ pub fn worker_core(data: &[u8]) {
         return;
     };
     let ufrag = session.local_ufrag.clone();
+    let Peer::Parked(recipe) = &session.peer else {
+        unreachable!("a new session is parked");
+    };
+    let password = recipe.local.pass.clone();
     core.handle_control(
         now,
         Control {
@@ -98,7 +103,11 @@ pub fn worker_core(data: &[u8]) {
         match tag & 0x07 {
             0 | 1 => core.handle_datagram(now, source, chunk),
             2 => {
-                let check = stun_check(&ufrag, chunk);
+                let mut check = stun_check(&ufrag, chunk);
+                // Half of them signed, as the session's client would (they wake it).
+                if chunk.first().is_some_and(|b| b & 1 == 1) {
+                    crate::stun::sign(&mut check, &password);
+                }
                 core.handle_datagram(now, source, &check);
             }
             3 => {
@@ -163,6 +172,22 @@ pub fn worker_core(data: &[u8]) {
             assert!(sent.first().is_some_and(|b| *b < 4 || *b >= 20), "{sent:?}");
         }
         let _ = core.drain_peer_messages().count();
+        let builds: Vec<_> = core.drain_peer_builds().collect();
+        for build in builds {
+            let peer = build_peer(&shared, PORT, *build.recipe, now).map(Box::new);
+            let command = Command::PeerBuilt {
+                serial: build.serial,
+                peer,
+                check: build.check,
+            };
+            core.handle_control(
+                now,
+                Control {
+                    command,
+                    reply: None,
+                },
+            );
+        }
     }
     core.shutdown(now);
 }

@@ -1,7 +1,8 @@
 //! deadsfu's WebRTC side: str0m peer connections (in RTP mode) on a fixed set of media workers.
 //!
 //! - [`MediaEngine`] (`engine.rs`): starts the workers; creates, patches and closes sessions.
-//! - `session_setup.rs`: a new session's peer and SDP answer, built off the workers.
+//! - `session_setup.rs`: a new session's SDP answer, and its peer once the client's first check
+//!   holds; `peer_builder.rs`: the thread that builds those peers, off the workers.
 //! - `worker_core/`: a worker's sessions, rooms, demultiplexing, fan-out and timers, without
 //!   I/O (fed datagrams, packets, commands and time; tested with fake time).
 //! - `worker_shell.rs`, `turn.rs`, `udp_sink.rs`: the worker's thread, socket and channels; one
@@ -27,6 +28,7 @@ pub mod error;
 pub mod fuzz;
 mod ingest;
 pub mod metrics;
+mod peer_builder;
 pub mod sdp;
 mod send_batch;
 mod session;

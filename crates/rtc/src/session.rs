@@ -17,6 +17,7 @@ use crate::codec::codec_of_spec;
 use crate::egress::ViewerEgress;
 use crate::metrics::Counters;
 use crate::send_batch::SendBatch;
+use crate::session_setup::PeerRecipe;
 
 /// Room switches a viewer may make per second; and the GOP bytes replayed to one viewer per
 /// second (beyond it a switch starts at the room's next keyframe instead).
@@ -37,7 +38,7 @@ pub(crate) struct Session {
     /// `serial`).
     pub id: Arc<str>,
     pub serial: u64,
-    pub rtc: Rtc,
+    pub peer: Peer,
     pub room: Arc<Room>,
     pub role: Role,
     pub created: Instant,
@@ -61,6 +62,27 @@ pub(crate) struct Session {
     pub replay_at: Option<Instant>,
     /// The session's place among those not yet connected, given back when it connects.
     pub pending: Option<deadsfu_limits::Permit>,
+}
+
+/// The session's str0m peer. Until the client's first check proves it knows the session's ICE
+/// password, there is none: only what it takes to build one (the answer is already sent), a
+/// few hundred bytes where a peer costs tens of KiB, so that offers that never connect are
+/// cheap to hold.
+pub(crate) enum Peer {
+    /// Answered, not contacted yet.
+    Parked(Box<PeerRecipe>),
+    /// A check whose integrity held has come: the peer is being built off the worker.
+    Building,
+    Live(Box<Rtc>),
+}
+
+impl Peer {
+    pub fn live(&mut self) -> Option<&mut Rtc> {
+        match self {
+            Peer::Live(rtc) => Some(rtc),
+            _ => None,
+        }
+    }
 }
 
 pub(crate) enum Role {
@@ -128,7 +150,7 @@ impl Session {
     pub fn new(
         id: Arc<str>,
         serial: u64,
-        rtc: Rtc,
+        peer: Peer,
         room: Arc<Room>,
         role: Role,
         local_ufrag: String,
@@ -137,7 +159,7 @@ impl Session {
         Session {
             id,
             serial,
-            rtc,
+            peer,
             room,
             role,
             created: now,
@@ -234,7 +256,10 @@ impl Session {
                 let Role::Publisher(p) = &mut self.role else {
                     return;
                 };
-                let Some(codec) = p.codec_of(&self.rtc, rtp.header.payload_type) else {
+                let Peer::Live(rtc) = &self.peer else {
+                    return;
+                };
+                let Some(codec) = p.codec_of(rtc, rtp.header.payload_type) else {
                     return;
                 };
                 Counters::add(&counters.packets_in, 1);

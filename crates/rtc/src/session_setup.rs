@@ -1,19 +1,25 @@
-//! A new session's set-up, done on the caller's thread rather than a media worker's: the str0m
-//! peer is built and the SDP answer written here, so a storm of joins costs the workers nothing
-//! but taking in the finished sessions.
+//! A new session's set-up, done off the media workers: the SDP answer is written on the
+//! caller's thread, and the str0m peer that answered is then dropped; the session keeps a
+//! [`PeerRecipe`] until the client's first check proves it knows the session's ICE password,
+//! when [`build_peer`] makes the peer again (on the session builder's thread) as the answer
+//! promised it. So a storm of joins costs the workers nothing but taking in finished sessions,
+//! and a flood of offers that never connect holds a few hundred bytes each, not a peer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadsfu_media::{MediaKind, Room};
+use str0m::change::SdpOffer;
+use str0m::config::CryptoProvider;
 use str0m::media::Mid;
-use str0m::{Candidate, Rtc};
+use str0m::rtp::Ssrc;
+use str0m::{Candidate, IceCreds, Rtc};
 
 use crate::egress::ViewerEgress;
 use crate::error::SessionError;
 use crate::sdp::{OfferSummary, SectionKind, VideoFamily};
-use crate::session::{Publisher, Role, Session, SessionKind};
+use crate::session::{Peer, Publisher, Role, Session, SessionKind};
 use crate::shared::Shared;
 
 /// str0m's report interval for viewers: never (deadsfu sends their reports).
@@ -24,27 +30,59 @@ pub(crate) struct SessionRequest {
     pub serial: u64,
     pub kind: SessionKind,
     pub room: Arc<Room>,
-    pub offer: str0m::change::SdpOffer,
+    pub offer: SdpOffer,
+    /// The offer as the client sent it, kept to build the peer again.
+    pub offer_sdp: Box<str>,
     pub summary: OfferSummary,
     pub video_family: Option<VideoFamily>,
 }
 
-/// Builds the session for `req`, to live on the worker whose socket has `local_port`; returns
-/// it with the SDP answer.
-pub(crate) fn prepare_session(
+/// Candidates a client may trickle before its first check; more are ignored (its host
+/// candidates come first, and ICE-lite needs none of them to answer its checks).
+const MAX_TRICKLED: usize = 32;
+
+/// What it takes to build a session's str0m peer after its answer was sent: the offer, and
+/// what a new peer would otherwise choose differently from the answer.
+pub(crate) struct PeerRecipe {
+    kind: SessionKind,
+    video_family: Option<VideoFamily>,
+    offer: Box<str>,
+    /// Our ICE credentials as the answer (or an ICE restart since) gave them.
+    pub local: IceCreds,
+    /// The client's credentials from an ICE restart made before the peer was built.
+    pub remote: Option<IceCreds>,
+    remote_candidates: Vec<Candidate>,
+    /// The send streams the answer announced: mid, SSRC and RTX SSRC.
+    send_streams: Vec<(Mid, Ssrc, Option<Ssrc>)>,
+}
+
+impl PeerRecipe {
+    /// A candidate trickled before the peer exists (beyond `MAX_TRICKLED`, ignored).
+    pub fn add_remote_candidate(&mut self, c: Candidate) {
+        if self.remote_candidates.len() < MAX_TRICKLED {
+            self.remote_candidates.push(c);
+        }
+    }
+}
+
+/// A str0m peer configured for a session of `kind` on the worker whose socket has
+/// `local_port`, with DTLS from `crypto`.
+fn new_rtc(
     shared: &Shared,
     local_port: u16,
-    req: SessionRequest,
+    kind: SessionKind,
+    video_family: Option<VideoFamily>,
+    crypto: Arc<CryptoProvider>,
     now: Instant,
-) -> Result<(Session, String), SessionError> {
+) -> Rtc {
     let builder = Rtc::builder()
-        .set_crypto_provider(crate::dtls_tap::crypto_provider())
+        .set_crypto_provider(crypto)
         .set_rtp_mode(true)
         .set_ice_lite(true)
         .set_stats_interval(Some(Duration::from_secs(5)))
         .clear_codecs()
         .enable_opus(true, false);
-    let builder = match (req.kind, req.video_family) {
+    let builder = match (kind, video_family) {
         (SessionKind::Viewer, _) => builder
             .enable_h264(true)
             .enable_vp8(true)
@@ -64,7 +102,7 @@ pub(crate) fn prepare_session(
     // empty, and their RTCP (NACKs) comes to us as raw packets. str0m's sender reports would be
     // wrong (it has sent nothing) and are ours to send, and nobody reads its statistics: both
     // off, which also saves memory per viewer.
-    let builder = if req.kind == SessionKind::Viewer {
+    let builder = if kind == SessionKind::Viewer {
         builder
             .set_send_buffer_video(1)
             .set_send_buffer_audio(1)
@@ -85,6 +123,69 @@ pub(crate) fn prepare_session(
             Err(e) => tracing::warn!(%addr, error = %e, "unusable ICE host address"),
         }
     }
+    rtc
+}
+
+/// Builds the peer of a session whose answer was sent, as the answer promised it: the same
+/// ICE credentials and send streams, DTLS with the same certificate.
+pub(crate) fn build_peer(
+    shared: &Shared,
+    local_port: u16,
+    recipe: PeerRecipe,
+    now: Instant,
+) -> Result<Rtc, SessionError> {
+    let crypto = crate::dtls_tap::crypto_provider();
+    let mut rtc = new_rtc(
+        shared,
+        local_port,
+        recipe.kind,
+        recipe.video_family,
+        crypto,
+        now,
+    );
+    rtc.direct_api().set_local_ice_credentials(recipe.local);
+    // It was parsed and answered once already: a failure now is ours.
+    let unanswerable = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "an answered offer could not be taken again");
+        SessionError::Unavailable
+    };
+    let offer = SdpOffer::from_sdp_string(&recipe.offer).map_err(|e| unanswerable(&e))?;
+    rtc.sdp_api()
+        .accept_offer(offer)
+        .map_err(|e| unanswerable(&e))?;
+    for (mid, ssrc, rtx) in recipe.send_streams {
+        if rtc.media(mid).is_none() {
+            continue;
+        }
+        let mut api = rtc.direct_api();
+        let made = api.stream_tx_by_mid(mid, None).map(|s| s.ssrc());
+        if made != Some(ssrc) {
+            if let Some(made) = made {
+                api.remove_stream_tx(made);
+            }
+            api.declare_stream_tx(ssrc, rtx, mid, None);
+        }
+    }
+    if let Some(remote) = recipe.remote {
+        rtc.direct_api().set_remote_ice_credentials(remote);
+    }
+    for c in recipe.remote_candidates {
+        rtc.add_remote_candidate(c);
+    }
+    Ok(rtc)
+}
+
+/// Answers the offer of `req` for the worker whose socket has `local_port`; returns the
+/// session, parked (see [`PeerRecipe`]), with the SDP answer.
+pub(crate) fn prepare_session(
+    shared: &Shared,
+    local_port: u16,
+    req: SessionRequest,
+    now: Instant,
+) -> Result<(Session, String), SessionError> {
+    // This peer only answers: its DTLS is never started, so never built.
+    let crypto = crate::dtls_tap::answering_crypto_provider();
+    let mut rtc = new_rtc(shared, local_port, req.kind, req.video_family, crypto, now);
     let answer = rtc.sdp_api().accept_offer(req.offer).map_err(|e| {
         tracing::debug!(error = %e, "offer not answered");
         SessionError::Unsupported("the offer cannot be answered".into())
@@ -129,7 +230,26 @@ pub(crate) fn prepare_session(
             Role::Viewer(Box::new(egress))
         }
     };
-    let local_ufrag = rtc.direct_api().local_ice_credentials().ufrag;
-    let session = Session::new(req.id, req.serial, rtc, req.room, role, local_ufrag, now);
+    let send_streams = mids
+        .iter()
+        .filter_map(|&(_, mid)| {
+            let mut api = rtc.direct_api();
+            let tx = api.stream_tx_by_mid(mid, None)?;
+            Some((mid, tx.ssrc(), tx.rtx()))
+        })
+        .collect();
+    let local = rtc.direct_api().local_ice_credentials();
+    let local_ufrag = local.ufrag.clone();
+    let recipe = PeerRecipe {
+        kind: req.kind,
+        video_family: req.video_family,
+        offer: req.offer_sdp,
+        local,
+        remote: None,
+        remote_candidates: Vec::new(),
+        send_streams,
+    };
+    let peer = Peer::Parked(Box::new(recipe));
+    let session = Session::new(req.id, req.serial, peer, req.room, role, local_ufrag, now);
     Ok((session, answer.to_sdp_string()))
 }

@@ -33,6 +33,28 @@ pub(crate) fn local_ufrag(buf: &[u8]) -> Option<&str> {
     None
 }
 
+/// True when `buf` is a Binding request whose MESSAGE-INTEGRITY holds for `password`: what
+/// str0m would check before answering, done for a session that has no str0m peer yet.
+pub(crate) fn is_check_signed_with(buf: &[u8], password: &str) -> bool {
+    let Ok(msg) = str0m::ice::StunMessage::parse(buf) else {
+        return false;
+    };
+    let hmac = crate::dtls_tap::crypto_provider().sha1_hmac_provider;
+    msg.is_binding_request()
+        && msg.verify(password.as_bytes(), |key, parts| hmac.sha1_hmac(key, parts))
+}
+
+/// Appends MESSAGE-INTEGRITY for `password` to a STUN message `msg` (for tests and fuzzing,
+/// which play clients).
+pub(crate) fn sign(msg: &mut Vec<u8>, password: &str) {
+    let body = msg.len().saturating_sub(20) + 24;
+    msg[2..4].copy_from_slice(&(body as u16).to_be_bytes());
+    let hmac = crate::dtls_tap::crypto_provider().sha1_hmac_provider;
+    let mac = hmac.sha1_hmac(password.as_bytes(), &[msg]);
+    msg.extend_from_slice(&[0x00, 0x08, 0x00, 0x14]);
+    msg.extend_from_slice(&mac);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +88,20 @@ mod tests {
         truncated.truncate(30);
         assert_eq!(local_ufrag(&truncated), None);
         assert!(!is_stun(&[0, 1, 0, 0]));
+    }
+
+    #[test]
+    fn a_check_is_verified_against_the_sessions_password() {
+        let mut check = binding(b"abcd:wxyz");
+        sign(&mut check, "the-password-of-22-chars");
+        assert!(is_check_signed_with(&check, "the-password-of-22-chars"));
+        assert!(!is_check_signed_with(&check, "another-password-22-chr"));
+        assert!(!is_check_signed_with(
+            &binding(b"abcd:wxyz"),
+            "the-password-of-22-chars"
+        ));
+        let mut tampered = check.clone();
+        tampered[24] ^= 1;
+        assert!(!is_check_signed_with(&tampered, "the-password-of-22-chars"));
     }
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::metrics::Counters;
-use crate::worker_core::{Control, PeerMessage, WorkerCore};
+use crate::worker_core::{Control, PeerBuild, PeerMessage, WorkerCore};
 
 /// Most datagrams read from the socket per turn.
 pub(crate) const DATAGRAMS_PER_TURN: usize = 64;
@@ -26,6 +26,8 @@ pub(crate) trait TurnIo {
     fn now(&mut self) -> Instant;
     /// Hands a message to another worker; false when its inbox is full (the message is lost).
     fn send_to_peer(&mut self, worker: usize, msg: PeerMessage) -> bool;
+    /// Hands a peer build to the builder; gives it back when the builder is busy.
+    fn build_peer(&mut self, build: PeerBuild) -> Result<(), PeerBuild>;
 }
 
 /// What a turn took from each source.
@@ -81,6 +83,12 @@ pub(crate) fn run_turn(
     }
     if dropped > 0 {
         Counters::add(&counters.peer_drops, dropped);
+    }
+    let builds: Vec<PeerBuild> = core.drain_peer_builds().collect();
+    for build in builds {
+        if let Err(build) = io.build_peer(build) {
+            core.peer_build_refused(build);
+        }
     }
     report
 }

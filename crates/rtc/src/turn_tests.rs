@@ -52,6 +52,9 @@ impl TurnIo for FakeIo {
         self.to_peers += 1;
         true
     }
+    fn build_peer(&mut self, build: PeerBuild) -> Result<(), PeerBuild> {
+        Err(build)
+    }
 }
 
 #[test]

@@ -14,10 +14,11 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::metrics::Counters;
+use crate::peer_builder::PeerBuilder;
 use crate::shared::Shared;
 use crate::turn::{TurnIo, run_turn};
 use crate::udp_sink::UdpSink;
-use crate::worker_core::{Control, PeerMessage, WorkerCore};
+use crate::worker_core::{Control, PeerBuild, PeerMessage, WorkerCore};
 
 /// Commands waiting for one worker; beyond, the control side waits (it is the HTTP handler of
 /// the request that made the command).
@@ -49,9 +50,12 @@ pub(crate) struct WorkerShell {
     pub shared: Arc<Shared>,
     pub peers: Arc<[WorkerHandle]>,
     pub counters: Arc<Counters>,
+    pub builder: PeerBuilder,
 }
 
 struct Io<'a> {
+    index: usize,
+    builder: &'a PeerBuilder,
     socket: &'a UdpSocket,
     /// The last `recvmmsg` batch, and where in it the next datagram is: the buffer, and the
     /// offset within a coalesced (GRO) buffer.
@@ -139,6 +143,10 @@ impl TurnIo for Io<'_> {
             .get(worker)
             .is_some_and(|p| p.inbox.try_send(msg).is_ok())
     }
+
+    fn build_peer(&mut self, build: PeerBuild) -> Result<(), PeerBuild> {
+        self.builder.submit(self.index, build)
+    }
 }
 
 /// Exit status of a process whose media worker panicked.
@@ -213,6 +221,8 @@ impl WorkerShell {
                 }
             };
             let mut io = Io {
+                index,
+                builder: &self.builder,
                 socket: &socket,
                 received: RecvMmsg::new(RECV_BATCH, RECV_BUFFER),
                 next_buffer: 0,

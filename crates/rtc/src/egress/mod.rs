@@ -117,6 +117,9 @@ impl ViewerEgress {
     /// Takes the SRTP keys of a completed DTLS handshake: from now on this viewer's media is
     /// sent by the worker. False when the keys are unusable.
     pub fn set_srtp_keys(&mut self, keys: &SrtpKeys) -> bool {
+        if let Some(video) = &mut self.video {
+            video.keep_history();
+        }
         self.srtp = SrtpSender::new(&crate::dtls_tap::crypto_provider(), keys);
         self.srtp.is_some()
     }
@@ -298,7 +301,7 @@ impl ViewerEgress {
     /// A viewer with one H264 track (SSRC 1111, payload type 96) keyed with `keys`: the egress
     /// of the unit tests and of the fuzz target.
     pub(crate) fn one_video_track(dest: SocketAddr, now: Instant, keys: &SrtpKeys) -> Self {
-        ViewerEgress {
+        let mut egress = ViewerEgress {
             video: Some(TrackOut::new(
                 Ssrc::from(1111),
                 vec![(Pt::from(96), Codec::H264 { profile: 0x42e0 })],
@@ -307,12 +310,14 @@ impl ViewerEgress {
                 Some(4),
             )),
             audio: None,
-            srtp: SrtpSender::new(&crate::dtls_tap::crypto_provider(), keys),
+            srtp: None,
             destination: Some(dest),
             cname: "egress".into(),
             next_report: None,
             resends: PerSecond::new(RESENDS_PER_SECOND, now),
-        }
+        };
+        assert!(egress.set_srtp_keys(keys), "test keys are usable");
+        egress
     }
 }
 

@@ -76,10 +76,6 @@ impl TrackOut {
             e[5..5 + mid.len()].copy_from_slice(mid.as_bytes());
             extension.1 = 4 + 4 * words;
         }
-        let history = match kind {
-            MediaKind::Video => (0..HISTORY).map(|_| None).collect(),
-            MediaKind::Audio => Vec::new(),
-        };
         TrackOut {
             ssrc,
             pts,
@@ -89,7 +85,9 @@ impl TrackOut {
                 MediaKind::Audio => 48_000,
             },
             extension,
-            history,
+            // Made when the viewer connects (`keep_history`): a session that never does
+            // should not hold it.
+            history: Vec::new(),
             packets: 0,
             octets: 0,
             last: None,
@@ -143,6 +141,13 @@ impl TrackOut {
         self.last = Some((rw.timestamp, capture));
         if !self.history.is_empty() {
             self.history[rw.seq as usize % HISTORY] = Some(sent);
+        }
+    }
+
+    /// From now on, sent packets are kept for NACKs (video tracks, once connected).
+    pub(super) fn keep_history(&mut self) {
+        if self.history.is_empty() {
+            self.history = (0..HISTORY).map(|_| None).collect();
         }
     }
 

@@ -87,9 +87,9 @@ impl WorkerCore {
                 self.end_session(serial, "nothing received (consent timeout)");
                 continue;
             }
-            if let Role::Publisher(p) = &mut session.role
+            if let (Role::Publisher(p), Some(rtc)) = (&mut session.role, session.peer.live())
                 && p.keyframe_gate.poll(now)
-                && p.send_keyframe_request(&mut session.rtc)
+                && p.send_keyframe_request(rtc)
             {
                 Counters::add(&self.counters.keyframe_requests_sent, 1);
             }
@@ -99,7 +99,8 @@ impl WorkerCore {
             }
             let room = session.room.clone();
             if session.timeout <= now
-                && let Err(e) = session.rtc.handle_input(Input::Timeout(now))
+                && let Some(rtc) = session.peer.live()
+                && let Err(e) = rtc.handle_input(Input::Timeout(now))
             {
                 tracing::debug!(session = %session.id, error = %e, "timeout input rejected");
             }
@@ -124,7 +125,12 @@ pub(super) fn drain_session(
 ) -> Option<SocketAddr> {
     let mut answered = None;
     loop {
-        let output = session.rtc.poll_output();
+        let Some(rtc) = session.peer.live() else {
+            // No peer yet: only the connect deadline to watch.
+            schedule(session, timers, now + MAX_TIMER_GAP);
+            return None;
+        };
+        let output = rtc.poll_output();
         if let Some(keys) = crate::dtls_tap::take_keys()
             && let Role::Viewer(viewer) = &mut session.role
             && !viewer.set_srtp_keys(&keys)
@@ -134,14 +140,7 @@ pub(super) fn drain_session(
         }
         match output {
             Ok(Output::Timeout(at)) => {
-                let at = at.min(now + MAX_TIMER_GAP);
-                session.timeout = at;
-                // A coalesced switch's replay is due on the same timer.
-                let wake = session.replay_at.map_or(at, |r| r.min(at));
-                if session.scheduled.is_none_or(|s| wake < s) {
-                    session.scheduled = Some(wake);
-                    timers.push(Reverse((wake, session.serial)));
-                }
+                schedule(session, timers, at.min(now + MAX_TIMER_GAP));
                 return answered;
             }
             Ok(Output::Transmit(t)) => {
@@ -166,5 +165,16 @@ pub(super) fn drain_session(
                 return answered;
             }
         }
+    }
+}
+
+/// Sets the session's next timeout to `at` and puts it on the timer heap (with a coalesced
+/// switch's replay, due on the same timer, when that is sooner).
+fn schedule(session: &mut Session, timers: &mut BinaryHeap<Reverse<(Instant, u64)>>, at: Instant) {
+    session.timeout = at;
+    let wake = session.replay_at.map_or(at, |r| r.min(at));
+    if session.scheduled.is_none_or(|s| wake < s) {
+        session.scheduled = Some(wake);
+        timers.push(Reverse((wake, session.serial)));
     }
 }

@@ -177,10 +177,10 @@ impl WorkerCore {
             return;
         };
         let session = self.sessions.get_mut(slot);
-        let Role::Publisher(p) = &mut session.role else {
+        let (Role::Publisher(p), Some(rtc)) = (&mut session.role, session.peer.live()) else {
             return;
         };
-        if p.keyframe_gate.request(now) && p.send_keyframe_request(&mut session.rtc) {
+        if p.keyframe_gate.request(now) && p.send_keyframe_request(rtc) {
             Counters::add(&self.counters.keyframe_requests_sent, 1);
             self.drain(slot, now);
         }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use deadsfu_media::{MediaPacket, Room, RoomId};
 use str0m::net::{DatagramRecv, Protocol, Receive};
-use str0m::{Candidate, IceCreds, Input};
+use str0m::{Candidate, IceCreds, Input, Rtc};
 
 use crate::egress::WallClock;
 use crate::error::SessionError;
@@ -28,7 +28,8 @@ use crate::metrics::Counters;
 use crate::send_batch::{DatagramSink, SendBatch};
 #[cfg(test)]
 use crate::session::SWITCHES_PER_SECOND;
-use crate::session::{Outbox, Session, SessionKind};
+use crate::session::{Outbox, Peer, Session, SessionKind};
+use crate::session_setup::PeerRecipe;
 use crate::shared::Shared;
 use crate::stun;
 pub(crate) use demux::Slot;
@@ -62,6 +63,27 @@ pub(crate) enum Command {
         serial: u64,
         room: Arc<Room>,
     },
+    /// The peer of a session whose first check held (see [`PeerBuild`]), and that check.
+    PeerBuilt {
+        serial: u64,
+        peer: Result<Box<Rtc>, SessionError>,
+        check: HeldCheck,
+    },
+}
+
+/// A check that woke a parked session, held until its peer is built.
+pub(crate) struct HeldCheck {
+    pub at: Instant,
+    pub from: SocketAddr,
+    pub bytes: Vec<u8>,
+}
+
+/// A parked session's peer to be built off the worker (`session_setup::build_peer`), then
+/// given back with [`Command::PeerBuilt`].
+pub(crate) struct PeerBuild {
+    pub serial: u64,
+    pub recipe: Box<PeerRecipe>,
+    pub check: HeldCheck,
 }
 
 /// The answer to a command.
@@ -113,6 +135,7 @@ pub(crate) struct WorkerCore {
     next_tidy: Instant,
     sends: SendBatch,
     to_peers: Vec<(usize, PeerMessage)>,
+    peer_builds: Vec<PeerBuild>,
 }
 
 impl WorkerCore {
@@ -146,6 +169,7 @@ impl WorkerCore {
             next_tidy: now,
             sends: SendBatch::new(sink),
             to_peers: Vec::new(),
+            peer_builds: Vec::new(),
         }
     }
 
@@ -164,6 +188,23 @@ impl WorkerCore {
     /// Messages for other workers (worker index, message), to be taken after each input.
     pub fn drain_peer_messages(&mut self) -> std::vec::Drain<'_, (usize, PeerMessage)> {
         self.to_peers.drain(..)
+    }
+
+    /// Peers to build off the worker, to be taken after each input.
+    pub fn drain_peer_builds(&mut self) -> std::vec::Drain<'_, PeerBuild> {
+        self.peer_builds.drain(..)
+    }
+
+    /// A peer build the shell could not start (the builder is busy): the session is parked
+    /// again, and the client's next check tries anew.
+    pub fn peer_build_refused(&mut self, build: PeerBuild) {
+        if let Some(slot) = self.sessions.slot_of(build.serial) {
+            let session = self.sessions.get_mut(slot);
+            if matches!(session.peer, Peer::Building) {
+                session.peer = Peer::Parked(build.recipe);
+            }
+        }
+        Counters::add(&self.counters.peer_builds_refused, 1);
     }
 
     #[cfg(test)]
@@ -199,7 +240,12 @@ impl WorkerCore {
                 if let Some(slot) = self.sessions.slot_of(serial) {
                     let s = self.sessions.get_mut(slot);
                     for c in candidates {
-                        s.rtc.add_remote_candidate(c);
+                        match &mut s.peer {
+                            Peer::Live(rtc) => rtc.add_remote_candidate(c),
+                            Peer::Parked(recipe) => recipe.add_remote_candidate(c),
+                            // Its first check has come: ICE-lite needs no more.
+                            Peer::Building => {}
+                        }
                     }
                     self.drain(slot, now);
                 }
@@ -212,9 +258,22 @@ impl WorkerCore {
                 };
                 let s = self.sessions.get_mut(slot);
                 let local = IceCreds::new();
-                let mut api = s.rtc.direct_api();
-                api.set_remote_ice_credentials(remote);
-                api.set_local_ice_credentials(local.clone());
+                match &mut s.peer {
+                    Peer::Live(rtc) => {
+                        let mut api = rtc.direct_api();
+                        api.set_remote_ice_credentials(remote);
+                        api.set_local_ice_credentials(local.clone());
+                    }
+                    Peer::Parked(recipe) => {
+                        recipe.remote = Some(remote);
+                        recipe.local = local.clone();
+                    }
+                    Peer::Building => {
+                        // The peer being built has the old credentials: try again shortly.
+                        answer(reply, Reply::IceRestarted(Err(SessionError::Unavailable)));
+                        return;
+                    }
+                }
                 self.demux.remove_ufrag(&s.local_ufrag);
                 s.local_ufrag = local.ufrag.clone();
                 self.demux.add_ufrag(local.ufrag.clone(), slot, now);
@@ -223,7 +282,9 @@ impl WorkerCore {
             }
             Command::Close { serial } => {
                 let found = self.sessions.slot_of(serial).is_some_and(|slot| {
-                    self.sessions.get_mut(slot).rtc.disconnect();
+                    if let Some(rtc) = self.sessions.get_mut(slot).peer.live() {
+                        rtc.disconnect();
+                    }
                     self.drain(slot, now);
                     self.end_session(serial, "closed by DELETE");
                     true
@@ -238,6 +299,41 @@ impl WorkerCore {
             Command::SwitchRoom { serial, room } => {
                 let result = self.switch_room(serial, room, now);
                 answer(reply, Reply::Done(result));
+            }
+            Command::PeerBuilt {
+                serial,
+                peer,
+                check,
+            } => self.peer_built(serial, peer, check, now),
+        }
+    }
+
+    /// Takes in a parked session's peer and hands it the check that woke it.
+    fn peer_built(
+        &mut self,
+        serial: u64,
+        peer: Result<Box<Rtc>, SessionError>,
+        check: HeldCheck,
+        now: Instant,
+    ) {
+        let Some(slot) = self.sessions.slot_of(serial) else {
+            return; // ended meanwhile
+        };
+        let session = self.sessions.get_mut(slot);
+        if !matches!(session.peer, Peer::Building) {
+            return;
+        }
+        match peer {
+            Ok(rtc) => {
+                Counters::add(&self.counters.peer_builds, 1);
+                session.peer = Peer::Live(rtc);
+                // The check is fed as new (str0m's clock must not go back) from its source.
+                let at = check.at.max(now);
+                self.receive(at, check.from, slot, false, &check.bytes);
+            }
+            Err(e) => {
+                tracing::warn!(session = serial, error = %e, "peer not built");
+                self.end_session(serial, "peer not built");
             }
         }
     }
@@ -291,6 +387,33 @@ impl WorkerCore {
         };
         let destination = SocketAddr::new(self.shared.local_ip_for(from), self.local_port);
         let session = self.sessions.get_mut(slot);
+        let rtc = match &mut session.peer {
+            Peer::Live(rtc) => rtc,
+            Peer::Parked(recipe) => {
+                // Only a check signed with the session's password wakes it; its peer is built
+                // off the worker, and the check answered then.
+                if !stun::is_check_signed_with(buf, &recipe.local.pass) {
+                    Counters::add(&self.counters.stun_integrity_failures, 1);
+                    return;
+                }
+                let Peer::Parked(recipe) = std::mem::replace(&mut session.peer, Peer::Building)
+                else {
+                    unreachable!("matched as parked above");
+                };
+                self.peer_builds.push(PeerBuild {
+                    serial: session.serial,
+                    recipe,
+                    check: HeldCheck {
+                        at: now,
+                        from,
+                        bytes: buf.to_vec(),
+                    },
+                });
+                return;
+            }
+            // The client sends its checks again until one is answered.
+            Peer::Building => return,
+        };
         let input = Input::Receive(
             now,
             Receive {
@@ -300,7 +423,7 @@ impl WorkerCore {
                 contents,
             },
         );
-        if let Err(e) = session.rtc.handle_input(input) {
+        if let Err(e) = rtc.handle_input(input) {
             tracing::debug!(session = %session.id, error = %e, "input rejected");
         }
         if known {
@@ -317,7 +440,9 @@ impl WorkerCore {
     pub fn shutdown(&mut self, now: Instant) {
         for serial in self.sessions.serials() {
             if let Some(slot) = self.sessions.slot_of(serial) {
-                self.sessions.get_mut(slot).rtc.disconnect();
+                if let Some(rtc) = self.sessions.get_mut(slot).peer.live() {
+                    rtc.disconnect();
+                }
                 self.drain(slot, now);
             }
             self.end_session(serial, "server shutting down");

@@ -19,6 +19,12 @@ fn a_check_binds_its_source_only_when_its_integrity_holds() {
     let attacker = SocketAddr::from(([127, 0, 0, 9], 7000));
     net.core.handle_datagram(net.now, attacker, &forged);
     net.core.handle_timeout(net.now);
+    assert_eq!(
+        net.core.drain_peer_builds().count(),
+        0,
+        "no peer for a forgery"
+    );
+    assert_eq!(net.metrics().stun_integrity_failures, 1);
     assert!(
         net.sink.take().iter().all(|(to, _)| *to != attacker),
         "no answer to a forgery"
@@ -27,9 +33,10 @@ fn a_check_binds_its_source_only_when_its_integrity_holds() {
     let before = net.metrics().unknown_datagrams;
     net.core.handle_datagram(net.now, attacker, &[0x80; 40]);
     assert_eq!(net.metrics().unknown_datagrams, before + 1);
-    // The genuine check is answered and its source bound.
+    // The genuine check is answered, once the session's peer is built, and its source bound.
     net.core.handle_datagram(net.now, v.addr, &check);
     net.core.handle_timeout(net.now);
+    net.build_peers();
     assert!(
         net.sink
             .take()
@@ -75,6 +82,7 @@ fn checks_from_new_sources_wait_for_the_end_of_the_turn() {
     net.core.handle_datagram(net.now, w.addr, &[0x80; 40]);
     assert_eq!(net.metrics().unknown_datagrams, before + 1);
     net.core.handle_timeout(net.now);
+    net.build_peers();
     assert!(
         net.sink
             .take()
@@ -94,10 +102,127 @@ fn checks_from_new_sources_wait_for_the_end_of_the_turn() {
         },
     );
     net.core.handle_timeout(net.now);
+    net.build_peers();
     assert!(
         net.sink
             .take()
             .iter()
             .all(|(to, d)| *to != x.addr || !crate::stun::is_binding_success(d))
     );
+}
+
+/// A session has no str0m peer until a check signed with its password comes; that check is
+/// held while the peer is built off the worker (checks meanwhile are dropped: the client sends
+/// again), then answered. A busy builder parks the session again.
+#[test]
+fn a_session_gets_its_peer_at_its_first_signed_check() {
+    use crate::session::Peer;
+    let mut net = Net::new(0, 1, config());
+    let mut v = net.peer("r", Direction::RecvOnly, 6001);
+    let slot = net.core.sessions.slot_of(v.serial).unwrap();
+    let parked = |net: &mut Net| matches!(net.core.sessions.get_mut(slot).peer, Peer::Parked(_));
+    assert!(parked(&mut net), "no peer at the answer");
+    let check = v.first_check(net.now);
+    // The builder is busy: parked again, nothing answered.
+    net.core.handle_datagram(net.now, v.addr, &check);
+    net.core.handle_timeout(net.now);
+    let build = net
+        .core
+        .drain_peer_builds()
+        .next()
+        .expect("a build asked for");
+    net.core.peer_build_refused(build);
+    assert!(parked(&mut net));
+    assert_eq!(net.metrics().peer_builds_refused, 1);
+    // The client's next check: a build, during which its checks are dropped.
+    net.core.handle_datagram(net.now, v.addr, &check);
+    net.core.handle_timeout(net.now);
+    let build = net
+        .core
+        .drain_peer_builds()
+        .next()
+        .expect("a build asked for");
+    assert!(matches!(
+        net.core.sessions.get_mut(slot).peer,
+        Peer::Building
+    ));
+    net.core.handle_datagram(net.now, v.addr, &check);
+    net.core.handle_timeout(net.now);
+    assert_eq!(
+        net.core.drain_peer_builds().count(),
+        0,
+        "one build at a time"
+    );
+    assert!(
+        net.sink.take().is_empty(),
+        "nothing answered while building"
+    );
+    let peer = crate::session_setup::build_peer(&net.shared, SERVER.port(), *build.recipe, net.now)
+        .map(Box::new);
+    let command = Command::PeerBuilt {
+        serial: v.serial,
+        peer,
+        check: build.check,
+    };
+    net.core.handle_control(
+        net.now,
+        Control {
+            command,
+            reply: None,
+        },
+    );
+    net.core.handle_timeout(net.now);
+    assert!(
+        net.sink
+            .take()
+            .iter()
+            .any(|(to, d)| *to == v.addr && crate::stun::is_binding_success(d)),
+        "the held check is answered by the built peer"
+    );
+    assert_eq!(net.metrics().peer_builds, 1);
+    net.connect(&mut [&mut v]);
+}
+
+/// An ICE restart before the first check gives the parked session new credentials: the
+/// client's checks with the old password no longer wake it.
+#[test]
+fn an_ice_restart_before_the_first_check_changes_the_parked_credentials() {
+    let mut net = Net::new(0, 1, config());
+    let mut v = net.peer("r", Direction::RecvOnly, 6001);
+    let old_check = v.first_check(net.now);
+    let (tx, rx) = std::sync::mpsc::channel();
+    net.core.handle_control(
+        net.now,
+        Control {
+            command: Command::RestartIce {
+                serial: v.serial,
+                remote: str0m::IceCreds::new(),
+            },
+            reply: Some(Box::new(move |r| tx.send(r).is_ok())),
+        },
+    );
+    let Ok(Reply::IceRestarted(Ok(local))) = rx.recv() else {
+        panic!("restarted");
+    };
+    net.core.handle_datagram(net.now, v.addr, &old_check);
+    net.core.handle_timeout(net.now);
+    assert_eq!(net.core.drain_peer_builds().count(), 0);
+    assert_eq!(net.metrics().unknown_datagrams, 1, "the old ufrag is gone");
+    // A check for the new credentials wakes it.
+    let mut check = old_check.clone();
+    let old_ufrag = crate::stun::local_ufrag(&old_check).unwrap().to_owned();
+    let tail = &old_check[20..];
+    let user_at = tail
+        .windows(old_ufrag.len())
+        .position(|w| w == old_ufrag.as_bytes())
+        .unwrap();
+    assert_eq!(local.ufrag.len(), old_ufrag.len());
+    check[20 + user_at..20 + user_at + old_ufrag.len()].copy_from_slice(local.ufrag.as_bytes());
+    // Re-sign: drop the old MESSAGE-INTEGRITY and FINGERPRINT, sign with the new password.
+    let body_end = check.len() - 24 - 8;
+    check.truncate(body_end);
+    crate::stun::sign(&mut check, &local.pass);
+    net.core.handle_datagram(net.now, v.addr, &check);
+    net.core.handle_timeout(net.now);
+    assert_eq!(net.core.drain_peer_builds().count(), 1);
 }

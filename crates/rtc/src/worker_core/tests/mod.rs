@@ -20,7 +20,7 @@ mod media_tests;
 use crate::config::EngineConfig;
 use crate::sdp::OfferSummary;
 use crate::send_batch::RecordingSink;
-use crate::session_setup::{SessionRequest, prepare_session};
+use crate::session_setup::{SessionRequest, build_peer, prepare_session};
 
 pub(crate) const SERVER: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5000);
@@ -126,6 +126,7 @@ impl Net {
             kind,
             room,
             offer: SdpOffer::from_sdp_string(&offer).unwrap(),
+            offer_sdp: offer.as_str().into(),
             summary,
             video_family,
         };
@@ -162,6 +163,7 @@ impl Net {
             }
         }
         self.core.handle_timeout(self.now);
+        self.build_peers();
         for (to, data) in self.sink.take() {
             if let Some(p) = peers.iter_mut().find(|p| p.addr == to) {
                 let input = Input::Receive(
@@ -195,6 +197,32 @@ impl Net {
             }
         }
         panic!("peers did not connect");
+    }
+
+    /// Builds the peers the core asked for, as the peer builder would, and hands them back (in
+    /// a turn of their own, as the shell would).
+    pub(crate) fn build_peers(&mut self) {
+        let builds: Vec<_> = self.core.drain_peer_builds().collect();
+        if builds.is_empty() {
+            return;
+        }
+        for build in builds {
+            let recipe = *build.recipe;
+            let peer = build_peer(&self.shared, SERVER.port(), recipe, self.now).map(Box::new);
+            let command = Command::PeerBuilt {
+                serial: build.serial,
+                peer,
+                check: build.check,
+            };
+            self.core.handle_control(
+                self.now,
+                Control {
+                    command,
+                    reply: None,
+                },
+            );
+        }
+        self.core.handle_timeout(self.now);
     }
 
     /// Packets of `room` as if from another worker's publisher (or FTL).
