@@ -11,6 +11,7 @@ Measures, in one run, on loopback, with the SFU pinned to CPU 0 and the load gen
   7. a join storm (join_storm.py): time to first frame, CPU per join against the handshake's
      bare cryptography, connected viewers' latency before and during,
   8. the STUN flood capacity of one media worker (stun_flood.py),
+  9. what an offer that never connects costs (offer_flood.py),
 and writes BENCHMARKS.md with a plot of loss and CPU against viewers.
 """
 
@@ -334,6 +335,28 @@ capacity is the highest rate at which the viewers still lose < 0.1%:
 """
 
 
+def offer_flood_md(of, rss_connected):
+    """Step (9), when the run has it."""
+    if not of:
+        return ""
+    def share(kib):
+        return f"{kib / rss_connected * 100:.0f}%" if rss_connected else "–"
+    rows = "\n".join(
+        f"| {name} | {r['created']:,} of {r['offers']:,} | {r['rss_per_pending_kib']} KiB "
+        f"| {share(r['rss_per_pending_kib'])} | {r['cpu_per_offer_us']:,} µs |"
+        for name, r in of.items())
+    return f"""
+### What an offer that never connects costs (9)
+
+WHEP offers that never start ICE, on a one-worker deadsfu with the admission limits lifted;
+RSS per session held, against a connected viewer's {fmt(rss_connected, 1)} KiB from (4).
+
+| offer | sessions held | RSS per session | of a connected viewer | deadsfu CPU per offer |
+|---|---:|---:|---:|---:|
+{rows}
+"""
+
+
 def write_markdown(results, path, plot_rel):
     m = results["machine"]
     u = results["udprate"]
@@ -481,6 +504,7 @@ A step whose generator CPU is near 100% was limited by the load generator, not t
 "settle s": seconds from the last sign-up to the opening of the measuring window.
 Raw figures: `bench/results.json`.
 """ + join_storm_md(results.get("join_storm")) + stun_flood_md(results.get("stun_flood"))
+    md += offer_flood_md(results.get("offer_flood"), results["rss_per_viewer_kib"].get("deadsfu"))
     extra = os.path.join(ROOT, "bench", "NOTES.md")
     if os.path.exists(extra):
         md += "\n" + open(extra).read()
@@ -558,6 +582,10 @@ def main():
     import stun_flood
     results["stun_flood"] = (stun_flood.capacity(args.bin, [50_000, 200_000], 100, 5) if quick
                              else stun_flood.capacity(args.bin))
+
+    log("(9) cost of an offer that never connects")
+    import offer_flood
+    results["offer_flood"] = offer_flood.measure(args.bin, 200 if quick else 1000)
 
     with open(os.path.join(ROOT, "bench", "results.json"), "w") as f:
         json.dump(results, f, indent=1)
