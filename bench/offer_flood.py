@@ -3,7 +3,7 @@
 (a valid SDP offer, then no ICE at all, as in a flood of offers), with the admission limits
 lifted so that all are taken. Reports deadsfu's RSS per session held (the slope) and its CPU
 per offer, for the flood tool's minimal offer (one video section, 412 bytes) and for one
-Chromium made (`fixtures/chromium-offer.sdp`: audio and video, 43 payload types, 6 KB, its
+Chromium made (`crates/rtc/fixtures/chromium-offer.sdp`: audio and video, 43 payload types, 6 KB, its
 candidates removed); the connected figure to compare with is step (4)'s RSS per viewer.
 
     bench/offer_flood.py --bin target/release [--before DIR] [--offers 1000]
@@ -34,7 +34,7 @@ def never_connecting_offer():
 
 
 def chromium_offer():
-    with open(os.path.join(ROOT, "bench", "fixtures", "chromium-offer.sdp"), "rb") as f:
+    with open(os.path.join(ROOT, "crates", "rtc", "fixtures", "chromium-offer.sdp"), "rb") as f:
         return f.read().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 

@@ -253,3 +253,69 @@ pub(crate) fn prepare_session(
     let session = Session::new(req.id, req.serial, peer, req.room, role, local_ufrag, now);
     Ok((session, answer.to_sdp_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EngineConfig;
+
+    /// A viewer's offer as Chromium makes it (audio and video, 43 payload types).
+    const CHROMIUM_OFFER: &str = include_str!("../fixtures/chromium-offer.sdp");
+
+    /// The peer built at the first check is the one the answer described: the same ICE
+    /// credentials, DTLS fingerprint and send SSRCs, though the peer that wrote the answer is
+    /// gone.
+    #[test]
+    fn the_built_peer_is_the_one_the_answer_promised() {
+        let shared = Shared::new(EngineConfig {
+            udp_port: 5000,
+            idle_clip: None,
+            ..EngineConfig::default()
+        });
+        let offer = CHROMIUM_OFFER.replace("\r\n", "\n").replace('\n', "\r\n");
+        let summary = OfferSummary::parse(&offer).unwrap();
+        summary.check_view().unwrap();
+        let now = Instant::now();
+        let req = SessionRequest {
+            id: "s".into(),
+            serial: 1,
+            kind: SessionKind::Viewer,
+            room: shared.rooms.get_or_create("r"),
+            offer: SdpOffer::from_sdp_string(&offer).unwrap(),
+            offer_sdp: offer.as_str().into(),
+            summary,
+            video_family: None,
+        };
+        let (session, answer) = prepare_session(&shared, 5000, req, now).unwrap();
+        let Peer::Parked(recipe) = session.peer else {
+            panic!("a new session has no peer");
+        };
+        let announced: Vec<u32> = answer
+            .lines()
+            .filter_map(|l| l.strip_prefix("a=ssrc:"))
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect();
+        assert!(announced.len() >= 2, "audio and video SSRCs in {answer}");
+
+        let mut rtc = build_peer(&shared, 5000, *recipe, now).unwrap();
+        let mut api = rtc.direct_api();
+        let creds = api.local_ice_credentials();
+        assert!(answer.contains(&format!("a=ice-ufrag:{}\r\n", creds.ufrag)));
+        assert!(answer.contains(&format!("a=ice-pwd:{}\r\n", creds.pass)));
+        let fingerprint = api.local_dtls_fingerprint().to_string();
+        assert!(answer.contains(&format!("a=fingerprint:{fingerprint}\r\n")));
+        let mut sending = Vec::new();
+        for mid in answer.lines().filter_map(|l| l.strip_prefix("a=mid:")) {
+            if let Some(tx) = api.stream_tx_by_mid(Mid::from(mid), None) {
+                sending.push(*tx.ssrc());
+                sending.extend(tx.rtx().map(|r| *r));
+            }
+        }
+        for ssrc in announced {
+            assert!(
+                sending.contains(&ssrc),
+                "the built peer sends on SSRC {ssrc}, announced in the answer ({sending:?})"
+            );
+        }
+    }
+}
