@@ -103,11 +103,15 @@ pub fn worker_core(data: &[u8]) {
         match tag & 0x07 {
             0 | 1 => core.handle_datagram(now, source, chunk),
             2 => {
-                let mut check = stun_check(&ufrag, chunk);
-                // Half of them signed, as the session's client would (they wake it).
-                if chunk.first().is_some_and(|b| b & 1 == 1) {
+                // Some signed, as the session's client would (they wake it and bind their
+                // source); the rest carry the chunk as attributes.
+                let check = if chunk.first().is_some_and(|b| b & 1 == 1) {
+                    let mut check = stun_check(&ufrag, &[]);
                     crate::stun::sign(&mut check, &password);
-                }
+                    check
+                } else {
+                    stun_check(&ufrag, chunk)
+                };
                 core.handle_datagram(now, source, &check);
             }
             3 => {

@@ -342,11 +342,126 @@ impl TrickleFragment {
     }
 }
 
+/// The offer with, in each media section the answer accepted, only the payload types the
+/// answer kept (its `m=` format list, `a=rtpmap`, `a=fmtp` and `a=rtcp-fb` lines for the
+/// others left out). Answering this offer again gives the same answer; it is kept while a
+/// session waits for its first check (see `session_setup.rs`), and a browser's offer, with a
+/// few dozen payload types, is mostly made of ones the answer refused.
+pub(crate) fn keep_answered_formats(offer: &str, answer: &str) -> String {
+    let accepted = accepted_formats(answer);
+    let mut out = String::with_capacity(offer.len());
+    for section in sections(offer) {
+        let mid = section
+            .iter()
+            .find_map(|l| l.strip_prefix("a=mid:"))
+            .map(str::trim);
+        let keep = mid.and_then(|m| accepted.iter().find(|(mid, _)| *mid == m));
+        let Some((_, kept)) = keep.filter(|(_, kept)| !kept.is_empty()) else {
+            for line in &section {
+                out.push_str(line);
+                out.push_str("\r\n");
+            }
+            continue;
+        };
+        for line in &section {
+            if let Some(m) = line.strip_prefix("m=") {
+                let mut fields = m.split(' ');
+                let head: Vec<&str> = fields.by_ref().take(3).collect();
+                let formats: Vec<&str> = fields.filter(|f| kept.contains(f)).collect();
+                out.push_str("m=");
+                out.push_str(&head.join(" "));
+                for f in formats {
+                    out.push(' ');
+                    out.push_str(f);
+                }
+                out.push_str("\r\n");
+                continue;
+            }
+            let format_of = ["a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"]
+                .iter()
+                .find_map(|p| line.strip_prefix(p))
+                .and_then(|rest| rest.split(' ').next());
+            if let Some(pt) = format_of
+                && pt != "*"
+                && !kept.contains(&pt)
+            {
+                continue;
+            }
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out
+}
+
+/// The lines of `sdp`, cut into the session part and its media sections.
+fn sections(sdp: &str) -> Vec<Vec<&str>> {
+    let mut sections = vec![Vec::new()];
+    for line in sdp.lines().map(|l| l.trim_end_matches('\r')) {
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with("m=") {
+            sections.push(Vec::new());
+        }
+        if let Some(section) = sections.last_mut() {
+            section.push(line);
+        }
+    }
+    sections
+}
+
+/// Each accepted media section of an answer (port not 0): its mid and format list.
+fn accepted_formats(answer: &str) -> Vec<(&str, Vec<&str>)> {
+    sections(answer)
+        .into_iter()
+        .skip(1)
+        .filter_map(|section| {
+            let m = section.first()?.strip_prefix("m=")?;
+            let mut fields = m.split(' ');
+            let port = fields.nth(1)?;
+            if port == "0" {
+                return None;
+            }
+            let formats: Vec<&str> = fields.skip(1).collect();
+            let mid = section.iter().find_map(|l| l.strip_prefix("a=mid:"))?;
+            Some((mid.trim(), formats))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const OBS_OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef0123456789\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\na=rtpmap:111 opus/48000/2\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=sendonly\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:97 H264/90000\r\na=fmtp:97 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n";
+
+    #[test]
+    fn keeps_only_the_formats_the_answer_accepted() {
+        let offer = OBS_OFFER.replace(
+            "a=rtpmap:96 VP8/90000\r\n",
+            "a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack\r\na=rtcp-fb:* transport-cc\r\n",
+        );
+        // Audio refused (port 0), video answered with H264 only.
+        let answer = "v=0\r\no=- 3 4 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\nm=video 9 UDP/TLS/RTP/SAVPF 97\r\na=mid:1\r\na=rtpmap:97 H264/90000\r\n";
+        let kept = keep_answered_formats(&offer, answer);
+        assert!(
+            kept.contains("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"),
+            "{kept}"
+        );
+        assert!(kept.contains("a=rtpmap:111 opus/48000/2\r\n"));
+        assert!(kept.contains("m=video 9 UDP/TLS/RTP/SAVPF 97\r\n"));
+        assert!(!kept.contains("VP8") && !kept.contains("a=rtcp-fb:96"));
+        assert!(kept.contains("a=rtcp-fb:* transport-cc\r\n"));
+        assert!(kept.contains("a=fmtp:97 level-asymmetry-allowed=1"));
+        assert!(kept.starts_with("v=0\r\n") && kept.contains("a=ice-ufrag:abcd\r\n"));
+        // Nothing is lost from an offer the answer took whole.
+        let whole = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:1\r\n";
+        assert_eq!(
+            keep_answered_formats(&offer, whole),
+            offer.replace("\r\n", "\n").replace('\n', "\r\n")
+        );
+    }
 
     #[test]
     fn publish_prefers_h264() {

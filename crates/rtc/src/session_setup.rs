@@ -18,7 +18,7 @@ use str0m::{Candidate, IceCreds, Rtc};
 
 use crate::egress::ViewerEgress;
 use crate::error::SessionError;
-use crate::sdp::{OfferSummary, SectionKind, VideoFamily};
+use crate::sdp::{OfferSummary, SectionKind, VideoFamily, keep_answered_formats};
 use crate::session::{Peer, Publisher, Role, Session, SessionKind};
 use crate::shared::Shared;
 
@@ -240,10 +240,11 @@ pub(crate) fn prepare_session(
         .collect();
     let local = rtc.direct_api().local_ice_credentials();
     let local_ufrag = local.ufrag.clone();
+    let answer = answer.to_sdp_string();
     let recipe = PeerRecipe {
         kind: req.kind,
         video_family: req.video_family,
-        offer: req.offer_sdp,
+        offer: keep_answered_formats(&req.offer_sdp, &answer).into(),
         local,
         remote: None,
         remote_candidates: Vec::new(),
@@ -251,7 +252,7 @@ pub(crate) fn prepare_session(
     };
     let peer = Peer::Parked(Box::new(recipe));
     let session = Session::new(req.id, req.serial, peer, req.room, role, local_ufrag, now);
-    Ok((session, answer.to_sdp_string()))
+    Ok((session, answer))
 }
 
 #[cfg(test)]
@@ -290,6 +291,12 @@ mod tests {
         let Peer::Parked(recipe) = session.peer else {
             panic!("a new session has no peer");
         };
+        assert!(
+            recipe.offer.len() < offer.len() * 3 / 4,
+            "the refused payload types are not kept: {} of {} bytes",
+            recipe.offer.len(),
+            offer.len()
+        );
         let announced: Vec<u32> = answer
             .lines()
             .filter_map(|l| l.strip_prefix("a=ssrc:"))
@@ -316,6 +323,39 @@ mod tests {
                 sending.contains(&ssrc),
                 "the built peer sends on SSRC {ssrc}, announced in the answer ({sending:?})"
             );
+        }
+        // The same payload types in each section as the answer gave.
+        for section in answer.split("\r\nm=").skip(1) {
+            let formats: Vec<u8> = section
+                .split("\r\n")
+                .next()
+                .unwrap()
+                .split(' ')
+                .skip(3)
+                .map(|f| f.parse().unwrap())
+                .collect();
+            let mid = section
+                .split("\r\n")
+                .find_map(|l| l.strip_prefix("a=mid:"))
+                .unwrap();
+            let mut negotiated: Vec<u8> = rtc
+                .media(Mid::from(mid))
+                .unwrap()
+                .remote_pts()
+                .iter()
+                .map(|pt| **pt)
+                .collect();
+            // remote_pts lists the primary formats; RTX goes with them.
+            let rtx: Vec<u8> = section
+                .split("\r\n")
+                .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+                .filter(|l| l.contains(" rtx/"))
+                .filter_map(|l| l.split(' ').next()?.parse().ok())
+                .collect();
+            let mut expected: Vec<u8> = formats.into_iter().filter(|f| !rtx.contains(f)).collect();
+            negotiated.sort();
+            expected.sort();
+            assert_eq!(negotiated, expected, "section {mid}");
         }
     }
 }
