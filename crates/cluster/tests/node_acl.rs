@@ -14,7 +14,7 @@ use deadsfu_cluster::{
     Claim, ClusterError, ClusterNode, NodeConfig, NodeRecord, RedisConn, Role, host_owner,
     live_nodes, node_record::unix_ms_now,
 };
-use support::{TestCluster, eventually, get};
+use support::{TestCluster, eventually, get, query};
 
 fn node_config(id: &str, hostname: &str) -> NodeConfig {
     NodeConfig {
@@ -32,8 +32,7 @@ fn node_config(id: &str, hostname: &str) -> NodeConfig {
 }
 
 async fn run(conn: &RedisConn, cmd: &redis::Cmd) -> Result<redis::Value, redis::RedisError> {
-    let mut m = conn.manager();
-    cmd.query_async(&mut m).await
+    query(conn, cmd).await
 }
 
 fn set(key: &str, value: &str) -> redis::Cmd {
@@ -57,12 +56,7 @@ async fn assert_noperm(conn: &RedisConn, cmd: redis::Cmd, what: &str) {
 }
 
 async fn acl_users(admin: &RedisConn) -> Vec<String> {
-    let mut m = admin.manager();
-    redis::cmd("ACL")
-        .arg("USERS")
-        .query_async(&mut m)
-        .await
-        .unwrap()
+    query(admin, redis::cmd("ACL").arg("USERS")).await.unwrap()
 }
 
 #[tokio::test]

@@ -318,14 +318,28 @@ impl TestCluster {
     }
 }
 
+/// Runs `cmd` on `conn`, again (up to 3 times) when the connection had been closed: every
+/// `issue` and `revoke` reloads Redis's ACL, and Redis 7.0 then closes the connections of every
+/// ACL user; the connection manager reconnects on the next command.
+pub async fn query<T: redis::FromRedisValue>(
+    conn: &RedisConn,
+    cmd: &redis::Cmd,
+) -> redis::RedisResult<T> {
+    let mut attempt = 0;
+    loop {
+        let mut manager = conn.manager();
+        match cmd.query_async(&mut manager).await {
+            Err(e) if attempt < 3 && (e.is_io_error() || e.is_connection_dropped()) => {
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// GET a key as admin.
 pub async fn get(conn: &RedisConn, key: &str) -> Option<String> {
-    let mut manager = conn.manager();
-    redis::cmd("GET")
-        .arg(key)
-        .query_async(&mut manager)
-        .await
-        .expect("GET")
+    query(conn, redis::cmd("GET").arg(key)).await.expect("GET")
 }
 
 /// GET that treats a failing connection (e.g. mid-reconnect) as "not there yet".
