@@ -191,7 +191,7 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
         } => {
             let issued = issue_expiring(&dir, role, &name, hostname.as_deref(), expires).await?;
             match &issued.acl_reloaded {
-                AclReload::Reloaded => eprintln!("Redis ACL reloaded."),
+                AclReload::Reloaded => eprintln!("Redis users updated."),
                 AclReload::RedisNotReachable(reason) => eprintln!(
                     "Redis not reachable ({reason}); it reads the new password when it starts \
                      (or run ACL LOAD)."

@@ -262,10 +262,10 @@ pub async fn issue_expiring(
 /// connections (`CLIENT KILL USER`).
 ///
 /// An sfu name with its own ACL user: the user is switched off first (no new AUTH), its
-/// connections killed, then the ACL reloaded without it. A name on a shared role user (proxy,
-/// admin, older sfu names): Redis cannot tell its connections from the other holders', so
-/// every connection of that user is closed after the reload; the others reconnect with their
-/// own, still valid, passwords.
+/// connections killed, then the user deleted from Redis (see `reload_acl`). A name on a
+/// shared role user (proxy, admin, older sfu names): Redis cannot tell its connections from
+/// the other holders', so every connection of that user is closed after the update; the
+/// others reconnect with their own, still valid, passwords.
 pub async fn revoke(dir: &Path, name: &str) -> Result<AclReload, IssueError> {
     if !valid_name(name) {
         return Err(IssueError::BadName(name.into()));
@@ -414,15 +414,18 @@ async fn rewrite_acl_and_reload(
         }
     }
     let keys = Keys::new(settings.key_prefix.clone());
-    write_private(
-        &dir.redis_acl(),
-        acl::acl_file(&keys, &hashes, &nodes).as_bytes(),
-    )?;
-    Ok(reload_acl(dir).await)
+    let acl_text = acl::acl_file(&keys, &hashes, &nodes);
+    write_private(&dir.redis_acl(), acl_text.as_bytes())?;
+    Ok(reload_acl(dir, &acl_text).await)
 }
 
-/// Asks a running Redis to re-read the ACL file, with the operator's own credentials.
-async fn reload_acl(dir: &ClusterDir) -> AclReload {
+/// Brings a running Redis's users in line with the ACL file just written (`acl_text`), with
+/// the operator's own credentials: `ACL SETUSER name reset RULES` for each user of the file,
+/// `ACL DELUSER` for the users no longer in it. Redis 7.0's `ACL LOAD` would do the same at
+/// once, but it closes the connections of every ACL user (every node and proxy, their event
+/// subscriptions with them) at each `issue`; SETUSER closes none, and DELUSER only those of
+/// the user it removes. `ACL LOAD` stays the fallback when a SETUSER is refused.
+async fn reload_acl(dir: &ClusterDir, acl_text: &str) -> AclReload {
     let attempt = async {
         let zip = fs::read(dir.operator_dir().join("bundle.zip")).map_err(|e| e.to_string())?;
         let bundle = Bundle::from_zip(&zip).map_err(|e| e.to_string())?;
@@ -430,11 +433,46 @@ async fn reload_acl(dir: &ClusterDir) -> AclReload {
             .await
             .map_err(|e| e.to_string())?;
         let mut manager = conn.manager();
-        redis::cmd("ACL")
-            .arg("LOAD")
-            .query_async::<()>(&mut manager)
+        let mut wanted = Vec::new();
+        let mut applied = true;
+        for line in acl_text.lines() {
+            let mut tokens = line.split_whitespace();
+            let (Some("user"), Some(user)) = (tokens.next(), tokens.next()) else {
+                continue;
+            };
+            wanted.push(user.to_string());
+            let mut setuser = redis::cmd("ACL");
+            setuser.arg("SETUSER").arg(user).arg("reset");
+            for rule in tokens {
+                setuser.arg(rule);
+            }
+            if let Err(error) = setuser.query_async::<()>(&mut manager).await {
+                tracing::warn!(%user, %error, "ACL SETUSER refused; reloading the ACL file");
+                applied = false;
+                break;
+            }
+        }
+        if !applied {
+            return redis::cmd("ACL")
+                .arg("LOAD")
+                .query_async::<()>(&mut manager)
+                .await
+                .map_err(|e| e.to_string());
+        }
+        let present: Vec<String> = redis::cmd("ACL")
+            .arg("USERS")
+            .query_async(&mut manager)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        for user in present.iter().filter(|u| !wanted.contains(u)) {
+            redis::cmd("ACL")
+                .arg("DELUSER")
+                .arg(user)
+                .query_async::<()>(&mut manager)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     };
     match tokio::time::timeout(Duration::from_secs(5), attempt).await {
         Ok(Ok(())) => AclReload::Reloaded,

@@ -286,6 +286,38 @@ async fn a_bound_bundle_refuses_another_identity_and_issue_checks_hostnames() {
     cluster.assert_logs_clean();
 }
 
+/// Issuing a name updates Redis's users one by one: the connections (and event subscriptions)
+/// of the nodes already running stay open, where Redis 7.0's `ACL LOAD` would close them all.
+#[tokio::test]
+async fn issuing_a_name_closes_no_running_nodes_connection() {
+    let mut cluster = TestCluster::start().await;
+    let a = cluster.sfu_bundle("node-a", "a.example.test").await;
+    let conn_a = RedisConn::connect(&a).await.unwrap();
+    let client_id = |conn: RedisConn| async move {
+        // No retry: a closed connection must show as an error or a new id.
+        let mut m = conn.manager();
+        redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async::<i64>(&mut m)
+            .await
+    };
+    let before = client_id(conn_a.clone()).await.unwrap();
+    cluster.sfu_bundle("node-b", "b.example.test").await;
+    cluster.connect(Role::Proxy, "edge-1").await;
+    assert_eq!(
+        client_id(conn_a.clone()).await.ok(),
+        Some(before),
+        "node a's connection survived two issues"
+    );
+    // And the new user is there, with its grants.
+    let b = cluster.sfu_bundle("node-b", "b.example.test").await;
+    let conn_b = RedisConn::connect(&b).await.unwrap();
+    assert_noperm(&conn_b, set("deadsfu:node:node-a", "x"), "SET node:node-a").await;
+    run(&conn_b, &set("deadsfu:node:node-b", "{}"))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn revoke_removes_the_node_user() {
     let mut cluster = TestCluster::start().await;
