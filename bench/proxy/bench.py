@@ -233,7 +233,7 @@ class Setup:
                          "--bootstrap-addr", f"127.0.0.1:{free_port('127.0.0.1')}"),
             env=dict(os.environ, **env_clean))
         self.procs.start("redis", ["redis-server", f"{cdir}/redis/redis.conf"], WORK_CPU)
-        self.procs.start("bootstrap", self.deadsfu("cluster", "serve", "--dir", cdir), WORK_CPU,
+        self.procs.start("bootstrap", self.deadsfu("cluster", "serve", "--dir", os.path.join(cdir, "bootstrap")), WORK_CPU,
                          env=env_clean)
 
         def issue(role, name, *extra):
