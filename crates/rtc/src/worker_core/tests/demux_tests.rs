@@ -37,12 +37,7 @@ fn a_check_binds_its_source_only_when_its_integrity_holds() {
     net.core.handle_datagram(net.now, v.addr, &check);
     net.core.handle_timeout(net.now);
     net.build_peers();
-    assert!(
-        net.sink
-            .take()
-            .iter()
-            .any(|(to, d)| *to == v.addr && crate::stun::is_binding_success(d))
-    );
+    assert!(net.answered(v.addr));
     net.connect(&mut [&mut v]);
 }
 
@@ -84,10 +79,7 @@ fn checks_from_new_sources_wait_for_the_end_of_the_turn() {
     net.core.handle_timeout(net.now);
     net.build_peers();
     assert!(
-        net.sink
-            .take()
-            .iter()
-            .any(|(to, d)| *to == w.addr && crate::stun::is_binding_success(d)),
+        net.answered(w.addr),
         "the held check is answered at the end of the turn"
     );
     // A check whose session ended before the turn's end is dropped, not fed to another.
@@ -103,12 +95,7 @@ fn checks_from_new_sources_wait_for_the_end_of_the_turn() {
     );
     net.core.handle_timeout(net.now);
     net.build_peers();
-    assert!(
-        net.sink
-            .take()
-            .iter()
-            .all(|(to, d)| *to != x.addr || !crate::stun::is_binding_success(d))
-    );
+    assert!(!net.answered(x.addr));
 }
 
 /// A session has no str0m peer until a check signed with its password comes; that check is
@@ -157,26 +144,10 @@ fn a_session_gets_its_peer_at_its_first_signed_check() {
         net.sink.take().is_empty(),
         "nothing answered while building"
     );
-    let peer = crate::session_setup::build_peer(&net.shared, SERVER.port(), *build.recipe, net.now)
-        .map(Box::new);
-    let command = Command::PeerBuilt {
-        serial: v.serial,
-        peer,
-        check: build.check,
-    };
-    net.core.handle_control(
-        net.now,
-        Control {
-            command,
-            reply: None,
-        },
-    );
+    net.finish_build(build);
     net.core.handle_timeout(net.now);
     assert!(
-        net.sink
-            .take()
-            .iter()
-            .any(|(to, d)| *to == v.addr && crate::stun::is_binding_success(d)),
+        net.answered(v.addr),
         "the held check is answered by the built peer"
     );
     assert_eq!(net.metrics().peer_builds, 1);

@@ -207,22 +207,35 @@ impl Net {
             return;
         }
         for build in builds {
-            let recipe = *build.recipe;
-            let peer = build_peer(&self.shared, SERVER.port(), recipe, self.now).map(Box::new);
-            let command = Command::PeerBuilt {
-                serial: build.serial,
-                peer,
-                check: build.check,
-            };
-            self.core.handle_control(
-                self.now,
-                Control {
-                    command,
-                    reply: None,
-                },
-            );
+            self.finish_build(build);
         }
         self.core.handle_timeout(self.now);
+    }
+
+    /// Builds one peer the core asked for and hands it back.
+    pub(crate) fn finish_build(&mut self, build: PeerBuild) {
+        let recipe = *build.recipe;
+        let peer = build_peer(&self.shared, SERVER.port(), recipe, self.now).map(Box::new);
+        let command = Command::PeerBuilt {
+            serial: build.serial,
+            peer,
+            check: build.check,
+        };
+        self.core.handle_control(
+            self.now,
+            Control {
+                command,
+                reply: None,
+            },
+        );
+    }
+
+    /// Whether the core answered a check of the peer at `addr` since the sink was last taken.
+    pub(crate) fn answered(&mut self, addr: SocketAddr) -> bool {
+        self.sink
+            .take()
+            .iter()
+            .any(|(to, d)| *to == addr && crate::stun::is_binding_success(d))
     }
 
     /// Packets of `room` as if from another worker's publisher (or FTL).
