@@ -508,8 +508,24 @@ Raw figures: `bench/results.json`.
     extra = os.path.join(ROOT, "bench", "NOTES.md")
     if os.path.exists(extra):
         md += "\n" + open(extra).read()
+    md += kept_proxy_section(path)
     with open(path, "w") as f:
         f.write(md)
+
+
+def kept_proxy_section(path):
+    """The "Front-line proxy" section that bench/proxy/run wrote into the file at `path`, if
+    any: this rewrite must not drop it (its figures are not in this run's results)."""
+    try:
+        text = open(path).read()
+    except OSError:
+        return ""
+    heading = "## Front-line proxy\n"
+    start = text.find(heading)
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + len(heading))
+    return "\n" + text[start:end + 1 if end >= 0 else len(text)]
 
 
 def main():
