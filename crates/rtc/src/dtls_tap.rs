@@ -12,8 +12,8 @@
 //!
 //! The peer that writes a session's SDP answer never runs DTLS (see `session_setup.rs`): its
 //! provider, [`answering_crypto_provider`], builds the OpenSSL connection only when DTLS starts
-//! (for a passive one at the peer's first record), so answering costs neither OpenSSL's context
-//! (about 30 KiB) nor its CPU (a fifth of a session's set-up).
+//! (a passive one at the peer's first record, an active one when first polled), so answering
+//! costs neither OpenSSL's context (about 30 KiB) nor its CPU (a fifth of a session's set-up).
 //!
 //! The wrapper also retires the DTLS connection some time after the handshake: once SRTP is
 //! keyed, DTLS has nothing left to do in a WebRTC session that carries no data channel (those
@@ -217,11 +217,6 @@ impl DtlsInstance for TapInstance {
         self.active_set = true;
         if let Some(inner) = &mut self.inner {
             inner.set_active(active)
-        } else if active {
-            // A client speaks first: its ClientHello is due as soon as str0m starts DTLS.
-            if let Err(e) = self.build() {
-                tracing::debug!(error = %e, "DTLS client not started");
-            }
         }
     }
 
@@ -239,6 +234,20 @@ impl DtlsInstance for TapInstance {
     }
 
     fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
+        if self.unbuilt.is_some() && self.active_set && self.active {
+            // A client speaks first: its ClientHello is due when str0m first asks for output
+            // (str0m's nudge to start it came before there was a connection: given again).
+            match self.build() {
+                Ok(()) => {
+                    if let Some(inner) = &mut self.inner
+                        && let Err(e) = inner.handle_packet(&[])
+                    {
+                        tracing::debug!(error = %e, "DTLS client not started");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "DTLS client not started"),
+            }
+        }
         let Some(inner) = &mut self.inner else {
             // Not built (nothing to do before the peer's first record) or retired (nothing
             // more, ever).
@@ -474,15 +483,23 @@ mod tests {
         assert_eq!(PROVIDER.built.load(Ordering::SeqCst), 1, "built once");
     }
 
+    /// An active one when str0m first polls it (the peer that only writes an answer is never
+    /// polled, so never builds one).
     #[test]
-    fn an_active_connection_is_built_when_its_role_is_set() {
+    fn an_active_connection_is_built_when_first_polled() {
         static PROVIDER: std::sync::LazyLock<CountingProvider> =
             std::sync::LazyLock::new(CountingProvider::default);
         let t0 = Instant::now();
         let mut dtls = unbuilt(&PROVIDER, t0);
-        assert_eq!(PROVIDER.built.load(Ordering::SeqCst), 0);
         dtls.set_active(true);
+        dtls.handle_timeout(t0).unwrap();
+        dtls.handle_packet(&[]).unwrap();
+        assert_eq!(PROVIDER.built.load(Ordering::SeqCst), 0);
+        let mut buf = [0u8; 64];
+        let _ = dtls.poll_output(&mut buf);
         assert_eq!(PROVIDER.built.load(Ordering::SeqCst), 1);
+        let _ = dtls.poll_output(&mut buf);
+        assert_eq!(PROVIDER.built.load(Ordering::SeqCst), 1, "built once");
     }
 
     #[test]
