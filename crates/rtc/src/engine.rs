@@ -80,6 +80,11 @@ impl MediaEngine {
             .collect();
 
         let shared = Arc::new(Shared::new(config));
+        // A session's peer is built twice (to answer, then at its first check): both must
+        // present the certificate whose fingerprint the answer gave.
+        if shared.dtls_cert.is_none() {
+            return Err(EngineError::DtlsCertificate);
+        }
         let mut handles = Vec::new();
         let mut receivers = Vec::new();
         for _ in 0..sockets.len() {

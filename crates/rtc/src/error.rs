@@ -41,4 +41,6 @@ pub enum EngineError {
     Workers(usize),
     #[error("cannot start a worker thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot make the DTLS certificate that every session shares")]
+    DtlsCertificate,
 }

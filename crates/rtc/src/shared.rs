@@ -44,9 +44,6 @@ impl Shared {
         let dtls_cert = crate::dtls_tap::crypto_provider()
             .dtls_provider
             .generate_certificate();
-        if dtls_cert.is_none() {
-            tracing::warn!("no shared DTLS certificate: each session will make its own");
-        }
         let admission = SessionAdmission::new(config.admission.clone());
         Shared {
             config,
