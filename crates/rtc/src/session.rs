@@ -65,9 +65,9 @@ pub(crate) struct Session {
 }
 
 /// The session's str0m peer. Until the client's first check proves it knows the session's ICE
-/// password, there is none: only what it takes to build one (the answer is already sent), a
-/// few hundred bytes where a peer costs tens of KiB, so that offers that never connect are
-/// cheap to hold.
+/// password, there is none: only what it takes to build one (the answer is already sent),
+/// mostly the offer's text, a few KiB where a peer costs about 70, so that offers that never
+/// connect are cheap to hold.
 pub(crate) enum Peer {
     /// Answered, not contacted yet.
     Parked(Box<PeerRecipe>),
