@@ -12,7 +12,7 @@ use tokio::sync::mpsc::WeakSender;
 use crate::session_setup::build_peer;
 use crate::shared::Shared;
 use crate::worker_core::{Command, Control, PeerBuild};
-use crate::worker_shell::{ToWorker, WORKER_PANIC_EXIT};
+use crate::worker_shell::{ToWorker, exit_on_panic};
 
 /// Builds waiting for the builder; beyond, a worker parks the session again and its client's
 /// next check tries anew.
@@ -36,17 +36,8 @@ impl PeerBuilder {
         let thread = std::thread::Builder::new()
             .name("peer-builder".into())
             .spawn(move || {
-                // The workers' policy (`worker_shell::run_or_exit`): without a builder no
-                // session would ever connect again, so a panic ends the process for its
-                // supervisor to restart.
-                let build = std::panic::AssertUnwindSafe(|| run(&shared, &ports, &workers, queue));
-                if std::panic::catch_unwind(build).is_err() {
-                    tracing::error!(
-                        exit_code = WORKER_PANIC_EXIT,
-                        "peer builder panicked; exiting so that a supervisor restarts deadsfu"
-                    );
-                    std::process::exit(WORKER_PANIC_EXIT);
-                }
+                // Without a builder no session would ever connect again: the workers' policy.
+                exit_on_panic("peer builder", || run(&shared, &ports, &workers, queue));
             })?;
         Ok((PeerBuilder { jobs }, thread))
     }

@@ -163,13 +163,19 @@ pub(crate) fn run_or_exit(
     control: mpsc::Receiver<ToWorker>,
     inbox: mpsc::Receiver<PeerMessage>,
 ) {
-    let index = shell.index;
-    let run = std::panic::AssertUnwindSafe(move || shell.run(socket, send_socket, control, inbox));
-    if std::panic::catch_unwind(run).is_err() {
+    let _worker = tracing::error_span!("media", worker = shell.index).entered();
+    exit_on_panic("media worker", move || {
+        shell.run(socket, send_socket, control, inbox)
+    });
+}
+
+/// Runs `run`; if it panics, logs that `what` panicked and exits with [`WORKER_PANIC_EXIT`]
+/// (the policy of every thread the media path depends on).
+pub(crate) fn exit_on_panic(what: &str, run: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err() {
         tracing::error!(
-            worker = index,
             exit_code = WORKER_PANIC_EXIT,
-            "media worker panicked; exiting so that a supervisor restarts deadsfu"
+            "{what} panicked; exiting so that a supervisor restarts deadsfu"
         );
         std::process::exit(WORKER_PANIC_EXIT);
     }
