@@ -12,9 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::EngineConfig;
 use crate::error::{EngineError, SessionError};
+use crate::handshake_thread::HandshakeThreads;
 use crate::ingest::Ingest;
 use crate::metrics::Counters;
-use crate::peer_builder::PeerBuilder;
 use crate::sdp::{OfferSummary, TrickleFragment, VideoFamily};
 use crate::session::SessionKind;
 use crate::session_setup::{SessionRequest, prepare_session};
@@ -99,10 +99,14 @@ impl MediaEngine {
         let workers: Arc<[WorkerHandle]> = handles.into();
         let mut counters = Vec::new();
         let mut threads = Vec::new();
-        let (builder, builder_thread) = PeerBuilder::start(
+        // As many handshake threads as workers: a join storm uses the cores the forwarding
+        // does not.
+        let (handshakes, handshake_threads) = HandshakeThreads::start(
+            sockets.len(),
             shared.clone(),
-            ports.clone(),
+            &sockets,
             workers.iter().map(|w| w.control.downgrade()).collect(),
+            &mut counters,
         )
         .map_err(EngineError::Thread)?;
         for (index, (socket, (crx, irx))) in sockets.into_iter().zip(receivers).enumerate() {
@@ -121,7 +125,7 @@ impl MediaEngine {
                 shared: shared.clone(),
                 peers: workers.clone(),
                 counters: c,
-                builder: builder.clone(),
+                handshakes: handshakes.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("media-{index}"))
@@ -131,9 +135,9 @@ impl MediaEngine {
                 .map_err(EngineError::Thread)?;
             threads.push(thread);
         }
-        // Joined last: it stops once every worker has (they hold its queue open).
-        drop(builder);
-        threads.push(builder_thread);
+        // Joined last: they stop once every worker has (the workers hold their queues open).
+        drop(handshakes);
+        threads.extend(handshake_threads);
         spawn_heap_trimmer(Arc::downgrade(&shared));
         Ok(MediaEngine {
             inner: Arc::new(Inner {

@@ -11,11 +11,12 @@ use str0m::media::{Direction, MediaKind as SdpKind};
 use str0m::{Candidate, Rtc};
 
 use crate::config::EngineConfig;
+use crate::handshakes::Handshakes;
 use crate::metrics::Counters;
 use crate::sdp::OfferSummary;
 use crate::send_batch::RecordingSink;
 use crate::session::{Peer, SessionKind};
-use crate::session_setup::{SessionRequest, build_peer, prepare_session};
+use crate::session_setup::{SessionRequest, prepare_session};
 use crate::shared::Shared;
 use crate::worker_core::{Command, Control, PeerMessage, WorkerCore};
 
@@ -60,11 +61,12 @@ pub fn worker_core(data: &[u8]) {
         PORT,
         2,
         shared.clone(),
-        counters,
+        counters.clone(),
         Box::new(sink.clone()),
         now,
         SystemTime::now(),
     );
+    let mut handshakes = Handshakes::new(shared.clone(), vec![PORT, PORT + 1], counters);
     let offer = viewer_offer();
     let room = shared.rooms.get_or_create("fuzz");
     let room_id = room.id;
@@ -176,14 +178,18 @@ pub fn worker_core(data: &[u8]) {
             assert!(sent.first().is_some_and(|b| *b < 4 || *b >= 20), "{sent:?}");
         }
         let _ = core.drain_peer_messages().count();
-        let builds: Vec<_> = core.drain_peer_builds().collect();
-        for build in builds {
-            let peer = build_peer(&shared, PORT, *build.recipe, now).map(Box::new);
-            let command = Command::PeerBuilt {
-                serial: build.serial,
-                peer,
-                check: build.check,
-            };
+        // The handshake thread, in step: the sessions the core woke connect there.
+        let jobs: Vec<_> = core.drain_handshake_jobs().collect();
+        for job in jobs {
+            handshakes.handle_job(now, 0, job);
+        }
+        handshakes.handle_timeout(now);
+        for t in handshakes.drain_transmits() {
+            // Answers and handshakes go only to sources whose checks were signed.
+            assert!(t.to != source || t.contents.first().is_some_and(|b| *b < 4 || *b >= 20));
+        }
+        let commands: Vec<_> = handshakes.drain_commands().collect();
+        for (_, command) in commands {
             core.handle_control(
                 now,
                 Control {

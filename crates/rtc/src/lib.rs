@@ -2,7 +2,8 @@
 //!
 //! - [`MediaEngine`] (`engine.rs`): starts the workers; creates, patches and closes sessions.
 //! - `session_setup.rs`: a new session's SDP answer, and its peer once the client's first check
-//!   holds; `peer_builder.rs`: the thread that builds those peers, off the workers.
+//!   holds; `handshakes.rs`: those peers built and connected (ICE, DTLS) without I/O, then
+//!   handed to their worker; `handshake_thread.rs`: the threads that run them, off the workers.
 //! - `worker_core/`: a worker's sessions, rooms, demultiplexing, fan-out and timers, without
 //!   I/O (fed datagrams, packets, commands and time; tested with fake time).
 //! - `worker_shell.rs`, `turn.rs`, `udp_sink.rs`: the worker's thread, socket and channels; one
@@ -26,9 +27,10 @@ mod engine_stats;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
+mod handshake_thread;
+mod handshakes;
 mod ingest;
 pub mod metrics;
-mod peer_builder;
 pub mod sdp;
 mod send_batch;
 mod session;

@@ -67,14 +67,23 @@ pub(crate) struct Session {
 /// The session's str0m peer. Until the client's first check proves it knows the session's ICE
 /// password, there is none: only what it takes to build one (the answer is already sent),
 /// mostly the offer's text, a few KiB where a peer costs about 70, so that offers that never
-/// connect are cheap to hold.
+/// connect are cheap to hold. From that check until it connects, the peer lives on a handshake
+/// thread (`handshakes.rs`), so that ICE and DTLS never run on a media worker.
 pub(crate) enum Peer {
     /// Answered, not contacted yet.
     Parked(Box<PeerRecipe>),
-    /// A check whose integrity held has come: the peer is being built off the worker.
-    Building,
+    /// Connecting on a handshake thread: the worker passes its datagrams on, checks from new
+    /// sources only when signed with `ice_pass`, and at most `datagrams` a second.
+    Handshaking {
+        ice_pass: Box<str>,
+        datagrams: PerSecond,
+    },
     Live(Box<Rtc>),
 }
+
+/// Datagrams a connecting session may have passed to its handshake thread per second (a DTLS
+/// handshake is a dozen, ICE checks a few a second).
+pub(crate) const HANDSHAKE_DATAGRAMS_PER_SECOND: u64 = 100;
 
 impl Peer {
     pub fn live(&mut self) -> Option<&mut Rtc> {

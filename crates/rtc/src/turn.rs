@@ -6,8 +6,9 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use crate::handshakes::HandshakeJob;
 use crate::metrics::Counters;
-use crate::worker_core::{Control, PeerBuild, PeerMessage, WorkerCore};
+use crate::worker_core::{Control, PeerMessage, WorkerCore};
 
 /// Most datagrams read from the socket per turn.
 pub(crate) const DATAGRAMS_PER_TURN: usize = 64;
@@ -26,8 +27,8 @@ pub(crate) trait TurnIo {
     fn now(&mut self) -> Instant;
     /// Hands a message to another worker; false when its inbox is full (the message is lost).
     fn send_to_peer(&mut self, worker: usize, msg: PeerMessage) -> bool;
-    /// Hands a peer build to the builder; gives it back when the builder is busy.
-    fn build_peer(&mut self, build: PeerBuild) -> Result<(), PeerBuild>;
+    /// Hands a job to the handshake threads; gives it back when they are busy.
+    fn handshake(&mut self, job: HandshakeJob) -> Result<(), HandshakeJob>;
 }
 
 /// What a turn took from each source.
@@ -84,10 +85,10 @@ pub(crate) fn run_turn(
     if dropped > 0 {
         Counters::add(&counters.peer_drops, dropped);
     }
-    let builds: Vec<PeerBuild> = core.drain_peer_builds().collect();
-    for build in builds {
-        if let Err(build) = io.build_peer(build) {
-            core.peer_build_refused(build);
+    let jobs: Vec<HandshakeJob> = core.drain_handshake_jobs().collect();
+    for job in jobs {
+        if let Err(job) = io.handshake(job) {
+            core.handshake_job_refused(job);
         }
     }
     report

@@ -11,6 +11,7 @@ use deadsfu_media::{MediaPacket, RoomId};
 
 use str0m::media::Direction;
 
+use crate::handshakes::HandshakeJob;
 use crate::worker_core::tests::*;
 use crate::worker_core::*;
 
@@ -52,8 +53,8 @@ impl TurnIo for FakeIo {
         self.to_peers += 1;
         true
     }
-    fn build_peer(&mut self, build: PeerBuild) -> Result<(), PeerBuild> {
-        Err(build)
+    fn handshake(&mut self, job: HandshakeJob) -> Result<(), HandshakeJob> {
+        Err(job)
     }
 }
 

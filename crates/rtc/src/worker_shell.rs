@@ -13,12 +13,13 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::handshake_thread::HandshakeThreads;
+use crate::handshakes::HandshakeJob;
 use crate::metrics::Counters;
-use crate::peer_builder::PeerBuilder;
 use crate::shared::Shared;
 use crate::turn::{TurnIo, run_turn};
 use crate::udp_sink::UdpSink;
-use crate::worker_core::{Control, PeerBuild, PeerMessage, WorkerCore};
+use crate::worker_core::{Control, PeerMessage, WorkerCore};
 
 /// Commands waiting for one worker; beyond, the control side waits (it is the HTTP handler of
 /// the request that made the command).
@@ -50,12 +51,12 @@ pub(crate) struct WorkerShell {
     pub shared: Arc<Shared>,
     pub peers: Arc<[WorkerHandle]>,
     pub counters: Arc<Counters>,
-    pub builder: PeerBuilder,
+    pub handshakes: HandshakeThreads,
 }
 
 struct Io<'a> {
     index: usize,
-    builder: &'a PeerBuilder,
+    handshakes: &'a HandshakeThreads,
     socket: &'a UdpSocket,
     /// The last `recvmmsg` batch, and where in it the next datagram is: the buffer, and the
     /// offset within a coalesced (GRO) buffer.
@@ -144,8 +145,8 @@ impl TurnIo for Io<'_> {
             .is_some_and(|p| p.inbox.try_send(msg).is_ok())
     }
 
-    fn build_peer(&mut self, build: PeerBuild) -> Result<(), PeerBuild> {
-        self.builder.submit(self.index, build)
+    fn handshake(&mut self, job: HandshakeJob) -> Result<(), HandshakeJob> {
+        self.handshakes.submit(self.index, job)
     }
 }
 
@@ -228,7 +229,7 @@ impl WorkerShell {
             };
             let mut io = Io {
                 index,
-                builder: &self.builder,
+                handshakes: &self.handshakes,
                 socket: &socket,
                 received: RecvMmsg::new(RECV_BATCH, RECV_BUFFER),
                 next_buffer: 0,

@@ -4,9 +4,11 @@
 //! messages for other workers, and its next deadline. No socket, thread, channel or clock: the
 //! shell (`worker_shell.rs`) owns those, and the tests drive the core with bytes and fake time.
 
+mod connecting;
 mod demux;
 mod drain;
 mod fanout;
+mod messages;
 mod rooms;
 mod sessions;
 #[cfg(test)]
@@ -18,22 +20,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use deadsfu_media::{MediaPacket, Room, RoomId};
+use deadsfu_media::{MediaPacket, RoomId};
+use str0m::IceCreds;
+use str0m::Input;
 use str0m::net::{DatagramRecv, Protocol, Receive};
-use str0m::{Candidate, IceCreds, Input, Rtc};
 
 use crate::egress::WallClock;
 use crate::error::SessionError;
+use crate::handshakes::HandshakeJob;
 use crate::metrics::Counters;
 use crate::send_batch::{DatagramSink, SendBatch};
 #[cfg(test)]
 use crate::session::SWITCHES_PER_SECOND;
 use crate::session::{Outbox, Peer, Session, SessionKind};
-use crate::session_setup::PeerRecipe;
 use crate::shared::Shared;
 use crate::stun;
 pub(crate) use demux::Slot;
 use demux::{DeferredChecks, Demux, Refused};
+pub(crate) use messages::{Command, Control, HeldCheck, PeerBuild, PeerMessage, Reply, ReplyTo};
 use rooms::LocalRoom;
 use sessions::Sessions;
 
@@ -43,75 +47,6 @@ const MAX_TIMER_GAP: Duration = Duration::from_secs(1);
 const SWITCH_COALESCE: Duration = Duration::from_millis(200);
 /// How often rooms without live video or sessions here are tidied away.
 const TIDY_EVERY: Duration = Duration::from_secs(1);
-
-/// A command from the control side.
-pub(crate) enum Command {
-    /// Take in a session prepared off the worker (`session_setup.rs`).
-    Adopt(Box<Session>),
-    AddCandidates {
-        serial: u64,
-        candidates: Vec<Candidate>,
-    },
-    RestartIce {
-        serial: u64,
-        remote: IceCreds,
-    },
-    Close {
-        serial: u64,
-    },
-    SwitchRoom {
-        serial: u64,
-        room: Arc<Room>,
-    },
-    /// The peer of a session whose first check held (see [`PeerBuild`]), and that check.
-    PeerBuilt {
-        serial: u64,
-        peer: Result<Box<Rtc>, SessionError>,
-        check: HeldCheck,
-    },
-}
-
-/// A check that woke a parked session, held until its peer is built.
-pub(crate) struct HeldCheck {
-    pub at: Instant,
-    pub from: SocketAddr,
-    pub bytes: Vec<u8>,
-}
-
-/// A parked session's peer to be built off the worker (`session_setup::build_peer`), then
-/// given back with [`Command::PeerBuilt`].
-pub(crate) struct PeerBuild {
-    pub serial: u64,
-    pub recipe: Box<PeerRecipe>,
-    pub check: HeldCheck,
-}
-
-/// The answer to a command.
-#[derive(Debug)]
-pub(crate) enum Reply {
-    Done(Result<(), SessionError>),
-    IceRestarted(Result<IceCreds, SessionError>),
-}
-
-/// Delivers a reply; false when nobody waits for it any more.
-pub(crate) type ReplyTo = Box<dyn FnOnce(Reply) -> bool + Send>;
-
-/// A command and where its answer goes.
-pub(crate) struct Control {
-    pub command: Command,
-    pub reply: Option<ReplyTo>,
-}
-
-/// What one worker sends another.
-pub(crate) enum PeerMessage {
-    /// A packet of `room` published elsewhere, for this worker's viewers (and GOP).
-    Packet {
-        room: RoomId,
-        packet: Arc<MediaPacket>,
-    },
-    /// Viewers elsewhere need a keyframe of `room`, whose publisher is here.
-    KeyframeRequest { room: RoomId },
-}
 
 pub(crate) struct WorkerCore {
     index: usize,
@@ -135,7 +70,7 @@ pub(crate) struct WorkerCore {
     next_tidy: Instant,
     sends: SendBatch,
     to_peers: Vec<(usize, PeerMessage)>,
-    peer_builds: Vec<PeerBuild>,
+    handshake_jobs: Vec<HandshakeJob>,
 }
 
 impl WorkerCore {
@@ -169,7 +104,7 @@ impl WorkerCore {
             next_tidy: now,
             sends: SendBatch::new(sink),
             to_peers: Vec::new(),
-            peer_builds: Vec::new(),
+            handshake_jobs: Vec::new(),
         }
     }
 
@@ -190,21 +125,9 @@ impl WorkerCore {
         self.to_peers.drain(..)
     }
 
-    /// Peers to build off the worker, to be taken after each input.
-    pub fn drain_peer_builds(&mut self) -> std::vec::Drain<'_, PeerBuild> {
-        self.peer_builds.drain(..)
-    }
-
-    /// A peer build the shell could not start (the builder is busy): the session is parked
-    /// again, and the client's next check tries anew.
-    pub fn peer_build_refused(&mut self, build: PeerBuild) {
-        if let Some(slot) = self.sessions.slot_of(build.serial) {
-            let session = self.sessions.get_mut(slot);
-            if matches!(session.peer, Peer::Building) {
-                session.peer = Peer::Parked(build.recipe);
-            }
-        }
-        Counters::add(&self.counters.peer_builds_refused, 1);
+    /// Jobs for the handshake threads, to be taken after each input.
+    pub fn drain_handshake_jobs(&mut self) -> std::vec::Drain<'_, HandshakeJob> {
+        self.handshake_jobs.drain(..)
     }
 
     #[cfg(test)]
@@ -244,7 +167,7 @@ impl WorkerCore {
                             Peer::Live(rtc) => rtc.add_remote_candidate(c),
                             Peer::Parked(recipe) => recipe.add_remote_candidate(c),
                             // Its first check has come: ICE-lite needs no more.
-                            Peer::Building => {}
+                            Peer::Handshaking { .. } => {}
                         }
                     }
                     self.drain(slot, now);
@@ -268,8 +191,8 @@ impl WorkerCore {
                         recipe.remote = Some(remote);
                         recipe.local = local.clone();
                     }
-                    Peer::Building => {
-                        // The peer being built has the old credentials: try again shortly.
+                    Peer::Handshaking { .. } => {
+                        // The peer connecting has the old credentials: try again shortly.
                         answer(reply, Reply::IceRestarted(Err(SessionError::Unavailable)));
                         return;
                     }
@@ -300,40 +223,13 @@ impl WorkerCore {
                 let result = self.switch_room(serial, room, now);
                 answer(reply, Reply::Done(result));
             }
-            Command::PeerBuilt {
-                serial,
-                peer,
-                check,
-            } => self.peer_built(serial, peer, check, now),
-        }
-    }
-
-    /// Takes in a parked session's peer and hands it the check that woke it.
-    fn peer_built(
-        &mut self,
-        serial: u64,
-        peer: Result<Box<Rtc>, SessionError>,
-        check: HeldCheck,
-        now: Instant,
-    ) {
-        let Some(slot) = self.sessions.slot_of(serial) else {
-            return; // ended meanwhile
-        };
-        let session = self.sessions.get_mut(slot);
-        if !matches!(session.peer, Peer::Building) {
-            return;
-        }
-        match peer {
-            Ok(rtc) => {
-                Counters::add(&self.counters.peer_builds, 1);
-                session.peer = Peer::Live(rtc);
-                // The check is fed as new (str0m's clock must not go back) from its source.
-                let at = check.at.max(now);
-                self.receive(at, check.from, slot, false, &check.bytes);
-            }
-            Err(e) => {
-                tracing::warn!(session = serial, error = %e, "peer not built");
-                self.end_session(serial, "peer not built");
+            Command::PeerConnected(handover) => self.peer_connected(*handover, now),
+            Command::PeerFailed { serial, reason } => self.end_session(serial, reason),
+            Command::LateDatagram { serial, datagram } => {
+                if let Some(slot) = self.sessions.slot_of(serial) {
+                    let at = datagram.at.max(now);
+                    self.receive(at, datagram.from, slot, true, &datagram.bytes);
+                }
             }
         }
     }
@@ -382,38 +278,18 @@ impl WorkerCore {
 
     /// Feeds a routed datagram to its session; `known`: from an address bound to it.
     fn receive(&mut self, now: Instant, from: SocketAddr, slot: Slot, known: bool, buf: &[u8]) {
+        let session = self.sessions.get_mut(slot);
+        let rtc = match &mut session.peer {
+            Peer::Live(rtc) => rtc,
+            _ => {
+                self.receive_connecting(now, from, slot, known, buf);
+                return;
+            }
+        };
         let Ok(contents) = DatagramRecv::try_from(buf) else {
             return;
         };
         let destination = SocketAddr::new(self.shared.local_ip_for(from), self.local_port);
-        let session = self.sessions.get_mut(slot);
-        let rtc = match &mut session.peer {
-            Peer::Live(rtc) => rtc,
-            Peer::Parked(recipe) => {
-                // Only a check signed with the session's password wakes it; its peer is built
-                // off the worker, and the check answered then.
-                if !stun::is_check_signed_with(buf, &recipe.local.pass) {
-                    Counters::add(&self.counters.stun_integrity_failures, 1);
-                    return;
-                }
-                let Peer::Parked(recipe) = std::mem::replace(&mut session.peer, Peer::Building)
-                else {
-                    unreachable!("matched as parked above");
-                };
-                self.peer_builds.push(PeerBuild {
-                    serial: session.serial,
-                    recipe,
-                    check: HeldCheck {
-                        at: now,
-                        from,
-                        bytes: buf.to_vec(),
-                    },
-                });
-                return;
-            }
-            // The client sends its checks again until one is answered.
-            Peer::Building => return,
-        };
         let input = Input::Receive(
             now,
             Receive {
@@ -487,6 +363,9 @@ impl WorkerCore {
         };
         for addr in &session.addrs {
             self.demux.remove_addr(addr);
+        }
+        if matches!(session.peer, Peer::Handshaking { .. }) {
+            self.handshake_jobs.push(HandshakeJob::Cancel { serial });
         }
         self.demux.remove_ufrag(&session.local_ufrag);
         let room = session.room.clone();

@@ -20,7 +20,7 @@ fn a_check_binds_its_source_only_when_its_integrity_holds() {
     net.core.handle_datagram(net.now, attacker, &forged);
     net.core.handle_timeout(net.now);
     assert_eq!(
-        net.core.drain_peer_builds().count(),
+        net.core.drain_handshake_jobs().count(),
         0,
         "no peer for a forgery"
     );
@@ -98,11 +98,13 @@ fn checks_from_new_sources_wait_for_the_end_of_the_turn() {
     assert!(!net.answered(x.addr));
 }
 
-/// A session has no str0m peer until a check signed with its password comes; that check is
-/// held while the peer is built off the worker (checks meanwhile are dropped: the client sends
-/// again), then answered. A busy builder parks the session again.
+/// A session has no str0m peer until a check signed with its password comes; that check binds
+/// its source and goes to a handshake thread, where the peer is built, answers it and connects
+/// (the worker passes the session's datagrams on meanwhile), then comes back to the worker. A
+/// busy handshake thread parks the session again.
 #[test]
-fn a_session_gets_its_peer_at_its_first_signed_check() {
+fn a_session_gets_its_peer_at_its_first_signed_check_and_connects_off_the_worker() {
+    use crate::handshakes::HandshakeJob;
     use crate::session::Peer;
     let mut net = Net::new(0, 1, config());
     let mut v = net.peer("r", Direction::RecvOnly, 6001);
@@ -110,48 +112,110 @@ fn a_session_gets_its_peer_at_its_first_signed_check() {
     let parked = |net: &mut Net| matches!(net.core.sessions.get_mut(slot).peer, Peer::Parked(_));
     assert!(parked(&mut net), "no peer at the answer");
     let check = v.first_check(net.now);
-    // The builder is busy: parked again, nothing answered.
+    // The handshake threads are busy: parked again, nothing answered.
     net.core.handle_datagram(net.now, v.addr, &check);
     net.core.handle_timeout(net.now);
-    let build = net
-        .core
-        .drain_peer_builds()
-        .next()
-        .expect("a build asked for");
-    net.core.peer_build_refused(build);
+    let start = net.core.drain_handshake_jobs().next().expect("a start");
+    assert!(matches!(start, HandshakeJob::Start(_)));
+    net.core.handshake_job_refused(start);
     assert!(parked(&mut net));
     assert_eq!(net.metrics().peer_builds_refused, 1);
-    // The client's next check: a build, during which its checks are dropped.
+    // The client's next check starts the handshake; what it sends meanwhile is passed on.
     net.core.handle_datagram(net.now, v.addr, &check);
     net.core.handle_timeout(net.now);
-    let build = net
-        .core
-        .drain_peer_builds()
-        .next()
-        .expect("a build asked for");
+    let start = net.core.drain_handshake_jobs().next().expect("a start");
     assert!(matches!(
         net.core.sessions.get_mut(slot).peer,
-        Peer::Building
+        Peer::Handshaking { .. }
     ));
     net.core.handle_datagram(net.now, v.addr, &check);
     net.core.handle_timeout(net.now);
-    assert_eq!(
-        net.core.drain_peer_builds().count(),
-        0,
-        "one build at a time"
+    let jobs: Vec<_> = net.core.drain_handshake_jobs().collect();
+    assert!(
+        matches!(jobs[..], [HandshakeJob::Datagram { .. }]),
+        "one start per session; later datagrams are passed on"
     );
     assert!(
         net.sink.take().is_empty(),
-        "nothing answered while building"
+        "the worker answers nothing itself"
     );
-    net.finish_build(build);
-    net.core.handle_timeout(net.now);
+    net.finish_build(start);
     assert!(
         net.answered(v.addr),
         "the held check is answered by the built peer"
     );
     assert_eq!(net.metrics().peer_builds, 1);
+    for job in jobs {
+        net.finish_build(job);
+    }
     net.connect(&mut [&mut v]);
+    assert!(matches!(
+        net.core.sessions.get_mut(slot).peer,
+        Peer::Live(_)
+    ));
+    assert_eq!(net.handshakes.connecting(), 0, "handed over");
+    // A datagram of it that reaches the handshake thread after the hand-over goes back.
+    net.handshakes.handle_job(
+        net.now,
+        0,
+        HandshakeJob::Datagram {
+            serial: v.serial,
+            datagram: HeldCheck {
+                at: net.now,
+                from: v.addr,
+                bytes: check.clone(),
+            },
+        },
+    );
+    let back: Vec<_> = net.handshakes.drain_commands().collect();
+    assert!(matches!(
+        back[..],
+        [(0, Command::LateDatagram { serial, .. })] if serial == v.serial
+    ));
+}
+
+/// A connecting session passes at most its budget of datagrams a second to its handshake
+/// thread, takes a check from a new source only when signed with its password, and its
+/// handshake is cancelled when it ends.
+#[test]
+fn a_connecting_session_is_bounded_and_cancelled_with_its_session() {
+    use crate::session::HANDSHAKE_DATAGRAMS_PER_SECOND;
+    let mut net = Net::new(0, 1, config());
+    let mut v = net.peer("r", Direction::RecvOnly, 6001);
+    let check = v.first_check(net.now);
+    net.core.handle_datagram(net.now, v.addr, &check);
+    net.core.handle_timeout(net.now);
+    net.build_peers();
+    assert_eq!(net.handshakes.connecting(), 1);
+    for _ in 0..2 * HANDSHAKE_DATAGRAMS_PER_SECOND {
+        net.core.handle_datagram(net.now, v.addr, &[0x16; 60]);
+    }
+    let passed = net.core.drain_handshake_jobs().count() as u64;
+    assert_eq!(passed, HANDSHAKE_DATAGRAMS_PER_SECOND);
+    assert_eq!(
+        net.metrics().handshake_datagrams_dropped,
+        HANDSHAKE_DATAGRAMS_PER_SECOND
+    );
+    // A forged check from another source binds nothing.
+    net.now += Duration::from_secs(1);
+    let mut forged = check.clone();
+    let n = forged.len();
+    forged[n - 10] ^= 0xff;
+    let other = SocketAddr::from(([127, 0, 0, 9], 7000));
+    net.core.handle_datagram(net.now, other, &forged);
+    net.core.handle_timeout(net.now);
+    assert_eq!(net.core.drain_handshake_jobs().count(), 0);
+    assert_eq!(net.metrics().stun_integrity_failures, 1);
+    // The session ends on the worker: its handshake goes too.
+    net.core.handle_control(
+        net.now,
+        Control {
+            command: Command::Close { serial: v.serial },
+            reply: None,
+        },
+    );
+    net.build_peers();
+    assert_eq!(net.handshakes.connecting(), 0);
 }
 
 /// An ICE restart before the first check gives the parked session new credentials: the
@@ -177,7 +241,7 @@ fn an_ice_restart_before_the_first_check_changes_the_parked_credentials() {
     };
     net.core.handle_datagram(net.now, v.addr, &old_check);
     net.core.handle_timeout(net.now);
-    assert_eq!(net.core.drain_peer_builds().count(), 0);
+    assert_eq!(net.core.drain_handshake_jobs().count(), 0);
     assert_eq!(net.metrics().unknown_datagrams, 1, "the old ufrag is gone");
     // A check for the new credentials wakes it.
     let mut check = old_check.clone();
@@ -195,5 +259,5 @@ fn an_ice_restart_before_the_first_check_changes_the_parked_credentials() {
     crate::stun::sign(&mut check, &local.pass);
     net.core.handle_datagram(net.now, v.addr, &check);
     net.core.handle_timeout(net.now);
-    assert_eq!(net.core.drain_peer_builds().count(), 1);
+    assert_eq!(net.core.drain_handshake_jobs().count(), 1);
 }

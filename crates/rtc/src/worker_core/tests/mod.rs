@@ -18,9 +18,10 @@ use super::*;
 mod demux_tests;
 mod media_tests;
 use crate::config::EngineConfig;
+use crate::handshakes::{HandshakeJob, Handshakes};
 use crate::sdp::OfferSummary;
 use crate::send_batch::RecordingSink;
-use crate::session_setup::{SessionRequest, build_peer, prepare_session};
+use crate::session_setup::{SessionRequest, prepare_session};
 
 pub(crate) const SERVER: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5000);
@@ -28,6 +29,8 @@ pub(crate) const STEP: Duration = Duration::from_millis(5);
 
 pub(crate) struct Net {
     pub(crate) core: WorkerCore,
+    /// The handshake thread's core, run in step with the worker's.
+    pub(crate) handshakes: Handshakes,
     pub(crate) sink: RecordingSink,
     pub(crate) shared: Arc<Shared>,
     pub(crate) counters: Arc<Counters>,
@@ -72,8 +75,14 @@ impl Net {
             now,
             SystemTime::now(),
         );
+        let handshakes = Handshakes::new(
+            shared.clone(),
+            vec![SERVER.port(); workers],
+            counters.clone(),
+        );
         Net {
             core,
+            handshakes,
             sink,
             shared,
             counters,
@@ -199,35 +208,50 @@ impl Net {
         panic!("peers did not connect");
     }
 
-    /// Builds the peers the core asked for, as the peer builder would, and hands them back (in
-    /// a turn of their own, as the shell would).
+    /// Runs the handshake thread's jobs the core made, as the thread would: their datagrams
+    /// go out with the core's, their commands come back in a turn of their own.
     pub(crate) fn build_peers(&mut self) {
-        let builds: Vec<_> = self.core.drain_peer_builds().collect();
-        if builds.is_empty() {
-            return;
+        let jobs: Vec<_> = self.core.drain_handshake_jobs().collect();
+        for job in jobs {
+            self.handshakes.handle_job(self.now, self.core.index, job);
         }
-        for build in builds {
-            self.finish_build(build);
-        }
-        self.core.handle_timeout(self.now);
+        self.run_handshakes();
     }
 
-    /// Builds one peer the core asked for and hands it back.
-    pub(crate) fn finish_build(&mut self, build: PeerBuild) {
-        let recipe = *build.recipe;
-        let peer = build_peer(&self.shared, SERVER.port(), recipe, self.now).map(Box::new);
-        let command = Command::PeerBuilt {
-            serial: build.serial,
-            peer,
-            check: build.check,
-        };
-        self.core.handle_control(
-            self.now,
-            Control {
-                command,
-                reply: None,
-            },
-        );
+    /// Hands one job to the handshake thread and runs it.
+    pub(crate) fn finish_build(&mut self, job: HandshakeJob) {
+        self.handshakes.handle_job(self.now, self.core.index, job);
+        self.run_handshakes();
+    }
+
+    /// The handshake thread's timers, datagrams and commands.
+    pub(crate) fn run_handshakes(&mut self) {
+        self.handshakes.handle_timeout(self.now);
+        let sent: Vec<_> = self
+            .handshakes
+            .drain_transmits()
+            .map(|t| (t.to, t.contents))
+            .collect();
+        self.sink.sent.lock().unwrap().extend(sent);
+        let commands: Vec<_> = self.handshakes.drain_commands().collect();
+        if commands.is_empty() {
+            return;
+        }
+        for (_, command) in commands {
+            self.core.handle_control(
+                self.now,
+                Control {
+                    command,
+                    reply: None,
+                },
+            );
+        }
+        self.core.handle_timeout(self.now);
+        // Whatever the commands made (a failed session's cancel) goes to the thread too.
+        let jobs: Vec<_> = self.core.drain_handshake_jobs().collect();
+        for job in jobs {
+            self.handshakes.handle_job(self.now, self.core.index, job);
+        }
     }
 
     /// Whether the core answered a check of the peer at `addr` since the sink was last taken.

@@ -1,0 +1,89 @@
+//! What reaches a worker core besides datagrams: commands from the control side and the
+//! handshake threads, and messages from other workers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use deadsfu_media::{MediaPacket, Room, RoomId};
+use str0m::{Candidate, IceCreds};
+
+use crate::error::SessionError;
+use crate::handshakes::Handover;
+use crate::session::Session;
+use crate::session_setup::PeerRecipe;
+
+/// A command from the control side or a handshake thread.
+pub(crate) enum Command {
+    /// Take in a session prepared off the worker (`session_setup.rs`).
+    Adopt(Box<Session>),
+    AddCandidates {
+        serial: u64,
+        candidates: Vec<Candidate>,
+    },
+    RestartIce {
+        serial: u64,
+        remote: IceCreds,
+    },
+    Close {
+        serial: u64,
+    },
+    SwitchRoom {
+        serial: u64,
+        room: Arc<Room>,
+    },
+    /// A session connected on its handshake thread (`handshakes.rs`): its peer comes here.
+    PeerConnected(Box<Handover>),
+    /// A session could not connect (its peer not built, the handshake failed or timed out).
+    PeerFailed {
+        serial: u64,
+        reason: &'static str,
+    },
+    /// A datagram of a session that reached its handshake thread after the hand-over.
+    LateDatagram {
+        serial: u64,
+        datagram: HeldCheck,
+    },
+}
+
+/// A datagram held for later: the check that woke a parked session, or one of a session
+/// connecting on a handshake thread.
+pub(crate) struct HeldCheck {
+    pub at: Instant,
+    pub from: SocketAddr,
+    pub bytes: Vec<u8>,
+}
+
+/// A parked session's peer to be built and connected off the worker (`handshakes.rs`).
+pub(crate) struct PeerBuild {
+    pub serial: u64,
+    pub recipe: Box<PeerRecipe>,
+    pub check: HeldCheck,
+}
+
+/// The answer to a command.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Done(Result<(), SessionError>),
+    IceRestarted(Result<IceCreds, SessionError>),
+}
+
+/// Delivers a reply; false when nobody waits for it any more.
+pub(crate) type ReplyTo = Box<dyn FnOnce(Reply) -> bool + Send>;
+
+/// A command and where its answer goes.
+pub(crate) struct Control {
+    pub command: Command,
+    pub reply: Option<ReplyTo>,
+}
+
+/// What one worker sends another.
+pub(crate) enum PeerMessage {
+    /// A packet of `room` published elsewhere, for this worker's viewers (and GOP).
+    Packet {
+        room: RoomId,
+        packet: Arc<MediaPacket>,
+    },
+    /// Viewers elsewhere need a keyframe of `room`, whose publisher is here.
+    KeyframeRequest { room: RoomId },
+}
