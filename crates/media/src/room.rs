@@ -27,6 +27,8 @@ pub struct Room {
     /// Session serial of the live publisher, or 0.
     publisher: AtomicU64,
     publisher_worker: AtomicUsize,
+    /// Workers with viewers of the room, one bit each: the only ones its packets go to.
+    viewing_workers: AtomicU64,
     viewers: AtomicUsize,
     /// [`crate::Codec::code`] of the live video, 0 when none has been seen.
     video_codec: AtomicU8,
@@ -41,6 +43,7 @@ impl Room {
             name,
             publisher: AtomicU64::new(NO_PUBLISHER),
             publisher_worker: AtomicUsize::new(NO_WORKER),
+            viewing_workers: AtomicU64::new(0),
             viewers: AtomicUsize::new(0),
             video_codec: AtomicU8::new(0),
             bytes_in: AtomicU64::new(0),
@@ -83,6 +86,29 @@ impl Room {
             NO_WORKER => None,
             w => Some(w),
         }
+    }
+
+    /// Marks whether `worker` has viewers of the room; each worker sets only its own bit.
+    pub fn set_viewing(&self, worker: usize, viewing: bool) {
+        let bit = 1u64 << (worker % MAX_WORKERS);
+        if viewing {
+            self.viewing_workers.fetch_or(bit, Ordering::AcqRel);
+        } else {
+            self.viewing_workers.fetch_and(!bit, Ordering::AcqRel);
+        }
+    }
+
+    /// The workers with viewers of the room, one bit each (bit `n` for worker `n`).
+    pub fn viewing_workers(&self) -> u64 {
+        self.viewing_workers.load(Ordering::Acquire)
+    }
+
+    /// The worker that keeps the room's GOP for workers whose first viewer joins: the
+    /// publisher's, or, for a publisher outside the workers (FTL), one chosen by the room's id,
+    /// which then gets every packet.
+    pub fn gop_keeper(&self, workers: usize) -> usize {
+        self.publisher_worker()
+            .unwrap_or((self.id.0 % workers.max(1) as u64) as usize)
     }
 
     /// Counts a received packet. Only the publisher's thread calls this, so a load and a store
@@ -228,6 +254,22 @@ mod tests {
         assert!(!room.has_publisher());
         assert_eq!(room.publisher_worker(), None);
         assert!(room.try_claim_publisher(2, Some(1)));
+    }
+
+    #[test]
+    fn viewing_workers_and_the_gop_keeper() {
+        let rooms = Rooms::new();
+        let room = rooms.get_or_create("a");
+        room.set_viewing(3, true);
+        room.set_viewing(0, true);
+        room.set_viewing(3, true);
+        assert_eq!(room.viewing_workers(), 0b1001);
+        room.set_viewing(0, false);
+        assert_eq!(room.viewing_workers(), 0b1000);
+        // No publisher on a worker: one chosen by the room's id; else the publisher's.
+        assert_eq!(room.gop_keeper(4), (room.id.0 % 4) as usize);
+        assert!(room.try_claim_publisher(1, Some(2)));
+        assert_eq!(room.gop_keeper(4), 2);
     }
 
     #[test]

@@ -62,8 +62,15 @@ impl Ingest {
             payload: pkt.payload,
         });
         room.record_ingress(packet.codec, packet.payload.len());
-        // Every worker gets it: those with viewers forward it, all keep the room's GOP.
-        for worker in self.workers.iter() {
+        // To the workers with viewers of the room, and to the one that keeps its GOP.
+        let keeper = room.gop_keeper(self.workers.len());
+        let mut targets = room.viewing_workers() | (1u64 << keeper);
+        while targets != 0 {
+            let w = targets.trailing_zeros() as usize;
+            targets &= targets - 1;
+            let Some(worker) = self.workers.get(w) else {
+                break;
+            };
             let msg = PeerMessage::Packet {
                 room: room.id,
                 packet: packet.clone(),

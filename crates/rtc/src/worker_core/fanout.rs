@@ -19,6 +19,9 @@ impl WorkerCore {
         let Some(local) = self.rooms.get(&room) else {
             return;
         };
+        if local.awaiting_gop.is_some() {
+            return; // replayed when the GOP comes (`gop_arrived`)
+        }
         let gop = local.gop.packets();
         if gop.is_empty() {
             return;
@@ -73,13 +76,8 @@ impl WorkerCore {
             }
         }
         let old = std::mem::replace(&mut session.room, room.clone());
-        // The old room stays (with its GOP, for whoever comes back to it) until tidied.
-        if let Some(local) = self.rooms.get_mut(&old.id) {
-            local.remove_viewer(slot);
-        }
-        old.viewer_left();
-        self.rooms.entry(room.id).or_default().viewers.push(slot);
-        room.viewer_joined();
+        self.viewer_removed(&old, slot);
+        self.viewer_added(&room, slot, now);
         tracing::info!(session = serial, from = %old.name, to = %room.name, "viewer switched rooms");
         self.shared.rooms.release(old);
         if !overtaking {
@@ -89,11 +87,14 @@ impl WorkerCore {
         Ok(())
     }
 
-    /// Sends a publisher's packet to every other worker (each keeps the room's GOP for its
-    /// viewers) and queues it for this worker's viewers.
+    /// Sends a publisher's packet to the other workers with viewers of its room (one reference
+    /// each) and queues it for this worker's viewers and GOP.
     pub(super) fn route(&mut self, room: &Arc<Room>, pkt: Arc<MediaPacket>) {
         room.record_ingress(pkt.codec, pkt.payload.len());
-        for w in (0..self.workers).filter(|w| *w != self.index) {
+        let mut targets = self.route_targets(room);
+        while targets != 0 {
+            let w = targets.trailing_zeros() as usize;
+            targets &= targets - 1;
             let packet = pkt.clone();
             self.to_peers.push((
                 w,
@@ -140,13 +141,20 @@ impl WorkerCore {
         now: Instant,
     ) {
         let local = self.rooms.entry(room).or_default();
+        let awaiting = local.awaiting_gop.is_some();
         for (_, pkt) in packets {
+            if awaiting {
+                local.hold(pkt);
+            }
             if pkt.kind() == MediaKind::Video && !pkt.source.is_idle() {
-                if self.shared.config.gop_cache {
+                if self.shared.config.gop_cache && !awaiting {
                     local.gop.push(pkt);
                 }
                 local.last_live_video = Some(pkt.arrival);
             }
+        }
+        if awaiting {
+            return; // the viewers here start when the room's GOP comes
         }
         for slot in &local.viewers {
             if let Some(viewer) = self.sessions.get_mut(*slot).connected_viewer() {

@@ -86,4 +86,11 @@ pub(crate) enum PeerMessage {
     },
     /// Viewers elsewhere need a keyframe of `room`, whose publisher is here.
     KeyframeRequest { room: RoomId },
+    /// Worker `from` has its first viewer of `room`, whose GOP is kept here: send it.
+    GopRequest { room: RoomId, from: usize },
+    /// The GOP of `room` asked for, oldest packet first.
+    Gop {
+        room: RoomId,
+        packets: Vec<Arc<MediaPacket>>,
+    },
 }

@@ -8,6 +8,7 @@ mod connecting;
 mod demux;
 mod drain;
 mod fanout;
+mod gop_handover;
 mod messages;
 mod rooms;
 mod sessions;
@@ -71,6 +72,8 @@ pub(crate) struct WorkerCore {
     sends: SendBatch,
     to_peers: Vec<(usize, PeerMessage)>,
     handshake_jobs: Vec<HandshakeJob>,
+    /// Rooms waiting for their GOP from its keeper, and until when (`gop_handover.rs`).
+    gop_waits: Vec<(RoomId, Instant)>,
 }
 
 impl WorkerCore {
@@ -105,6 +108,7 @@ impl WorkerCore {
             sends: SendBatch::new(sink),
             to_peers: Vec::new(),
             handshake_jobs: Vec::new(),
+            gop_waits: Vec::new(),
         }
     }
 
@@ -115,6 +119,9 @@ impl WorkerCore {
             deadline = deadline.min(*t);
         }
         if let Some(t) = self.next_idle_frame {
+            deadline = deadline.min(t);
+        }
+        if let Some(t) = self.next_gop_wait() {
             deadline = deadline.min(t);
         }
         deadline
@@ -142,6 +149,7 @@ impl WorkerCore {
         self.handle_deferred_checks();
         self.handle_timers(now);
         self.play_idle(now);
+        self.expire_gop_waits(now);
         self.tidy_rooms(now);
         self.flush_fanout(now);
         self.sends.flush(&self.counters);
@@ -238,6 +246,8 @@ impl WorkerCore {
         match msg {
             PeerMessage::Packet { room, packet } => self.pending.push((room, packet)),
             PeerMessage::KeyframeRequest { room } => self.keyframe_request_local(room, now),
+            PeerMessage::GopRequest { room, from } => self.send_gop(room, from),
+            PeerMessage::Gop { room, packets } => self.gop_arrived(room, Some(packets), now),
         }
     }
 
@@ -340,13 +350,9 @@ impl WorkerCore {
         let room = session.room.clone();
         let ufrag = session.local_ufrag.clone();
         let slot = self.sessions.insert(session);
-        let local = self.rooms.entry(room.id).or_default();
         match kind {
-            SessionKind::Publisher => local.publisher = Some(slot),
-            SessionKind::Viewer => {
-                local.viewers.push(slot);
-                room.viewer_joined();
-            }
+            SessionKind::Publisher => self.rooms.entry(room.id).or_default().publisher = Some(slot),
+            SessionKind::Viewer => self.viewer_added(&room, slot, now),
         }
         self.demux.add_ufrag(ufrag, slot, now);
         if self.next_idle_frame.is_none() && self.shared.config.idle_clip.is_some() {
@@ -377,11 +383,7 @@ impl WorkerCore {
                     }
                     room.release_publisher(serial);
                 }
-                SessionKind::Viewer => {
-                    if local.remove_viewer(slot) {
-                        room.viewer_left();
-                    }
-                }
+                SessionKind::Viewer => self.viewer_removed(&room, slot),
             }
         }
         Counters::add(&self.counters.sessions_ended, 1);

@@ -2,16 +2,19 @@
 //! room's recent video (GOP) to start viewers from, and the idle clip played while no live
 //! video comes.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadsfu_media::rewrite::IDLE_AFTER;
-use deadsfu_media::{GopCache, IdlePlayer};
+use deadsfu_media::{GopCache, IdlePlayer, MediaPacket};
 
 use super::demux::Slot;
 
 /// GOP cache bounds per room: a 4 s GOP at 8 Mbit/s fits.
 const GOP_MAX_BYTES: usize = 4 << 20;
 const GOP_MAX_PACKETS: usize = 4096;
+/// Packets held per room while waiting for its GOP; beyond, the oldest are dropped.
+const MAX_HELD: usize = 4096;
 /// Least time between two keyframe requests this worker forwards for one room: requests from
 /// many viewers (a join storm, a PLI flood) merge into one.
 pub(crate) const KEYFRAME_REQUEST_MERGE: Duration = Duration::from_millis(100);
@@ -26,6 +29,10 @@ pub(crate) struct LocalRoom {
     pub idle_playing: bool,
     /// When this worker last asked the room's publisher for a keyframe.
     pub last_keyframe_request: Option<Instant>,
+    /// Waiting (until then at the latest) for the room's GOP from its keeper: the viewers here
+    /// get nothing until it comes, and the room's packets meanwhile are `held`.
+    pub awaiting_gop: Option<Instant>,
+    pub held: Vec<Arc<MediaPacket>>,
 }
 
 impl Default for LocalRoom {
@@ -38,6 +45,8 @@ impl Default for LocalRoom {
             idle: IdlePlayer::default(),
             idle_playing: false,
             last_keyframe_request: None,
+            awaiting_gop: None,
+            held: Vec::new(),
         }
     }
 }
@@ -69,6 +78,14 @@ impl LocalRoom {
             self.gop.clear();
         }
         live || self.publisher.is_some() || !self.viewers.is_empty()
+    }
+
+    /// Keeps a packet that came while waiting for the room's GOP.
+    pub fn hold(&mut self, packet: &Arc<MediaPacket>) {
+        if self.held.len() >= MAX_HELD {
+            self.held.remove(0);
+        }
+        self.held.push(packet.clone());
     }
 
     pub fn remove_viewer(&mut self, slot: Slot) -> bool {

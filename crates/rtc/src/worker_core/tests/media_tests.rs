@@ -85,12 +85,16 @@ fn a_switch_replays_the_new_rooms_gop_and_is_rate_limited() {
 }
 
 #[test]
-fn a_publishers_packets_reach_this_workers_viewers_and_every_other_worker_shared() {
-    let mut net = Net::new(0, 3, config());
+fn a_publishers_packets_reach_this_workers_viewers_and_the_workers_with_viewers_shared() {
+    let mut net = Net::new(0, 4, config());
     let mut p = net.peer("r", Direction::SendOnly, 6001);
     let mut v = net.peer("r", Direction::RecvOnly, 6002);
     net.connect(&mut [&mut p, &mut v]);
     let _ = net.core.drain_peer_messages().count();
+    // Workers 1 and 3 have viewers of the room, worker 2 has none.
+    let room = net.shared.rooms.get_or_create("r");
+    room.set_viewing(1, true);
+    room.set_viewing(3, true);
     let mid = p.video_mid.unwrap();
     let pt = p.send_pt();
     for i in 0..3u16 {
@@ -114,14 +118,128 @@ fn a_publishers_packets_reach_this_workers_viewers_and_every_other_worker_shared
         .drain_peer_messages()
         .filter_map(|(w, m)| match m {
             PeerMessage::Packet { packet, .. } => Some((w, packet)),
-            PeerMessage::KeyframeRequest { .. } => None,
+            _ => None,
         })
         .collect();
-    assert_eq!(sent.len(), 6, "each packet to workers 1 and 2");
+    assert_eq!(sent.len(), 6, "each packet to workers 1 and 3 only");
     for pair in sent.chunks(2) {
-        assert_eq!((pair[0].0, pair[1].0), (1, 2));
+        assert_eq!((pair[0].0, pair[1].0), (1, 3));
         assert!(Arc::ptr_eq(&pair[0].1, &pair[1].1), "shared, not copied");
     }
+    room.set_viewing(1, false);
+    room.set_viewing(3, false);
+    net.shared.rooms.release(room);
+}
+
+/// A worker whose first viewer of a room joins starts receiving the room's packets and gets
+/// its GOP from the keeper (the publisher's worker); packets that come before the GOP are held
+/// and follow it, so the viewer starts at the keyframe with nothing missing or repeated. The
+/// last viewer leaving stops the packets.
+#[test]
+fn a_workers_first_viewer_gets_the_rooms_gop_from_its_keeper() {
+    let mut net = Net::new(1, 2, config());
+    let room = net.shared.rooms.get_or_create("r");
+    assert!(room.try_claim_publisher(99, Some(0)));
+    let mut keeper = WorkerCore::new(
+        0,
+        SERVER.port(),
+        2,
+        net.shared.clone(),
+        Arc::new(Counters::default()),
+        Box::new(RecordingSink::default()),
+        net.now,
+        SystemTime::now(),
+    );
+    // The keeper has a GOP: a keyframe of 3 packets and a delta frame of 2.
+    let now = net.now;
+    for packet in frame(99, 1, 1000, 3, true, now)
+        .into_iter()
+        .chain(frame(99, 4, 4000, 2, false, now))
+    {
+        let msg = PeerMessage::Packet {
+            room: room.id,
+            packet,
+        };
+        keeper.handle_peer_message(now, msg);
+    }
+    keeper.handle_timeout(now);
+    assert_eq!(
+        room.viewing_workers(),
+        0,
+        "no viewers anywhere: no packets to send"
+    );
+    // A viewer joins on worker 1: its bit is set and the keeper asked for the GOP.
+    let mut v = net.peer("r", Direction::RecvOnly, 6001);
+    assert_eq!(room.viewing_workers(), 0b10);
+    let asked: Vec<_> = net.core.drain_peer_messages().collect();
+    let [
+        (
+            0,
+            PeerMessage::GopRequest {
+                room: asked_room,
+                from: 1,
+            },
+        ),
+    ] = asked[..]
+    else {
+        panic!("one GOP request to the keeper");
+    };
+    assert_eq!(asked_room, room.id);
+    // A live packet reaches worker 1 before the GOP does: it is held, not lost.
+    net.inject(room.id, &frame(99, 6, 7000, 1, false, now));
+    net.core.handle_timeout(now);
+    keeper.handle_peer_message(
+        now,
+        PeerMessage::GopRequest {
+            room: room.id,
+            from: 1,
+        },
+    );
+    let answer: Vec<_> = keeper.drain_peer_messages().collect();
+    let [(1, ref gop @ PeerMessage::Gop { .. })] = answer[..] else {
+        panic!("the GOP, to worker 1");
+    };
+    let PeerMessage::Gop { packets, .. } = gop else {
+        unreachable!()
+    };
+    assert_eq!(packets.len(), 5);
+    let msg = PeerMessage::Gop {
+        room: room.id,
+        packets: packets.clone(),
+    };
+    net.core.handle_peer_message(net.now, msg);
+    net.connect(&mut [&mut v]);
+    assert_eq!(v.video_seqs().len(), 6, "the GOP and the held packet");
+    assert_consecutive(&v.video_seqs());
+    assert_eq!(v.video[0].1[0] & 0x1f, 5, "starting at the keyframe");
+    // The viewer leaves: worker 1 gets no more of the room.
+    net.core.handle_control(
+        net.now,
+        Control {
+            command: Command::Close { serial: v.serial },
+            reply: None,
+        },
+    );
+    assert_eq!(room.viewing_workers(), 0);
+    net.shared.rooms.release(room);
+}
+
+/// Without an answer from the keeper, the viewers start after a short wait from what came.
+#[test]
+fn a_gop_that_does_not_come_is_not_waited_for_long() {
+    let mut net = Net::new(1, 2, config());
+    let room = net.shared.rooms.get_or_create("r");
+    assert!(room.try_claim_publisher(99, Some(0)));
+    let mut v = net.peer("r", Direction::RecvOnly, 6001);
+    let _ = net.core.drain_peer_messages().count();
+    let now = net.now;
+    net.inject(room.id, &frame(99, 1, 1000, 2, true, now));
+    net.core.handle_timeout(now);
+    assert!(net.core.poll_timeout(now) <= now + gop_handover::GOP_WAIT);
+    net.now += gop_handover::GOP_WAIT;
+    net.connect(&mut [&mut v]);
+    assert_eq!(v.video_seqs().len(), 2, "the held keyframe, replayed");
+    net.shared.rooms.release(room);
 }
 
 #[test]
