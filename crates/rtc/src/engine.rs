@@ -14,6 +14,7 @@ use crate::config::EngineConfig;
 use crate::error::{EngineError, SessionError};
 use crate::handshake_thread::HandshakeThreads;
 use crate::ingest::Ingest;
+use crate::messages::{Command, Control, Reply, ToWorker};
 use crate::metrics::Counters;
 use crate::sdp::{OfferSummary, TrickleFragment, VideoFamily};
 use crate::session::SessionKind;
@@ -21,8 +22,7 @@ use crate::session_setup::{SessionRequest, prepare_session};
 pub(crate) use crate::shared::Shared;
 use crate::shared::{SessionEntry, new_etag};
 use crate::udp_socket::{bind_udp, spawn_heap_trimmer};
-use crate::worker_core::{Command, Control, Reply};
-use crate::worker_shell::{CONTROL_CAPACITY, INBOX_CAPACITY, ToWorker, WorkerHandle, WorkerShell};
+use crate::worker_shell::{CONTROL_CAPACITY, INBOX_CAPACITY, WorkerHandle, WorkerShell};
 
 /// A created session: what the HTTP side returns to the client.
 #[derive(Debug, Clone)]

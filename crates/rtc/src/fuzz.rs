@@ -12,13 +12,14 @@ use str0m::{Candidate, Rtc};
 
 use crate::config::EngineConfig;
 use crate::handshakes::Handshakes;
+use crate::messages::{Command, Control, PeerMessage};
 use crate::metrics::Counters;
 use crate::sdp::OfferSummary;
 use crate::send_batch::RecordingSink;
 use crate::session::{Peer, SessionKind};
 use crate::session_setup::{SessionRequest, prepare_session};
 use crate::shared::Shared;
-use crate::worker_core::{Command, Control, PeerMessage, WorkerCore};
+use crate::worker_core::WorkerCore;
 
 const PORT: u16 = 5000;
 

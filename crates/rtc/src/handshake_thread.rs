@@ -10,11 +10,11 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::WeakSender;
 
-use crate::handshakes::{HandshakeJob, Handshakes};
+use crate::handshakes::Handshakes;
+use crate::messages::{Control, HandshakeJob, ToWorker};
 use crate::metrics::Counters;
+use crate::panic_policy::exit_on_panic;
 use crate::shared::Shared;
-use crate::worker_core::Control;
-use crate::worker_shell::{ToWorker, exit_on_panic};
 
 /// Jobs waiting for one handshake thread; beyond, a worker parks a new session again (its
 /// client's next check tries anew) and drops a connecting session's datagram (the client

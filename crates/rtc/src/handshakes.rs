@@ -19,10 +19,10 @@ use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 
 use crate::dtls_tap::SrtpKeys;
+use crate::messages::{Command, Handover, HandshakeJob, PeerBuild};
 use crate::metrics::Counters;
 use crate::session_setup::build_peer;
 use crate::shared::Shared;
-use crate::worker_core::{Command, HeldCheck, PeerBuild};
 
 /// Sessions connecting on one handshake thread at most; beyond, a new one fails (the
 /// engine's limit on sessions not yet connected is far below this).
@@ -31,36 +31,6 @@ const MAX_HANDSHAKES: usize = 8_192;
 const MAX_EARLY_EVENTS: usize = 64;
 /// How long datagrams of a session handed over are still sent after it to its worker.
 const LATE_DATAGRAMS_FOR: Duration = Duration::from_secs(2);
-
-/// What a worker asks of the handshake thread.
-pub(crate) enum HandshakeJob {
-    /// Build the peer of a session whose first check held, and answer that check.
-    Start(PeerBuild),
-    /// A datagram for a session connecting here.
-    Datagram { serial: u64, datagram: HeldCheck },
-    /// The session ended on its worker.
-    Cancel { serial: u64 },
-}
-
-impl HandshakeJob {
-    pub fn serial(&self) -> u64 {
-        match self {
-            HandshakeJob::Start(build) => build.serial,
-            HandshakeJob::Datagram { serial, .. } | HandshakeJob::Cancel { serial } => *serial,
-        }
-    }
-}
-
-/// A connected peer for its worker, with what it reported while connecting.
-pub(crate) struct Handover {
-    pub serial: u64,
-    pub rtc: Box<Rtc>,
-    pub events: Vec<Event>,
-    /// The SRTP keys of its DTLS handshake (`dtls_tap`).
-    pub keys: Option<SrtpKeys>,
-    /// Where its DTLS datagrams went: a viewer's media follows.
-    pub destination: Option<SocketAddr>,
-}
 
 /// A datagram to send from a worker's socket.
 pub(crate) struct Transmit {

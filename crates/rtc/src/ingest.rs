@@ -9,8 +9,8 @@ use deadsfu_media::keyframe::is_keyframe_start;
 use deadsfu_media::seq::SeqExtender;
 use deadsfu_media::{Codec, MediaKind, MediaPacket, Room, SourceId};
 
+use crate::messages::PeerMessage;
 use crate::shared::Shared;
-use crate::worker_core::PeerMessage;
 use crate::worker_shell::WorkerHandle;
 
 /// A live non-WebRTC publisher of one room. Dropping it frees the room.

@@ -9,15 +9,16 @@ use deadsfu_media::keyframe::is_keyframe_start;
 use deadsfu_media::keyframe_request::KeyframeRequestGate;
 use deadsfu_media::{Codec, MediaKind, MediaPacket, Room, SourceId};
 use str0m::media::{KeyframeRequestKind, Mid, Pt};
+use str0m::rtp::Ssrc;
 use str0m::rtp::rtcp::Rtcp;
-use str0m::{Event, IceConnectionState, Rtc};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Rtc};
 
 use crate::budget::PerSecond;
 use crate::codec::codec_of_spec;
 use crate::egress::ViewerEgress;
 use crate::metrics::Counters;
+use crate::sdp::VideoFamily;
 use crate::send_batch::SendBatch;
-use crate::session_setup::PeerRecipe;
 
 /// Room switches a viewer may make per second; and the GOP bytes replayed to one viewer per
 /// second (beyond it a switch starts at the room's next keyframe instead).
@@ -79,6 +80,34 @@ pub(crate) enum Peer {
         datagrams: PerSecond,
     },
     Live(Box<Rtc>),
+}
+
+/// Candidates a client may trickle before its first check; more are ignored (its host
+/// candidates come first, and ICE-lite needs none of them to answer its checks).
+const MAX_TRICKLED: usize = 32;
+
+/// What it takes to build a session's str0m peer after its answer was sent: the offer, and
+/// what a new peer would otherwise choose differently from the answer.
+pub(crate) struct PeerRecipe {
+    pub kind: SessionKind,
+    pub video_family: Option<VideoFamily>,
+    pub offer: Box<str>,
+    /// Our ICE credentials as the answer (or an ICE restart since) gave them.
+    pub local: IceCreds,
+    /// The client's credentials from an ICE restart made before the peer was built.
+    pub remote: Option<IceCreds>,
+    pub remote_candidates: Vec<Candidate>,
+    /// The send streams the answer announced: mid, SSRC and RTX SSRC.
+    pub send_streams: Vec<(Mid, Ssrc, Option<Ssrc>)>,
+}
+
+impl PeerRecipe {
+    /// A candidate trickled before the peer exists (beyond `MAX_TRICKLED`, ignored).
+    pub fn add_remote_candidate(&mut self, c: Candidate) {
+        if self.remote_candidates.len() < MAX_TRICKLED {
+            self.remote_candidates.push(c);
+        }
+    }
 }
 
 /// Datagrams a connecting session may have passed to its handshake thread per second (a DTLS

@@ -14,13 +14,12 @@ use deadsfu_media::{MediaKind, Room};
 use str0m::change::SdpOffer;
 use str0m::config::CryptoProvider;
 use str0m::media::Mid;
-use str0m::rtp::Ssrc;
-use str0m::{Candidate, IceCreds, Rtc};
+use str0m::{Candidate, Rtc};
 
 use crate::egress::ViewerEgress;
 use crate::error::SessionError;
 use crate::sdp::{OfferSummary, SectionKind, VideoFamily, keep_answered_formats};
-use crate::session::{Peer, Publisher, Role, Session, SessionKind};
+use crate::session::{Peer, PeerRecipe, Publisher, Role, Session, SessionKind};
 use crate::shared::Shared;
 
 /// str0m's report interval for viewers: never (deadsfu sends their reports).
@@ -36,34 +35,6 @@ pub(crate) struct SessionRequest {
     pub offer_sdp: Box<str>,
     pub summary: OfferSummary,
     pub video_family: Option<VideoFamily>,
-}
-
-/// Candidates a client may trickle before its first check; more are ignored (its host
-/// candidates come first, and ICE-lite needs none of them to answer its checks).
-const MAX_TRICKLED: usize = 32;
-
-/// What it takes to build a session's str0m peer after its answer was sent: the offer, and
-/// what a new peer would otherwise choose differently from the answer.
-pub(crate) struct PeerRecipe {
-    kind: SessionKind,
-    video_family: Option<VideoFamily>,
-    offer: Box<str>,
-    /// Our ICE credentials as the answer (or an ICE restart since) gave them.
-    pub local: IceCreds,
-    /// The client's credentials from an ICE restart made before the peer was built.
-    pub remote: Option<IceCreds>,
-    remote_candidates: Vec<Candidate>,
-    /// The send streams the answer announced: mid, SSRC and RTX SSRC.
-    send_streams: Vec<(Mid, Ssrc, Option<Ssrc>)>,
-}
-
-impl PeerRecipe {
-    /// A candidate trickled before the peer exists (beyond `MAX_TRICKLED`, ignored).
-    pub fn add_remote_candidate(&mut self, c: Candidate) {
-        if self.remote_candidates.len() < MAX_TRICKLED {
-            self.remote_candidates.push(c);
-        }
-    }
 }
 
 /// A str0m peer configured for a session of `kind` on the worker whose socket has

@@ -6,9 +6,9 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::handshakes::HandshakeJob;
+use crate::messages::{Control, HandshakeJob, PeerMessage};
 use crate::metrics::Counters;
-use crate::worker_core::{Control, PeerMessage, WorkerCore};
+use crate::worker_core::WorkerCore;
 
 /// Most datagrams read from the socket per turn.
 pub(crate) const DATAGRAMS_PER_TURN: usize = 64;

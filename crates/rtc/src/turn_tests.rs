@@ -11,7 +11,7 @@ use deadsfu_media::{MediaPacket, RoomId};
 
 use str0m::media::Direction;
 
-use crate::handshakes::HandshakeJob;
+use crate::messages::HandshakeJob;
 use crate::worker_core::tests::*;
 use crate::worker_core::*;
 

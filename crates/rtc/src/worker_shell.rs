@@ -14,12 +14,13 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::handshake_thread::HandshakeThreads;
-use crate::handshakes::HandshakeJob;
+use crate::messages::{Control, HandshakeJob, PeerMessage, ToWorker};
 use crate::metrics::Counters;
+use crate::panic_policy::exit_on_panic;
 use crate::shared::Shared;
 use crate::turn::{TurnIo, run_turn};
 use crate::udp_sink::UdpSink;
-use crate::worker_core::{Control, PeerMessage, WorkerCore};
+use crate::worker_core::WorkerCore;
 
 /// Commands waiting for one worker; beyond, the control side waits (it is the HTTP handler of
 /// the request that made the command).
@@ -31,12 +32,6 @@ pub(crate) const INBOX_CAPACITY: usize = 8192;
 /// Buffers per `recvmmsg` call, and their size (a coalesced GRO buffer is up to 64 KiB).
 const RECV_BATCH: usize = 32;
 const RECV_BUFFER: usize = 65_536;
-
-/// What the control side sends a worker.
-pub(crate) enum ToWorker {
-    Control(Control),
-    Shutdown,
-}
 
 /// How other threads reach a worker.
 #[derive(Clone)]
@@ -150,9 +145,6 @@ impl TurnIo for Io<'_> {
     }
 }
 
-/// Exit status of a process whose media worker panicked.
-pub(crate) const WORKER_PANIC_EXIT: i32 = 70;
-
 /// Runs a worker; if it panics, the process exits. A worker's sessions, rooms and the claims
 /// other threads hold on them are one state that a panic leaves half-changed (rooms claimed
 /// forever, viewers waiting on a dead thread); ending the process lets a supervisor (systemd,
@@ -168,18 +160,6 @@ pub(crate) fn run_or_exit(
     exit_on_panic("media worker", move || {
         shell.run(socket, send_socket, control, inbox)
     });
-}
-
-/// Runs `run`; if it panics, logs that `what` panicked and exits with [`WORKER_PANIC_EXIT`]
-/// (the policy of every thread the media path depends on).
-pub(crate) fn exit_on_panic(what: &str, run: impl FnOnce()) {
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err() {
-        tracing::error!(
-            exit_code = WORKER_PANIC_EXIT,
-            "{what} panicked; exiting so that a supervisor restarts deadsfu"
-        );
-        std::process::exit(WORKER_PANIC_EXIT);
-    }
 }
 
 /// What ended a wait.

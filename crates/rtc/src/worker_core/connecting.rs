@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::{HeldCheck, PeerBuild, Slot, WorkerCore};
 use crate::budget::PerSecond;
-use crate::handshakes::{Handover, HandshakeJob};
+use crate::messages::{Handover, HandshakeJob};
 use crate::metrics::Counters;
 use crate::session::{HANDSHAKE_DATAGRAMS_PER_SECOND, Peer, Role};
 use crate::stun;

@@ -9,7 +9,6 @@ mod demux;
 mod drain;
 mod fanout;
 mod gop_handover;
-mod messages;
 mod rooms;
 mod sessions;
 #[cfg(test)]
@@ -28,7 +27,10 @@ use str0m::net::{DatagramRecv, Protocol, Receive};
 
 use crate::egress::WallClock;
 use crate::error::SessionError;
-use crate::handshakes::HandshakeJob;
+use crate::messages::HandshakeJob;
+pub(crate) use crate::messages::{
+    Command, Control, HeldCheck, PeerBuild, PeerMessage, Reply, ReplyTo,
+};
 use crate::metrics::Counters;
 use crate::send_batch::{DatagramSink, SendBatch};
 #[cfg(test)]
@@ -38,7 +40,6 @@ use crate::shared::Shared;
 use crate::stun;
 pub(crate) use demux::Slot;
 use demux::{DeferredChecks, Demux, Refused};
-pub(crate) use messages::{Command, Control, HeldCheck, PeerBuild, PeerMessage, Reply, ReplyTo};
 use rooms::LocalRoom;
 use sessions::Sessions;
 

@@ -104,7 +104,7 @@ fn checks_from_new_sources_wait_for_the_end_of_the_turn() {
 /// busy handshake thread parks the session again.
 #[test]
 fn a_session_gets_its_peer_at_its_first_signed_check_and_connects_off_the_worker() {
-    use crate::handshakes::HandshakeJob;
+    use crate::messages::HandshakeJob;
     use crate::session::Peer;
     let mut net = Net::new(0, 1, config());
     let mut v = net.peer("r", Direction::RecvOnly, 6001);

@@ -1,17 +1,17 @@
-//! What reaches a worker core besides datagrams: commands from the control side and the
-//! handshake threads, and messages from other workers.
+//! What the threads of the media engine send each other: commands for a worker (from the
+//! control side and the handshake threads), messages between workers, and jobs for the
+//! handshake threads.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use deadsfu_media::{MediaPacket, Room, RoomId};
-use str0m::{Candidate, IceCreds};
+use str0m::{Candidate, Event, IceCreds, Rtc};
 
+use crate::dtls_tap::SrtpKeys;
 use crate::error::SessionError;
-use crate::handshakes::Handover;
-use crate::session::Session;
-use crate::session_setup::PeerRecipe;
+use crate::session::{PeerRecipe, Session};
 
 /// A command from the control side or a handshake thread.
 pub(crate) enum Command {
@@ -93,4 +93,40 @@ pub(crate) enum PeerMessage {
         room: RoomId,
         packets: Vec<Arc<MediaPacket>>,
     },
+}
+
+/// What the control side sends a worker.
+pub(crate) enum ToWorker {
+    Control(Control),
+    Shutdown,
+}
+
+/// What a worker asks of the handshake thread.
+pub(crate) enum HandshakeJob {
+    /// Build the peer of a session whose first check held, and answer that check.
+    Start(PeerBuild),
+    /// A datagram for a session connecting here.
+    Datagram { serial: u64, datagram: HeldCheck },
+    /// The session ended on its worker.
+    Cancel { serial: u64 },
+}
+
+impl HandshakeJob {
+    pub fn serial(&self) -> u64 {
+        match self {
+            HandshakeJob::Start(build) => build.serial,
+            HandshakeJob::Datagram { serial, .. } | HandshakeJob::Cancel { serial } => *serial,
+        }
+    }
+}
+
+/// A connected peer for its worker, with what it reported while connecting.
+pub(crate) struct Handover {
+    pub serial: u64,
+    pub rtc: Box<Rtc>,
+    pub events: Vec<Event>,
+    /// The SRTP keys of its DTLS handshake (`dtls_tap`).
+    pub keys: Option<SrtpKeys>,
+    /// Where its DTLS datagrams went: a viewer's media follows.
+    pub destination: Option<SocketAddr>,
 }
