@@ -4,8 +4,11 @@
 //! - `session_setup.rs`: a new session's SDP answer, and its peer once the client's first check
 //!   holds; `handshakes.rs`: those peers built and connected (ICE, DTLS) without I/O, then
 //!   handed to their worker; `handshake_thread.rs`: the threads that run them, off the workers.
-//! - `worker_core/`: a worker's sessions, rooms, demultiplexing, fan-out and timers, without
-//!   I/O (fed datagrams, packets, commands and time; tested with fake time).
+//! - `worker_core/`: a worker's sessions, rooms, demultiplexing, fan-out (to the workers with
+//!   viewers of a room only, `gop_handover.rs`) and timers, without I/O (fed datagrams,
+//!   packets, commands and time; tested with fake time).
+//! - `messages.rs`: what these threads send each other; `panic_policy.rs`: a panic on any of
+//!   them ends the process.
 //! - `worker_shell.rs`, `turn.rs`, `udp_sink.rs`: the worker's thread, socket and channels; one
 //!   fair turn of its loop; its datagrams out with `sendmmsg` and GSO.
 //! - `session.rs`: one peer connection as publisher or viewer; `egress.rs`: a viewer's media
