@@ -1,17 +1,21 @@
 //! The HTTPS front: TLS passthrough by SNI. Each connection is a pipeline of small bounded
 //! stages, each with its own deadline: admission (limits) → ClientHello (16 KiB, 5 s) →
 //! route (from the cached table) → connect (3 s) → PROXY v2 header when the node wants one →
-//! replay of the hello → splice both ways (idle timeout).
+//! replay of the hello → splice both ways (idle timeout). One timer serves all the deadlines
+//! of a connection: each stage moves it.
 
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::client_hello::{ALERT_UNRECOGNIZED_NAME, HelloProgress, HelloReader};
+use crate::client_hello::{
+    ALERT_UNRECOGNIZED_NAME, HelloInfo, HelloProgress, HelloReader, HelloReject,
+};
 use crate::pipe::{PipeCounters, pipe_both_ways};
 use crate::route_cache::{RouteCache, unix_ms};
 use deadsfu_limits::{Admission, AdmissionRefusal, RefusalReason, Refusals};
@@ -109,6 +113,12 @@ impl HttpsFront {
         stop: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(stop);
+        // The local address of every accepted connection, unless the listener is bound to
+        // any address (then each connection is asked, for its PROXY header).
+        let local = listener
+            .local_addr()
+            .ok()
+            .filter(|a| !a.ip().is_unspecified());
         // Writes the tail of a burst of refusals once the log interval has passed.
         let mut log_timer = tokio::time::interval(REFUSAL_LOG_INTERVAL);
         loop {
@@ -144,30 +154,36 @@ impl HttpsFront {
             let me = self.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                me.serve(tcp, peer).await;
+                me.serve(tcp, peer, local).await;
             });
         }
     }
 
-    async fn serve(&self, mut client: TcpStream, peer: SocketAddr) {
+    async fn serve(&self, client: TcpStream, peer: SocketAddr, local: Option<SocketAddr>) {
         let _ = client.set_nodelay(true);
-        let hello =
-            match tokio::time::timeout(self.config.hello_timeout, read_hello(&mut client)).await {
-                Ok(Ok(h)) => h,
-                Ok(Err(reason)) => {
-                    self.stats.hello_rejected.fetch_add(1, Ordering::Relaxed);
-                    tracing::trace!(%peer, reason, "ClientHello refused");
-                    self.refusals.refuse(HttpsRefusal::BadHello, Instant::now());
-                    return;
-                }
-                Err(_) => {
-                    self.stats.hello_timeouts.fetch_add(1, Ordering::Relaxed);
-                    self.refusals
-                        .refuse(HttpsRefusal::HelloTimeout, Instant::now());
-                    return;
-                }
-            };
-        let (info, buffered) = hello;
+        // The connection's one timer: the hello's deadline, then the connect's, then the idle
+        // watchdog's.
+        let deadline = tokio::time::sleep(self.config.hello_timeout);
+        tokio::pin!(deadline);
+        let hello = tokio::select! {
+            biased;
+            hello = read_hello(&client) => hello,
+            () = &mut deadline => {
+                self.stats.hello_timeouts.fetch_add(1, Ordering::Relaxed);
+                self.refusals
+                    .refuse(HttpsRefusal::HelloTimeout, Instant::now());
+                return;
+            }
+        };
+        let (info, buffered) = match hello {
+            Ok(h) => h,
+            Err(reason) => {
+                self.stats.hello_rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::trace!(%peer, reason, "ClientHello refused");
+                self.refusals.refuse(HttpsRefusal::BadHello, Instant::now());
+                return;
+            }
+        };
         let table = self.routes.table();
         let route = table.route_hello(
             &info,
@@ -179,113 +195,200 @@ impl HttpsFront {
         );
         let Some(backend) = route else {
             self.stats.unknown_name.fetch_add(1, Ordering::Relaxed);
+            let mut client = client;
             let _ = client.write_all(&ALERT_UNRECOGNIZED_NAME).await;
             self.refusals
                 .refuse(HttpsRefusal::UnknownName, Instant::now());
             return;
         };
-        let connected = tokio::time::timeout(
-            self.config.connect_timeout,
-            crate::net_util::connect_from(self.config.backend_source, backend.addr),
-        )
-        .await;
-        let mut upstream = match connected {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                self.stats.backend_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(node = %backend.node, addr = %backend.addr, error = %e, "backend refused");
-                return;
-            }
-            Err(_) => {
+        deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + self.config.connect_timeout);
+        let connected = tokio::select! {
+            biased;
+            c = crate::net_util::connect_from(self.config.backend_source, backend.addr) => c,
+            () = &mut deadline => {
                 self.stats.backend_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(node = %backend.node, addr = %backend.addr, "backend connect timed out");
                 return;
             }
         };
-        let _ = upstream.set_nodelay(true);
-        let mut first = Vec::with_capacity(buffered.len() + 64);
-        if backend.proxy_protocol {
-            let local = client.local_addr().unwrap_or(backend.addr);
-            match proxy_v2_header(peer, local) {
-                Some(h) => first.extend_from_slice(&h),
-                None => return,
+        let upstream = match connected {
+            Ok(s) => s,
+            Err(e) => {
+                self.stats.backend_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(node = %backend.node, addr = %backend.addr, error = %e, "backend refused");
+                return;
             }
+        };
+        let _ = upstream.set_nodelay(true);
+        let mut header = ProxyV2Header::default();
+        if backend.proxy_protocol {
+            let local = local
+                .or_else(|| client.local_addr().ok())
+                .unwrap_or(backend.addr);
+            header = ProxyV2Header::new(peer, local);
         }
-        first.extend_from_slice(&buffered);
-        if upstream.write_all(&first).await.is_err() {
+        if write_both(&upstream, header.as_bytes(), &buffered)
+            .await
+            .is_err()
+        {
             self.stats.backend_failed.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        drop(buffered);
         self.stats.routed.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%peer, sni = ?info.sni, node = %backend.node, "routed");
         let _ = pipe_both_ways(
             client,
             upstream,
             self.config.idle_timeout,
+            deadline,
             self.stats.bytes.clone(),
         )
         .await;
     }
 }
 
-/// Reads until the ClientHello is complete; returns it and the bytes to replay.
-async fn read_hello(
-    client: &mut TcpStream,
-) -> Result<(crate::client_hello::HelloInfo, Vec<u8>), &'static str> {
+/// Reads until the ClientHello is complete, straight into the buffer that is replayed;
+/// returns the hello and that buffer.
+async fn read_hello(client: &TcpStream) -> Result<(HelloInfo, Vec<u8>), &'static str> {
     let mut reader = HelloReader::new();
-    let mut buf = [0u8; 4096];
     loop {
-        let n = client.read(&mut buf).await.map_err(|_| "read error")?;
-        if n == 0 {
-            return Err("closed before the hello");
-        }
-        match reader.push(&buf[..n]) {
+        client.readable().await.map_err(|_| "read error")?;
+        let (n, progress) = match reader.receive(|buf| client.try_read_buf(buf)) {
+            Ok(read) => read,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return Err("read error"),
+        };
+        match progress {
+            HelloProgress::NeedMore if n == 0 => return Err("closed before the hello"),
             HelloProgress::NeedMore => {}
             HelloProgress::Hello(info) => return Ok((info, reader.into_buffered())),
             HelloProgress::Reject(r) => {
                 return Err(match r {
-                    crate::client_hello::HelloReject::NotTls => "not TLS",
-                    crate::client_hello::HelloReject::TooLarge => "hello too large",
-                    crate::client_hello::HelloReject::Malformed(_) => "malformed hello",
+                    HelloReject::NotTls => "not TLS",
+                    HelloReject::TooLarge => "hello too large",
+                    HelloReject::Malformed(_) => "malformed hello",
                 });
             }
         }
     }
 }
 
-/// A PROXY protocol v2 header for a TCP connection from `client` to `local`.
-pub fn proxy_v2_header(client: SocketAddr, local: SocketAddr) -> Option<Vec<u8>> {
-    use ppp::v2::{Builder, Command, Protocol, Version};
-    let addresses = match (client, local) {
-        (SocketAddr::V4(_), SocketAddr::V4(_)) | (SocketAddr::V6(_), SocketAddr::V6(_)) => {
-            ppp::v2::Addresses::from((client, local))
+/// Writes `head` then `tail` (the PROXY header and the hello) in one system call when the
+/// socket takes them, without joining them first.
+async fn write_both(dst: &TcpStream, mut head: &[u8], mut tail: &[u8]) -> io::Result<()> {
+    while !head.is_empty() || !tail.is_empty() {
+        dst.writable().await?;
+        match dst.try_write_vectored(&[IoSlice::new(head), IoSlice::new(tail)]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                let from_head = n.min(head.len());
+                head = &head[from_head..];
+                tail = &tail[n - from_head..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
         }
-        // Mixed families: both as IPv6 (IPv4-mapped).
-        (c, l) => {
-            let map = |a: SocketAddr| match a {
-                SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
-                v6 => v6,
-            };
-            ppp::v2::Addresses::from((map(c), map(l)))
+    }
+    Ok(())
+}
+
+/// The PROXY protocol v2 signature.
+const PROXY_V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+/// Version 2, command PROXY.
+const PROXY_V2_PROXY: u8 = 0x21;
+const PROXY_V2_TCP4: u8 = 0x11;
+const PROXY_V2_TCP6: u8 = 0x21;
+/// Signature, version and command, family, length.
+const PROXY_V2_FIXED: usize = 16;
+
+/// A PROXY protocol v2 header for a TCP connection, built on the stack (empty by default).
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyV2Header {
+    bytes: [u8; PROXY_V2_FIXED + 36],
+    len: usize,
+}
+
+impl Default for ProxyV2Header {
+    fn default() -> Self {
+        Self {
+            bytes: [0; PROXY_V2_FIXED + 36],
+            len: 0,
         }
-    };
-    Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, addresses)
-        .build()
-        .ok()
+    }
+}
+
+impl ProxyV2Header {
+    /// The header for a connection from `client` to `local`; mixed families are sent both as
+    /// IPv6 (IPv4-mapped).
+    pub fn new(client: SocketAddr, local: SocketAddr) -> Self {
+        let mut h = Self::default();
+        h.bytes[..12].copy_from_slice(&PROXY_V2_SIGNATURE);
+        h.bytes[12] = PROXY_V2_PROXY;
+        let (fixed, addresses) = h.bytes.split_at_mut(PROXY_V2_FIXED);
+        let addresses_len = match (client, local) {
+            (SocketAddr::V4(c), SocketAddr::V4(l)) => {
+                fixed[13] = PROXY_V2_TCP4;
+                addresses[..4].copy_from_slice(&c.ip().octets());
+                addresses[4..8].copy_from_slice(&l.ip().octets());
+                addresses[8..10].copy_from_slice(&c.port().to_be_bytes());
+                addresses[10..12].copy_from_slice(&l.port().to_be_bytes());
+                12
+            }
+            (c, l) => {
+                let v6 = |a: SocketAddr| match a {
+                    SocketAddr::V4(v4) => v4.ip().to_ipv6_mapped().octets(),
+                    SocketAddr::V6(v6) => v6.ip().octets(),
+                };
+                fixed[13] = PROXY_V2_TCP6;
+                addresses[..16].copy_from_slice(&v6(c));
+                addresses[16..32].copy_from_slice(&v6(l));
+                addresses[32..34].copy_from_slice(&c.port().to_be_bytes());
+                addresses[34..36].copy_from_slice(&l.port().to_be_bytes());
+                36
+            }
+        };
+        h.bytes[14..16].copy_from_slice(&(addresses_len as u16).to_be_bytes());
+        h.len = PROXY_V2_FIXED + addresses_len;
+        h
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The header as ppp's builder wrote it (what the SFU parses).
+    fn ppp_header(client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+        use ppp::v2::{Builder, Command, Protocol, Version};
+        let map = |a: SocketAddr| match a {
+            SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+            v6 => v6,
+        };
+        let addresses = match (client, local) {
+            (SocketAddr::V4(_), SocketAddr::V4(_)) | (SocketAddr::V6(_), SocketAddr::V6(_)) => {
+                ppp::v2::Addresses::from((client, local))
+            }
+            (c, l) => ppp::v2::Addresses::from((map(c), map(l))),
+        };
+        Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, addresses)
+            .build()
+            .unwrap()
+    }
+
     #[test]
     fn proxy_header_round_trips() {
-        let h = proxy_v2_header(
+        let h = ProxyV2Header::new(
             "203.0.113.7:4711".parse().unwrap(),
             "127.0.0.10:443".parse().unwrap(),
-        )
-        .unwrap();
-        let parsed = ppp::v2::Header::try_from(&h[..]).unwrap();
+        );
+        let parsed = ppp::v2::Header::try_from(h.as_bytes()).unwrap();
         match parsed.addresses {
             ppp::v2::Addresses::IPv4(a) => {
                 assert_eq!(a.source_address, std::net::Ipv4Addr::new(203, 0, 113, 7));
@@ -293,5 +396,24 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn proxy_header_is_byte_for_byte_ppps() {
+        let pairs = [
+            ("203.0.113.7:4711", "127.0.0.10:443"),
+            ("[2001:db8::7]:4711", "[2001:db8::1]:443"),
+            ("203.0.113.7:4711", "[2001:db8::1]:443"),
+            ("[2001:db8::7]:65535", "10.0.0.1:8443"),
+        ];
+        for (c, l) in pairs {
+            let (c, l) = (c.parse().unwrap(), l.parse().unwrap());
+            assert_eq!(
+                ProxyV2Header::new(c, l).as_bytes(),
+                &ppp_header(c, l)[..],
+                "{c} {l}"
+            );
+        }
+        assert!(ProxyV2Header::default().as_bytes().is_empty());
     }
 }

@@ -1,19 +1,23 @@
 //! Copying a proxied connection both ways. The first bytes of each direction (a TLS handshake,
-//! a request or two) are copied through one small buffer: for short connections that is two
-//! system calls per chunk and no pipes. A direction that carries more than [`SPLICE_AFTER`]
+//! a request or two) are copied through a buffer shared by the thread's connections: for
+//! short connections that is two system calls per chunk, no pipes and no buffer of their own
+//! (bytes the destination cannot take at once wait in one). A direction that carries more than [`SPLICE_AFTER`]
 //! switches to `splice(2)`, socket → pipe → socket inside the kernel, never through user
 //! space. A side that finishes sending (half-close) has its direction shut down on the other
 //! side while the other direction goes on; the whole connection ends after `idle` without a
 //! byte either way.
 
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 /// Bytes moved by one splice call at most (the pipe's default capacity).
 const CHUNK: usize = 64 * 1024;
@@ -21,6 +25,59 @@ const CHUNK: usize = 64 * 1024;
 pub const SPLICE_AFTER: u64 = 64 * 1024;
 /// The copy buffer of the first bytes.
 const COPY_BUF: usize = 16 * 1024;
+
+thread_local! {
+    /// The copy buffer of the thread's connections: borrowed only between a read and the
+    /// writes that follow it, never across an await.
+    static COPY_SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; COPY_BUF].into_boxed_slice());
+}
+
+/// What one read of the copy phase did.
+enum Copied {
+    /// Nothing to read after all (the readiness was stale).
+    Nothing,
+    /// The source finished sending.
+    End,
+    /// Bytes read (and written, or kept for writing).
+    Bytes(usize),
+}
+
+/// Reads once from `src` into the thread's buffer and writes what `dst` takes at once; the
+/// rest goes to `unsent`.
+fn copy_once(src: &TcpStream, dst: &TcpStream, unsent: &mut Vec<u8>) -> io::Result<Copied> {
+    COPY_SCRATCH.with_borrow_mut(|buf| {
+        let mut got = 0;
+        let read = src.try_io(Interest::READABLE, || {
+            got = recv(src.as_raw_fd(), buf)?;
+            if got > 0 && got < buf.len() {
+                // A short read emptied the receive queue: tokio is told so (as if the next
+                // read had failed), and the next wait is for new bytes, without the failing
+                // read. Bytes or a FIN arriving meanwhile raise readiness again (and a FIN's
+                // stays), so none is missed; nginx assumes the same.
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(got)
+        });
+        let n = match read {
+            Ok(0) => return Ok(Copied::End),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => got,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Copied::Nothing),
+            Err(e) => return Err(e),
+        };
+        let mut written = 0;
+        while written < n {
+            match dst.try_write(&buf[written..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(m) => written += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        unsent.extend_from_slice(&buf[written..n]);
+        Ok(Copied::Bytes(n))
+    })
+}
 
 /// Bytes copied each way, for `/metrics`.
 #[derive(Debug, Default)]
@@ -52,6 +109,16 @@ impl KernelPipe {
     }
 }
 
+fn recv(from: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length.
+    let n = unsafe { libc::recv(from, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     // SAFETY: plain descriptors, no offsets; the kernel checks them.
     let n = unsafe {
@@ -77,28 +144,28 @@ async fn one_way(
     dst: &TcpStream,
     counter: &AtomicU64,
     activity: &AtomicU64,
+    other_ended: &AtomicBool,
 ) -> io::Result<()> {
-    // Copy phase: through a buffer until the direction looks like bulk.
+    // Copy phase: through the thread's buffer until the direction looks like bulk.
     let mut copied: u64 = 0;
-    // Read into spare capacity: no zero-filling of the buffer per connection.
-    let mut buf: Vec<u8> = Vec::with_capacity(COPY_BUF);
+    // Bytes read that the destination did not take yet (allocated only if it ever lags).
+    let mut unsent: Vec<u8> = Vec::new();
     while copied < SPLICE_AFTER {
         src.readable().await?;
-        buf.clear();
-        let n = match src.try_read_buf(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+        let n = match copy_once(src, dst, &mut unsent)? {
+            Copied::Nothing => continue,
+            Copied::End => return finish(dst, other_ended),
+            Copied::Bytes(n) => n,
         };
-        if n == 0 {
-            return finish(dst);
-        }
         activity.fetch_add(1, Ordering::Relaxed);
-        write_all(dst, &buf[..n]).await?;
+        if !unsent.is_empty() {
+            write_all(dst, &unsent).await?;
+            unsent.clear();
+        }
         counter.fetch_add(n as u64, Ordering::Relaxed);
         copied += n as u64;
     }
-    drop(buf);
+    drop(unsent);
     // Splice phase.
     let pipe = KernelPipe::new()?;
     let (pr, pw) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
@@ -113,7 +180,7 @@ async fn one_way(
             }
         };
         if n == 0 {
-            return finish(dst);
+            return finish(dst, other_ended);
         }
         activity.fetch_add(1, Ordering::Relaxed);
         // Pipe → socket, until the pipe is empty.
@@ -145,29 +212,49 @@ async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// The source finished sending: pass the half-close on.
-fn finish(dst: &TcpStream) -> io::Result<()> {
-    // SAFETY: shutdown on a valid socket descriptor.
-    unsafe { libc::shutdown(dst.as_raw_fd(), libc::SHUT_WR) };
+/// The source finished sending: pass the half-close on. When the other direction has ended
+/// already, both sockets are closed next and the close sends the FIN: no `shutdown` call.
+/// (`dst` has been read to its end, so the close is orderly, not a reset.)
+fn finish(dst: &TcpStream, other_ended: &AtomicBool) -> io::Result<()> {
+    if !other_ended.swap(true, Ordering::Relaxed) {
+        // SAFETY: shutdown on a valid socket descriptor.
+        unsafe { libc::shutdown(dst.as_raw_fd(), libc::SHUT_WR) };
+    }
     Ok(())
 }
 
 /// Copies both ways until both sides have finished, an error, or `idle` without traffic.
+/// `timer` is the connection's timer, reused by the idle watchdog (one timer per connection).
 pub async fn pipe_both_ways(
     client: TcpStream,
     backend: TcpStream,
     idle: Duration,
+    mut timer: Pin<&mut Sleep>,
     counters: Arc<PipeCounters>,
 ) -> io::Result<()> {
     let activity = AtomicU64::new(0);
-    let up = one_way(&client, &backend, &counters.to_backend, &activity);
-    let down = one_way(&backend, &client, &counters.to_client, &activity);
+    let one_ended = AtomicBool::new(false);
+    let up = one_way(
+        &client,
+        &backend,
+        &counters.to_backend,
+        &activity,
+        &one_ended,
+    );
+    let down = one_way(
+        &backend,
+        &client,
+        &counters.to_client,
+        &activity,
+        &one_ended,
+    );
     // An error either way ends both (a reset side will not carry the other's bytes).
     let both = async { tokio::try_join!(up, down).map(|_| ()) };
     let watchdog = async {
         let mut seen = activity.load(Ordering::Relaxed);
         loop {
-            tokio::time::sleep(idle).await;
+            timer.as_mut().reset(tokio::time::Instant::now() + idle);
+            timer.as_mut().await;
             let now = activity.load(Ordering::Relaxed);
             if now == seen {
                 return;
@@ -200,12 +287,14 @@ mod tests {
         let (mut client_end, client) = pair().await;
         let (backend, mut backend_end) = pair().await;
         let counters = Arc::new(PipeCounters::default());
-        let proxy = tokio::spawn(pipe_both_ways(
-            client,
-            backend,
-            Duration::from_secs(5),
-            counters.clone(),
-        ));
+        let proxy = tokio::spawn({
+            let counters = counters.clone();
+            async move {
+                let timer = tokio::time::sleep(Duration::from_secs(5));
+                tokio::pin!(timer);
+                pipe_both_ways(client, backend, Duration::from_secs(5), timer, counters).await
+            }
+        });
         let big: Vec<u8> = (0..3_000_000u32).map(|i| i as u8).collect();
         let send = big.clone();
         let writer = tokio::spawn(async move {
@@ -231,14 +320,60 @@ mod tests {
         assert_eq!(counters.to_client.load(Ordering::Relaxed), 5);
     }
 
+    /// Short exchanges whose last bytes and FIN arrive together: every short read that
+    /// empties the queue must still see the FIN that follows (no wait for the idle timeout).
+    #[tokio::test]
+    async fn short_exchanges_end_at_once() {
+        short_exchanges().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn short_exchanges_end_at_once_on_two_workers() {
+        short_exchanges().await;
+    }
+
+    async fn short_exchanges() {
+        for round in 0..200usize {
+            let (mut client_end, client) = pair().await;
+            let (backend, mut backend_end) = pair().await;
+            let proxy = tokio::spawn(async move {
+                let timer = tokio::time::sleep(Duration::from_secs(60));
+                tokio::pin!(timer);
+                let counters = Arc::new(PipeCounters::default());
+                pipe_both_ways(client, backend, Duration::from_secs(60), timer, counters).await
+            });
+            let hello = vec![round as u8; 1 + round * 37 % 3000];
+            client_end.write_all(&hello).await.unwrap();
+            let mut got = vec![0; hello.len()];
+            backend_end.read_exact(&mut got).await.unwrap();
+            backend_end.write_all(b"answer").await.unwrap();
+            backend_end.shutdown().await.unwrap();
+            let mut answer = Vec::new();
+            client_end.read_to_end(&mut answer).await.unwrap();
+            assert_eq!(answer, b"answer");
+            client_end.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            backend_end.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
+            tokio::time::timeout(Duration::from_secs(5), proxy)
+                .await
+                .expect("the pipe ends with both FINs")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn idle_connections_end() {
         let (_client_end, client) = pair().await;
         let (backend, _backend_end) = pair().await;
+        let timer = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(timer);
         let r = pipe_both_ways(
             client,
             backend,
             Duration::from_millis(200),
+            timer,
             Arc::new(PipeCounters::default()),
         )
         .await;
