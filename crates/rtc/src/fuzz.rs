@@ -184,6 +184,7 @@ pub fn worker_core(data: &[u8]) {
         for job in jobs {
             handshakes.handle_job(now, 0, job);
         }
+        handshakes.start_waiting(now, usize::MAX);
         handshakes.handle_timeout(now);
         for t in handshakes.drain_transmits() {
             // Answers and handshakes go only to sources whose checks were signed.

@@ -4,7 +4,9 @@
 
 use std::net::UdpSocket;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{
+    Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
+};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -22,6 +24,10 @@ use crate::shared::Shared;
 const QUEUE: usize = 4096;
 /// Jobs taken per wake-up before the timers and outputs are seen to.
 const JOBS_PER_ROUND: usize = 64;
+/// Peers built per round while jobs of sessions under way keep coming, and when none wait:
+/// handshakes under way go first, and new ones still start.
+const STARTS_PER_BUSY_ROUND: usize = 1;
+const STARTS_PER_IDLE_ROUND: usize = 4;
 
 /// Where the workers hand their handshake jobs. Cheap to clone.
 #[derive(Clone)]
@@ -96,7 +102,13 @@ impl Thread {
     /// Runs until every worker has stopped (their senders dropped).
     fn run(mut self, queue: Receiver<(usize, HandshakeJob)>) {
         loop {
+            let waiting = self.core.has_waiting();
             let first = match self.core.poll_timeout() {
+                _ if waiting => match queue.try_recv() {
+                    Ok(job) => Some(job),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => return,
+                },
                 Some(at) => {
                     match queue.recv_timeout(at.saturating_duration_since(Instant::now())) {
                         Ok(job) => Some(job),
@@ -110,10 +122,19 @@ impl Thread {
                 },
             };
             let more = std::iter::from_fn(|| queue.try_recv().ok()).take(JOBS_PER_ROUND - 1);
+            let mut taken = 0;
             for (worker, job) in first.into_iter().chain(more) {
+                taken += 1;
                 self.core.handle_job(Instant::now(), worker, job);
                 self.send();
             }
+            let starts = if taken < JOBS_PER_ROUND {
+                STARTS_PER_IDLE_ROUND
+            } else {
+                STARTS_PER_BUSY_ROUND
+            };
+            self.core.start_waiting(Instant::now(), starts);
+            self.send();
             self.core.handle_timeout(Instant::now());
             self.send();
         }

@@ -10,7 +10,7 @@
 //! `handshake_thread.rs`; the tests drive this core directly.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,6 +58,10 @@ pub(crate) struct Handshakes {
     ports: Vec<u16>,
     counters: Arc<Counters>,
     connecting: HashMap<u64, Handshake>,
+    /// Sessions whose first check came, waiting for their peer to be built: the shell builds
+    /// them when it has nothing more urgent (`start_waiting`), so that handshakes under way
+    /// finish before new ones start and a join storm's first frames come in turn.
+    waiting: VecDeque<(usize, PeerBuild)>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     /// Sessions handed over lately: (worker, when).
     handed_over: HashMap<u64, (usize, Instant)>,
@@ -72,6 +76,7 @@ impl Handshakes {
             ports,
             counters,
             connecting: HashMap::new(),
+            waiting: VecDeque::new(),
             timers: BinaryHeap::new(),
             handed_over: HashMap::new(),
             transmits: Vec::new(),
@@ -101,7 +106,17 @@ impl Handshakes {
 
     pub fn handle_job(&mut self, now: Instant, worker: usize, job: HandshakeJob) {
         match job {
-            HandshakeJob::Start(build) => self.start(now, worker, build),
+            HandshakeJob::Start(build) => {
+                if self.connecting.len() + self.waiting.len() >= MAX_HANDSHAKES {
+                    tracing::warn!(session = build.serial, "too many sessions connecting");
+                    let serial = build.serial;
+                    let reason = "too many sessions connecting";
+                    self.commands
+                        .push((worker, Command::PeerFailed { serial, reason }));
+                } else {
+                    self.waiting.push_back((worker, build));
+                }
+            }
             HandshakeJob::Datagram { serial, datagram } => {
                 if self.connecting.contains_key(&serial) {
                     self.receive(serial, datagram.at.max(now), datagram.from, &datagram.bytes);
@@ -114,7 +129,24 @@ impl Handshakes {
             }
             HandshakeJob::Cancel { serial } => {
                 self.connecting.remove(&serial);
+                self.waiting.retain(|(_, b)| b.serial != serial);
             }
+        }
+    }
+
+    /// Whether sessions wait for their peer to be built.
+    pub fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// Builds the peers of at most `max` waiting sessions, oldest first, each answering the
+    /// check that woke it.
+    pub fn start_waiting(&mut self, now: Instant, max: usize) {
+        for _ in 0..max {
+            let Some((worker, build)) = self.waiting.pop_front() else {
+                return;
+            };
+            self.start(now, worker, build);
         }
     }
 
@@ -159,20 +191,11 @@ impl Handshakes {
             check,
         } = build;
         let port = self.ports.get(worker).copied().unwrap_or(0);
-        let rtc = if self.connecting.len() >= MAX_HANDSHAKES {
-            tracing::warn!(
-                session = serial,
-                connecting = self.connecting.len(),
-                "too many sessions connecting"
-            );
-            None
-        } else {
-            match build_peer(&self.shared, port, *recipe, now) {
-                Ok(rtc) => Some(rtc),
-                Err(e) => {
-                    tracing::warn!(session = serial, error = %e, "peer not built");
-                    None
-                }
+        let rtc = match build_peer(&self.shared, port, *recipe, now) {
+            Ok(rtc) => Some(rtc),
+            Err(e) => {
+                tracing::warn!(session = serial, error = %e, "peer not built");
+                None
             }
         };
         let Some(rtc) = rtc else {

@@ -227,6 +227,7 @@ impl Net {
 
     /// The handshake thread's timers, datagrams and commands.
     pub(crate) fn run_handshakes(&mut self) {
+        self.handshakes.start_waiting(self.now, usize::MAX);
         self.handshakes.handle_timeout(self.now);
         let sent: Vec<_> = self
             .handshakes
