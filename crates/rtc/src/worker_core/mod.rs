@@ -21,9 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use deadsfu_media::{MediaPacket, RoomId};
-use str0m::IceCreds;
-use str0m::Input;
 use str0m::net::{DatagramRecv, Protocol, Receive};
+use str0m::{IceCreds, Input};
 
 use crate::egress::WallClock;
 use crate::error::SessionError;
