@@ -15,7 +15,7 @@ use super::{PeerMessage, Slot, WorkerCore};
 
 /// Longest a worker waits for a room's GOP from its keeper before starting its viewers without
 /// it (they then start at the next keyframe, which they ask for).
-pub(crate) const GOP_WAIT: Duration = Duration::from_millis(250);
+pub(crate) const GOP_WAIT: Duration = Duration::from_secs(1);
 
 impl WorkerCore {
     /// `slot` views `room` here; the first viewer makes this worker one the room's packets go
@@ -87,16 +87,27 @@ impl WorkerCore {
             return;
         };
         if local.awaiting_gop.take().is_none() {
-            return; // an answer to a wait already over
+            // An answer later than the wait (a busy keeper): still of use while no keyframe
+            // has come here since, else the viewers would wait for the publisher's next one.
+            let Some(packets) = packets else {
+                return;
+            };
+            if !local.gop.packets().is_empty() {
+                return;
+            }
+            for p in &packets {
+                local.gop.push(p);
+            }
+        } else {
+            self.gop_waits.retain(|(r, _)| *r != room);
+            local.gop.clear();
+            // Oldest first; the cache drops what it has already (by sequence number) and what
+            // comes before its keyframe.
+            for p in packets.iter().flatten().chain(local.held.iter()) {
+                local.gop.push(p);
+            }
+            local.held.clear();
         }
-        self.gop_waits.retain(|(r, _)| *r != room);
-        local.gop.clear();
-        // Oldest first; the cache drops what it has already (by sequence number) and what
-        // comes before its keyframe.
-        for p in packets.iter().flatten().chain(local.held.iter()) {
-            local.gop.push(p);
-        }
-        local.held.clear();
         let viewers = local.viewers.clone();
         for slot in viewers {
             self.replay_gop(slot, room, now);

@@ -233,12 +233,12 @@ fn a_gop_that_does_not_come_is_not_waited_for_long() {
     let mut v = net.peer("r", Direction::RecvOnly, 6001);
     let _ = net.core.drain_peer_messages().count();
     let now = net.now;
-    net.inject(room.id, &frame(99, 1, 1000, 2, true, now));
     net.core.handle_timeout(now);
     assert!(net.core.poll_timeout(now) <= now + gop_handover::GOP_WAIT);
     net.now += gop_handover::GOP_WAIT;
+    net.inject(room.id, &frame(99, 1, 1000, 2, true, net.now));
     net.connect(&mut [&mut v]);
-    assert_eq!(v.video_seqs().len(), 2, "the held keyframe, replayed");
+    assert_eq!(v.video_seqs().len(), 2, "what came, replayed");
     net.shared.rooms.release(room);
 }
 
@@ -400,4 +400,31 @@ fn switches_overtaken_within_the_coalescing_time_replay_once() {
         "one replay once switching stopped"
     );
     assert_consecutive(&v.video_seqs());
+}
+
+/// A GOP that comes after the wait is still used while no keyframe has come since.
+#[test]
+fn a_late_gop_is_used_while_no_keyframe_came() {
+    let mut net = Net::new(1, 2, config());
+    let room = net.shared.rooms.get_or_create("r");
+    assert!(room.try_claim_publisher(99, Some(0)));
+    let mut v = net.peer("r", Direction::RecvOnly, 6001);
+    let _ = net.core.drain_peer_messages().count();
+    let now = net.now;
+    let gop = frame(99, 1, 1000, 2, true, now);
+    // Only a delta frame reaches this worker before the wait is up: nothing to start from.
+    net.inject(room.id, &frame(99, 3, 4000, 1, false, now));
+    net.now += gop_handover::GOP_WAIT;
+    net.connect(&mut [&mut v]);
+    assert!(v.video.is_empty());
+    let late = PeerMessage::Gop {
+        room: room.id,
+        packets: gop,
+    };
+    net.core.handle_peer_message(net.now, late);
+    net.core.handle_timeout(net.now);
+    net.step(&mut [&mut v]);
+    assert_eq!(v.video_seqs().len(), 2, "the late GOP, replayed");
+    assert_eq!(v.video[0].1[0] & 0x1f, 5, "from its keyframe");
+    net.shared.rooms.release(room);
 }
