@@ -15,12 +15,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 
 use crate::dtls_tap::SrtpKeys;
 use crate::messages::{Command, Handover, HandshakeJob, PeerBuild};
 use crate::metrics::Counters;
+use crate::session::feed_datagram;
 use crate::session_setup::build_peer;
 use crate::shared::Shared;
 
@@ -233,23 +233,11 @@ impl Handshakes {
         let Some(h) = self.connecting.get_mut(&serial) else {
             return;
         };
-        let Ok(contents) = DatagramRecv::try_from(bytes) else {
-            return;
-        };
-        let destination = SocketAddr::new(
+        let to = SocketAddr::new(
             self.shared.local_ip_for(from),
             self.ports.get(h.worker).copied().unwrap_or(0),
         );
-        let input = Input::Receive(
-            now,
-            Receive {
-                proto: Protocol::Udp,
-                source: from,
-                destination,
-                contents,
-            },
-        );
-        if let Err(e) = h.rtc.handle_input(input) {
+        if let Err(e) = feed_datagram(&mut h.rtc, now, from, to, bytes) {
             tracing::debug!(session = serial, error = %e, "input rejected");
         }
     }

@@ -9,9 +9,10 @@ use deadsfu_media::keyframe::is_keyframe_start;
 use deadsfu_media::keyframe_request::KeyframeRequestGate;
 use deadsfu_media::{Codec, MediaKind, MediaPacket, Room, SourceId};
 use str0m::media::{KeyframeRequestKind, Mid, Pt};
+use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::rtp::Ssrc;
 use str0m::rtp::rtcp::Rtcp;
-use str0m::{Candidate, Event, IceConnectionState, IceCreds, Rtc};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Rtc, RtcError};
 
 use crate::budget::PerSecond;
 use crate::codec::codec_of_spec;
@@ -24,6 +25,27 @@ use crate::send_batch::SendBatch;
 /// second (beyond it a switch starts at the room's next keyframe instead).
 pub(crate) const SWITCHES_PER_SECOND: u32 = 5;
 pub(crate) const REPLAY_BYTES_PER_SECOND: usize = 8 << 20;
+
+/// Hands str0m a datagram that came to `to` from `from`; one that is not STUN, DTLS, RTP or
+/// RTCP is ignored.
+pub(crate) fn feed_datagram(
+    rtc: &mut Rtc,
+    now: Instant,
+    from: SocketAddr,
+    to: SocketAddr,
+    bytes: &[u8],
+) -> Result<(), RtcError> {
+    let Ok(contents) = DatagramRecv::try_from(bytes) else {
+        return Ok(());
+    };
+    let receive = Receive {
+        proto: Protocol::Udp,
+        source: from,
+        destination: to,
+        contents,
+    };
+    rtc.handle_input(Input::Receive(now, receive))
+}
 
 /// What the session does in its room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

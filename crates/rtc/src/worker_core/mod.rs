@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use deadsfu_media::{MediaPacket, RoomId};
-use str0m::net::{DatagramRecv, Protocol, Receive};
-use str0m::{IceCreds, Input};
+
+use str0m::IceCreds;
 
 use crate::egress::WallClock;
 use crate::error::SessionError;
@@ -34,7 +34,7 @@ use crate::metrics::Counters;
 use crate::send_batch::{DatagramSink, SendBatch};
 #[cfg(test)]
 use crate::session::SWITCHES_PER_SECOND;
-use crate::session::{Outbox, Peer, Session, SessionKind};
+use crate::session::{Outbox, Peer, Session, SessionKind, feed_datagram};
 use crate::shared::Shared;
 use crate::stun;
 pub(crate) use demux::Slot;
@@ -296,20 +296,8 @@ impl WorkerCore {
                 return;
             }
         };
-        let Ok(contents) = DatagramRecv::try_from(buf) else {
-            return;
-        };
-        let destination = SocketAddr::new(self.shared.local_ip_for(from), self.local_port);
-        let input = Input::Receive(
-            now,
-            Receive {
-                proto: Protocol::Udp,
-                source: from,
-                destination,
-                contents,
-            },
-        );
-        if let Err(e) = rtc.handle_input(input) {
+        let to = SocketAddr::new(self.shared.local_ip_for(from), self.local_port);
+        if let Err(e) = feed_datagram(rtc, now, from, to, buf) {
             tracing::debug!(session = %session.id, error = %e, "input rejected");
         }
         if known {
