@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::client_hello::{
     ALERT_UNRECOGNIZED_NAME, HelloInfo, HelloProgress, HelloReader, HelloReject,
 };
-use crate::pipe::{PipeCounters, pipe_both_ways};
+use crate::pipe::{PipeCounters, Splice, pipe_both_ways};
 use crate::route_cache::{RouteCache, unix_ms};
 use deadsfu_limits::{Admission, AdmissionRefusal, RefusalReason, Refusals};
 
@@ -29,6 +29,8 @@ pub struct HttpsFrontConfig {
     pub idle_timeout: Duration,
     /// Source address of connections to SFUs (`--backend-source`).
     pub backend_source: Option<std::net::IpAddr>,
+    /// When bulk transfers move on to `splice` (`--splice`).
+    pub splice: Splice,
 }
 
 impl Default for HttpsFrontConfig {
@@ -40,6 +42,7 @@ impl Default for HttpsFrontConfig {
             connect_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(300),
             backend_source: None,
+            splice: Splice::Auto,
         }
     }
 }
@@ -256,6 +259,7 @@ impl HttpsFront {
             self.config.idle_timeout,
             deadline,
             self.stats.bytes.clone(),
+            self.config.splice,
         )
         .await;
     }

@@ -12,6 +12,7 @@ use deadsfu_cluster::{JoinUrl, RedisConn, Role};
 
 use crate::ftl_routes::{FtlRouteError, FtlRoutes};
 use crate::https_front::{HttpsFront, HttpsFrontConfig, HttpsRefusal, HttpsStats};
+use crate::pipe::Splice;
 use crate::route_cache::{RouteCache, unix_ms};
 use deadsfu_limits::{Admission, AdmissionLimits, Refusals};
 
@@ -73,6 +74,10 @@ pub struct ProxyArgs {
     /// Seconds without a byte either way before a proxied connection is closed.
     #[arg(long, env = "DEADSFU_PROXY_IDLE_TIMEOUT", default_value_t = 300)]
     pub idle_timeout: u64,
+    /// When a bulk transfer is spliced inside the kernel rather than copied: auto (when its
+    /// destination is another host), always, never.
+    #[arg(long, env = "DEADSFU_PROXY_SPLICE", value_enum, default_value_t = Splice::Auto)]
+    pub splice: Splice,
 }
 
 /// FTL routing from the cached table and Redis (stream secrets are read per session).
@@ -146,6 +151,7 @@ pub async fn run(
             hello_timeout: Duration::from_secs(args.hello_timeout.max(1)),
             idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
             backend_source: args.backend_source,
+            splice: args.splice,
             ..HttpsFrontConfig::default()
         },
         routes: routes.clone(),
@@ -298,6 +304,12 @@ fn metrics(
         "Bytes relayed",
         "{direction=\"to_client\"}",
         s.bytes.to_client.load(Relaxed),
+    );
+    counter(
+        "https_spliced_bytes_total",
+        "Of the bytes relayed, those moved by splice inside the kernel",
+        "",
+        s.bytes.spliced.load(Relaxed),
     );
     let _ = writeln!(
         out,
