@@ -4,7 +4,8 @@
 //! packet itself (see `egress.rs`), which is several times cheaper per packet than str0m's
 //! write/poll cycle. str0m still runs ICE, DTLS and incoming RTCP, so deadsfu needs the SRTP
 //! master keys that DTLS produced. str0m does not expose them; its DTLS is pluggable, though, so
-//! this wrapper around the OpenSSL provider copies the keying material as str0m reads it.
+//! this wrapper around our OpenSSL DTLS (`dtls_openssl.rs`, one context for all connections)
+//! copies the keying material as str0m reads it.
 //!
 //! str0m drives DTLS synchronously inside `Rtc::poll_output`, on the worker's thread, so the
 //! keys are left in a thread-local slot that the worker empties right after the call that
@@ -13,12 +14,13 @@
 //! The peer that writes a session's SDP answer never runs DTLS (see `session_setup.rs`): its
 //! provider, [`answering_crypto_provider`], builds the OpenSSL connection only when DTLS starts
 //! (a passive one at the peer's first record, an active one when first polled), so answering
-//! costs neither OpenSSL's context (about 30 KiB) nor its CPU (a fifth of a session's set-up).
+//! costs no OpenSSL connection.
 //!
 //! The wrapper also retires the DTLS connection some time after the handshake: once SRTP is
 //! keyed, DTLS has nothing left to do in a WebRTC session that carries no data channel (those
-//! that do are left alone), yet OpenSSL keeps its context, record buffers and handshake buffer, about
-//! 100 KiB per session. Retiring it frees those; later DTLS records are ignored. The grace
+//! that do are left alone), yet OpenSSL keeps the connection's record and handshake buffers
+//! (with a context of its own per connection, as str0m's provider made them, about 100 KiB per
+//! session). Retiring it frees those; later DTLS records are ignored. The grace
 //! period lets a peer that lost our last handshake flight retransmit its own and still get an
 //! answer.
 
@@ -27,6 +29,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use str0m::config::CryptoProvider;
+
+use crate::dtls_openssl::SharedContextDtls;
 use str0m::crypto::CryptoError;
 use str0m::crypto::dtls::{
     DtlsCert, DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, DtlsVersion, ProtocolVersion,
@@ -84,10 +88,10 @@ fn tapped(
     provider
         .get_or_init(|| {
             let mut provider = str0m::crypto::from_feature_flags();
-            let tap = tap.get_or_init(|| TapProvider {
-                inner: provider.dtls_provider,
-                lazy,
-            });
+            static SHARED_CONTEXT: OnceLock<SharedContextDtls> = OnceLock::new();
+            let dtls =
+                SHARED_CONTEXT.get_or_init(|| SharedContextDtls::new(provider.dtls_provider));
+            let tap = tap.get_or_init(|| TapProvider { inner: dtls, lazy });
             provider.dtls_provider = tap;
             Arc::new(provider)
         })

@@ -23,6 +23,7 @@ mod admission;
 mod budget;
 mod codec;
 pub mod config;
+mod dtls_openssl;
 mod dtls_tap;
 mod egress;
 mod engine;
