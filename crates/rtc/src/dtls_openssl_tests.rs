@@ -186,3 +186,31 @@ fn only_dtls_1_2_is_made() {
     let made = provider().new_dtls(&certificate(), Instant::now(), DtlsVersion::Dtls13, None);
     assert!(made.is_err());
 }
+
+/// Writes the fuzz target's seed (`fuzz/corpus/dtls_passive/client-flights`): a real client's
+/// first two flights, framed as `fuzz::dtls_passive` reads them. Run by hand when the framing
+/// changes: `cargo test -p deadsfu-rtc --lib write_dtls_fuzz_seed -- --ignored`.
+#[test]
+#[ignore]
+fn write_dtls_fuzz_seed() {
+    let (client_cert, server_cert) = (certificate(), certificate());
+    let (mut client, mut server) = pair(&client_cert, &server_cert);
+    let mut seed = Vec::new();
+    for _ in 0..2 {
+        for said in drain(client.as_mut()) {
+            if let Said::Packet(p) = said {
+                seed.extend_from_slice(&(p.len() as u16).to_be_bytes());
+                seed.extend_from_slice(&p);
+                server.handle_packet(&p).unwrap();
+            }
+        }
+        for said in drain(server.as_mut()) {
+            if let Said::Packet(p) = said {
+                client.handle_packet(&p).unwrap();
+            }
+        }
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/dtls_passive");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("client-flights"), seed).unwrap();
+}

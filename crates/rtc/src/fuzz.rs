@@ -248,3 +248,58 @@ pub fn stun_demux(data: &[u8]) {
 pub fn viewer_nacks(data: &[u8]) {
     crate::egress::fuzz_nacks(data);
 }
+
+/// Arbitrary datagrams to a passive DTLS connection (`dtls_openssl.rs`), as a peer could send
+/// them before, during and after a handshake. Input: datagrams, each a big-endian `u16` length
+/// and its bytes (a short last one is taken as it is). The connection must not panic or hang,
+/// and must never report itself connected: that takes a client's Finished over this
+/// connection's own random values, which no input made in advance can carry.
+pub fn dtls_passive(data: &[u8]) {
+    use str0m::crypto::dtls::{DtlsOutput, DtlsProvider, DtlsVersion};
+    let (provider, cert) = dtls_fixture();
+    let now = Instant::now();
+    let Ok(mut conn) = provider.new_dtls(cert, now, DtlsVersion::Dtls12, None) else {
+        return;
+    };
+    conn.set_active(false);
+    let mut buf = vec![0u8; 2048];
+    let mut rest = data;
+    while !rest.is_empty() {
+        let len = match rest {
+            [a, b, ..] => usize::from(u16::from_be_bytes([*a, *b])),
+            _ => rest.len(),
+        };
+        let body = rest.get(2..).unwrap_or_default();
+        let (packet, after) = body.split_at(len.min(body.len()));
+        rest = after;
+        let _ = conn.handle_packet(packet);
+        let _ = conn.handle_timeout(now);
+        // Everything it has to say, up to its idle timeout (bounded: a bug must not hang).
+        for _ in 0..64 {
+            match conn.poll_output(&mut buf) {
+                DtlsOutput::Connected => panic!("connected to a peer that never shook hands"),
+                DtlsOutput::Timeout(at) if at > now + Duration::from_secs(1000) => break,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The fuzzed connection's provider and certificate, made once.
+fn dtls_fixture() -> &'static (
+    crate::dtls_openssl::SharedContextDtls,
+    str0m::crypto::dtls::DtlsCert,
+) {
+    use str0m::crypto::dtls::DtlsProvider;
+    static FIXTURE: OnceLock<(
+        crate::dtls_openssl::SharedContextDtls,
+        str0m::crypto::dtls::DtlsCert,
+    )> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let provider = crate::dtls_openssl::SharedContextDtls::new(
+            str0m::crypto::from_feature_flags().dtls_provider,
+        );
+        let cert = provider.generate_certificate().expect("a certificate");
+        (provider, cert)
+    })
+}

@@ -64,3 +64,10 @@ fn viewer_nacks_corpus() {
         deadsfu_rtc::fuzz::viewer_nacks(&seed);
     }
 }
+
+#[test]
+fn dtls_passive_corpus() {
+    for seed in corpus("dtls_passive") {
+        deadsfu_rtc::fuzz::dtls_passive(&seed);
+    }
+}
