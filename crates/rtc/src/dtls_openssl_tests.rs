@@ -214,3 +214,31 @@ fn write_dtls_fuzz_seed() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("client-flights"), seed).unwrap();
 }
+
+#[test]
+fn a_lost_flight_is_sent_again_when_openssls_timer_has_run_out() {
+    let (client_cert, server_cert) = (certificate(), certificate());
+    let (mut client, _server) = pair(&client_cert, &server_cert);
+    let first = drain(client.as_mut());
+    assert!(
+        matches!(first.as_slice(), [Said::Packet(_)]),
+        "the ClientHello: {first:?}"
+    );
+    // The ClientHello is lost. Before OpenSSL's timer (1 s, on the real clock: nothing to
+    // await) a tick sends nothing; after it, the same flight goes again.
+    client.handle_timeout(Instant::now()).unwrap();
+    assert!(drain(client.as_mut()).is_empty());
+    std::thread::sleep(Duration::from_millis(1100));
+    client.handle_timeout(Instant::now()).unwrap();
+    // The same handshake message in a new record (the record header's sequence number moves
+    // on: its first 13 bytes differ).
+    let again = drain(client.as_mut());
+    let body = |said: &[Said]| match said {
+        [Said::Packet(p)] => p.get(13..).map(<[u8]>::to_vec),
+        _ => None,
+    };
+    assert!(
+        body(&again).is_some() && body(&again) == body(&first),
+        "{again:?}"
+    );
+}
