@@ -228,14 +228,7 @@ fn fill<'a>(buf: &'a mut [u8], bytes: &[u8]) -> &'a [u8] {
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match self.state {
-            State::New(_) => "new",
-            State::Handshaking(_) => "handshaking",
-            State::Established(_) => "established",
-            State::Failed => "failed",
-        };
         f.debug_struct("Connection")
-            .field("state", &state)
             .field("active", &self.active)
             .finish_non_exhaustive()
     }
@@ -330,6 +323,14 @@ impl Connection {
             self.events.push_back(Event::PeerCert(peer_cert));
             self.events.push_back(Event::Keys(material, profile));
         }
+        self.write_waiting()
+    }
+
+    /// Writes the application data that waited for the handshake (and what was just given).
+    fn write_waiting(&mut self) -> Result<(), DtlsImplError> {
+        let State::Established(stream) = &mut self.state else {
+            return Ok(());
+        };
         while let Some(data) = self.waiting_app_data.pop_front() {
             stream
                 .ssl_write(&data)
@@ -448,24 +449,11 @@ impl DtlsInstance for Connection {
     }
 
     fn send_application_data(&mut self, data: &[u8]) -> Result<(), DtlsImplError> {
-        match &mut self.state {
-            State::Established(stream) => {
-                while let Some(waiting) = self.waiting_app_data.pop_front() {
-                    stream
-                        .ssl_write(&waiting)
-                        .map_err(|_| failed(CryptoOperation::Encrypt))?;
-                }
-                stream
-                    .ssl_write(data)
-                    .map(|_| ())
-                    .map_err(|_| failed(CryptoOperation::Encrypt))
-            }
-            State::Failed => Err(failed(CryptoOperation::Encrypt)),
-            State::New(_) | State::Handshaking(_) => {
-                self.waiting_app_data.push_back(data.to_vec());
-                Ok(())
-            }
+        if matches!(self.state, State::Failed) {
+            return Err(failed(CryptoOperation::Encrypt));
         }
+        self.waiting_app_data.push_back(data.to_vec());
+        self.write_waiting()
     }
 
     fn is_active(&self) -> bool {
