@@ -20,7 +20,7 @@ use openssl::pkey::PKey;
 use openssl::srtp::SrtpProfileId;
 use openssl::ssl::{
     HandshakeError, MidHandshakeSslStream, ShutdownState, Ssl, SslContext, SslContextBuilder,
-    SslMethod, SslOptions, SslStream, SslVerifyMode,
+    SslMethod, SslOptions, SslSessionCacheMode, SslStream, SslVerifyMode,
 };
 use openssl::x509::X509;
 use str0m::crypto::CryptoError;
@@ -101,7 +101,15 @@ fn build_context(cert: &DtlsCert) -> Result<SslContext, CryptoError> {
     let certificate = X509::from_der(&cert.certificate)?;
     ctx.set_certificate(&certificate)?;
     // The MTU is ours to set (per connection), not the socket's to report.
-    ctx.set_options(SslOptions::SINGLE_ECDH_USE | SslOptions::NO_DTLSV1 | SslOptions::NO_QUERY_MTU);
+    // WebRTC never resumes a DTLS session: a shared context must neither cache every
+    // session it completes (OpenSSL's default, up to 20,480 of them) nor issue tickets.
+    ctx.set_session_cache_mode(SslSessionCacheMode::OFF);
+    ctx.set_options(
+        SslOptions::SINGLE_ECDH_USE
+            | SslOptions::NO_DTLSV1
+            | SslOptions::NO_QUERY_MTU
+            | SslOptions::NO_TICKET,
+    );
     Ok(ctx.build())
 }
 

@@ -242,3 +242,44 @@ fn a_lost_flight_is_sent_again_when_openssls_timer_has_run_out() {
         "{again:?}"
     );
 }
+
+#[test]
+fn the_server_issues_no_session_ticket() {
+    // The ClientHello of OpenSSL's client offers tickets (extension 35); WebRTC never resumes.
+    let (client_cert, server_cert) = (certificate(), certificate());
+    let (mut client, mut server) = pair(&client_cert, &server_cert);
+    let mut server_records = Vec::new();
+    for _ in 0..10 {
+        for said in drain(client.as_mut()) {
+            if let Said::Packet(p) = said {
+                server.handle_packet(&p).unwrap();
+            }
+        }
+        for said in drain(server.as_mut()) {
+            if let Said::Packet(p) = said {
+                client.handle_packet(&p).unwrap();
+                // Each datagram's records: type, version (2), epoch (2), sequence (6), length (2).
+                let mut rest = &p[..];
+                while rest.len() >= 13 {
+                    let len = usize::from(u16::from_be_bytes([rest[11], rest[12]]));
+                    let body = &rest[13..(13 + len).min(rest.len())];
+                    server_records.push((
+                        rest[0],
+                        u16::from_be_bytes([rest[3], rest[4]]),
+                        body.first().copied(),
+                    ));
+                    rest = &rest[(13 + len).min(rest.len())..];
+                }
+            }
+        }
+    }
+    assert!(
+        server_records.iter().any(|r| *r == (22, 0, Some(2))),
+        "a ServerHello was seen"
+    );
+    // A NewSessionTicket (handshake type 4) goes in the clear, before ChangeCipherSpec.
+    assert!(
+        !server_records.iter().any(|r| *r == (22, 0, Some(4))),
+        "{server_records:?}"
+    );
+}

@@ -42,6 +42,21 @@ struct Thread {
     workers: Vec<WeakSender<ToWorker>>,
 }
 
+/// Nice value of the handshake threads: on a core they share with a media worker, forwarding
+/// to viewers already watching goes first (a thread at nice 10 weighs a tenth of one at 0),
+/// and joins take what is left. Where cores are spare they run at full speed all the same.
+const HANDSHAKE_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's priority to [`HANDSHAKE_NICE`] (Linux keeps a nice value per
+/// thread). Best effort: without it handshakes compete with forwarding as equals.
+fn yield_to_forwarding() {
+    // SAFETY: setpriority with who = 0 changes only the calling thread; no memory is passed.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HANDSHAKE_NICE) };
+    if r != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "handshake thread priority unchanged");
+    }
+}
+
 impl HandshakeThreads {
     /// Starts `count` threads for workers whose sockets are `sockets` (clones, to answer
     /// from) and whose commands go to `workers` (held weakly: a stopping worker's channel must
@@ -74,6 +89,7 @@ impl HandshakeThreads {
             let handle = std::thread::Builder::new()
                 .name(format!("handshake-{n}"))
                 .spawn(move || {
+                    yield_to_forwarding();
                     // Without it no session would connect again: the workers' policy.
                     exit_on_panic("handshake thread", || thread.run(rx));
                 })?;
@@ -159,5 +175,30 @@ impl Thread {
                 let _ = to.blocking_send(control);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn own_nice() -> libc::c_int {
+        // SAFETY: no memory is passed. (-1 is also a valid nice value; none here is.)
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+    }
+
+    /// Only the handshake thread yields: the media workers (here, the test's thread) keep
+    /// their priority.
+    #[test]
+    fn a_handshake_thread_yields_to_forwarding_and_only_it() {
+        let before = own_nice();
+        let theirs = std::thread::spawn(|| {
+            yield_to_forwarding();
+            own_nice()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(theirs, HANDSHAKE_NICE.max(before));
+        assert_eq!(own_nice(), before);
     }
 }
