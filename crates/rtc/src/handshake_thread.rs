@@ -42,16 +42,20 @@ struct Thread {
     workers: Vec<WeakSender<ToWorker>>,
 }
 
-/// Nice value of the handshake threads: on a core they share with a media worker, forwarding
-/// to viewers already watching goes first (a thread at nice 10 weighs a tenth of one at 0),
-/// and joins take what is left. Where cores are spare they run at full speed all the same.
-const HANDSHAKE_NICE: libc::c_int = 10;
+/// How much nicer the handshake threads are than the process: on a core they share with a
+/// media worker, forwarding to viewers already watching goes first (a thread 10 nicer weighs
+/// a tenth), and joins take what is left. Where cores are spare they run at full speed.
+const HANDSHAKE_NICER_BY: libc::c_int = 10;
 
-/// Lowers the calling thread's priority to [`HANDSHAKE_NICE`] (Linux keeps a nice value per
-/// thread). Best effort: without it handshakes compete with forwarding as equals.
+/// Lowers the calling thread's priority by [`HANDSHAKE_NICER_BY`] (Linux keeps a nice value
+/// per thread). Best effort: without it handshakes compete with forwarding as equals.
 fn yield_to_forwarding() {
-    // SAFETY: setpriority with who = 0 changes only the calling thread; no memory is passed.
-    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HANDSHAKE_NICE) };
+    // SAFETY: getpriority and setpriority with who = 0 read and change only the calling
+    // thread; no memory is passed.
+    let r = unsafe {
+        let now = libc::getpriority(libc::PRIO_PROCESS, 0);
+        libc::setpriority(libc::PRIO_PROCESS, 0, (now + HANDSHAKE_NICER_BY).min(19))
+    };
     if r != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "handshake thread priority unchanged");
     }
@@ -198,7 +202,7 @@ mod tests {
         })
         .join()
         .unwrap();
-        assert_eq!(theirs, HANDSHAKE_NICE.max(before));
+        assert_eq!(theirs, (before + HANDSHAKE_NICER_BY).min(19));
         assert_eq!(own_nice(), before);
     }
 }
