@@ -274,12 +274,12 @@ fn the_server_issues_no_session_ticket() {
         }
     }
     assert!(
-        server_records.iter().any(|r| *r == (22, 0, Some(2))),
+        server_records.contains(&(22, 0, Some(2))),
         "a ServerHello was seen"
     );
     // A NewSessionTicket (handshake type 4) goes in the clear, before ChangeCipherSpec.
     assert!(
-        !server_records.iter().any(|r| *r == (22, 0, Some(4))),
+        !server_records.contains(&(22, 0, Some(4))),
         "{server_records:?}"
     );
 }
