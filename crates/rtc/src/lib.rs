@@ -3,7 +3,8 @@
 //! - [`MediaEngine`] (`engine.rs`): starts the workers; creates, patches and closes sessions.
 //! - `session_setup.rs`: a new session's SDP answer, and its peer once the client's first check
 //!   holds; `handshakes.rs`: those peers built and connected (ICE, DTLS) without I/O, then
-//!   handed to their worker; `handshake_thread.rs`: the threads that run them, off the workers.
+//!   handed to their worker; `handshake_thread.rs`: the threads that run them, off the workers
+//!   and behind them in priority.
 //! - `worker_core/`: a worker's sessions, rooms, demultiplexing, fan-out (to the workers with
 //!   viewers of a room only, `gop_handover.rs`) and timers, without I/O (fed datagrams,
 //!   packets, commands and time; tested with fake time).
@@ -14,7 +15,7 @@
 //! - `session.rs`: one peer connection as publisher or viewer; `egress.rs`: a viewer's media
 //!   out (SRTP sealing, NACK history, sender reports); `budget.rs`: per-second allowances.
 //! - `srtp.rs`, `dtls_tap.rs`: viewers' SRTP, sent by deadsfu itself with the keys of str0m's
-//!   DTLS handshake.
+//!   DTLS handshake; `dtls_openssl.rs`: that DTLS, on OpenSSL, from one context per certificate.
 //! - `send_batch.rs`: a turn's datagrams, grouped for the sink.
 //! - [`Ingest`] (`ingest.rs`): non-WebRTC publishers (FTL) feeding a room's fan-out.
 //! - [`sdp`]: checks on offers and trickle fragments that str0m leaves to us.
