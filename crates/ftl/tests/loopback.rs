@@ -188,6 +188,7 @@ impl TestServer {
         )
         .await
         .unwrap();
+        assert_large_receive_buffer(&server);
         let control = server.control_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
@@ -378,4 +379,28 @@ async fn dropped_packets_are_repaired_by_nacks_and_shutdown_sends_410() {
         Err(PushError::Session(deadsfu_ftl::client::ClientEnd::EndedByServer(410))) => {}
         other => panic!("expected 410, got {other:?}"),
     }
+}
+
+/// Every publisher's media arrives on the ingest's one UDP socket: it asks for 8 MiB, which it
+/// gets as root (beyond `net.core.rmem_max`) or up to that limit otherwise.
+fn assert_large_receive_buffer(server: &FtlServer) {
+    use deadsfu_ftl::net::server::UDP_RECEIVE_BUFFER;
+    let granted = server
+        .udp_receive_buffer()
+        .expect("Linux reports the buffer");
+    let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let expected = if root {
+        UDP_RECEIVE_BUFFER
+    } else {
+        UDP_RECEIVE_BUFFER.min(rmem_max)
+    };
+    assert!(
+        granted >= expected,
+        "granted {granted} bytes, expected {expected}"
+    );
 }

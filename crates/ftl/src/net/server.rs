@@ -249,6 +249,29 @@ pub struct FtlServer {
     shared: Arc<Shared>,
 }
 
+/// Receive buffer asked for on the ingest's UDP socket: every FTL publisher's media arrives on
+/// this one socket, and at a few hundred thousand packets a second a pause of a millisecond
+/// overflows the kernel's default (208 KiB). Granted up to `net.core.rmem_max` unless the
+/// process may exceed it.
+pub const UDP_RECEIVE_BUFFER: usize = 8 << 20;
+
+/// The receive buffer the kernel granted `udp` (it reports twice the usable size).
+fn udp_receive_buffer(udp: &UdpSocket) -> Option<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        deadsfu_udp::sockopt::int_option(udp.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF)
+            .ok()
+            .and_then(|b| usize::try_from(b).ok())
+            .map(|b| b / 2)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = udp;
+        None
+    }
+}
+
 impl FtlServer {
     /// Binds the control listener and the UDP socket.
     pub async fn bind(
@@ -257,15 +280,29 @@ impl FtlServer {
     ) -> io::Result<Self> {
         let listener = TcpListener::bind(config.control_addr).await?;
         let udp = UdpSocket::bind(config.udp_addr).await?;
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let _ = deadsfu_udp::sockopt::set_receive_buffer(udp.as_raw_fd(), UDP_RECEIVE_BUFFER);
+        }
         config.session.udp_port = config
             .announced_udp_port
             .unwrap_or(udp.local_addr()?.port());
+        let receive_buffer = udp_receive_buffer(&udp);
         info!(
             control = %listener.local_addr()?,
             udp = %udp.local_addr()?,
             announced_udp_port = config.session.udp_port,
+            udp_receive_buffer_kib = receive_buffer.map(|b| b / 1024),
             "FTL ingest listening"
         );
+        if receive_buffer.is_some_and(|b| b < UDP_RECEIVE_BUFFER) {
+            warn!(
+                "small FTL UDP receive buffer: bursts from many publishers may be dropped; raise \
+                 net.core.rmem_max (e.g. sysctl -w net.core.rmem_max=8388608) or run with \
+                 CAP_NET_ADMIN"
+            );
+        }
         let shared = Arc::new(Shared {
             channels: Mutex::default(),
             refusals: Refusals::new("ftl", config.refusal_log_interval),
@@ -286,6 +323,11 @@ impl FtlServer {
 
     pub fn udp_addr(&self) -> io::Result<SocketAddr> {
         self.udp.local_addr()
+    }
+
+    /// The UDP socket's receive buffer as the kernel granted it (None where unknown).
+    pub fn udp_receive_buffer(&self) -> Option<usize> {
+        udp_receive_buffer(&self.udp)
     }
 
     pub fn handle(&self) -> FtlServerHandle {
