@@ -9,6 +9,8 @@
 //! packet starts an active connection's handshake; once the handshake is done it reports, once
 //! each, that it is connected, the peer's certificate and the SRTP keying material; application
 //! data (SCTP) given before that waits for it; a peer's close_notify is answered with ours.
+//! Unlike it, a handshake under way sends its last flight again at str0m's tick once OpenSSL's
+//! retransmission timer has run out, rather than only when the peer repeats its own.
 
 use std::collections::VecDeque;
 use std::io;
@@ -45,16 +47,11 @@ const MAX_INCOMING: usize = 16;
 const MAX_RECORD: usize = 16 * 1024;
 
 /// Makes DTLS connections from contexts built once per certificate.
+#[derive(Debug)]
 pub(crate) struct SharedContextDtls {
     /// Makes certificates (str0m's OpenSSL provider does it well enough).
     certificates: &'static dyn DtlsProvider,
     contexts: Mutex<Vec<(DtlsCert, SslContext)>>,
-}
-
-impl std::fmt::Debug for SharedContextDtls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedContextDtls").finish_non_exhaustive()
-    }
 }
 
 impl SharedContextDtls {
@@ -100,9 +97,9 @@ fn build_context(cert: &DtlsCert) -> Result<SslContext, CryptoError> {
     ctx.set_private_key(&key)?;
     let certificate = X509::from_der(&cert.certificate)?;
     ctx.set_certificate(&certificate)?;
-    // The MTU is ours to set (per connection), not the socket's to report.
     // WebRTC never resumes a DTLS session: a shared context must neither cache every
-    // session it completes (OpenSSL's default, up to 20,480 of them) nor issue tickets.
+    // session it completes (OpenSSL's default, up to 20,480 of them) nor issue tickets. The
+    // MTU is ours to set (per connection), not the socket's to report.
     ctx.set_session_cache_mode(SslSessionCacheMode::OFF);
     ctx.set_options(
         SslOptions::SINGLE_ECDH_USE
@@ -278,7 +275,7 @@ impl Connection {
                 }
             }
             State::Handshaking(mut mid) => {
-                if !packet.is_empty() {
+                if !packet.is_empty() && mid.get_ref().incoming.len() < MAX_INCOMING {
                     mid.get_mut().incoming.push_back(packet.to_vec());
                 }
                 mid.handshake()
