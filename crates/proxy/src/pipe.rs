@@ -336,28 +336,34 @@ mod tests {
         (a, b)
     }
 
-    #[tokio::test]
-    async fn bytes_flow_both_ways_and_half_close_passes_through() {
-        // client_end <-> [client | proxy | backend] <-> backend_end
-        let (mut client_end, client) = pair().await;
-        let (backend, mut backend_end) = pair().await;
+    /// client_end <-> [client | proxy | backend] <-> backend_end, the proxy piping with
+    /// `policy` (5 s idle timeout) on a task of its own.
+    async fn proxied(
+        policy: Splice,
+    ) -> (
+        TcpStream,
+        TcpStream,
+        Arc<PipeCounters>,
+        tokio::task::JoinHandle<io::Result<()>>,
+    ) {
+        let (client_end, client) = pair().await;
+        let (backend, backend_end) = pair().await;
         let counters = Arc::new(PipeCounters::default());
         let proxy = tokio::spawn({
             let counters = counters.clone();
             async move {
                 let timer = tokio::time::sleep(Duration::from_secs(5));
                 tokio::pin!(timer);
-                pipe_both_ways(
-                    client,
-                    backend,
-                    Duration::from_secs(5),
-                    timer,
-                    counters,
-                    Splice::Auto,
-                )
-                .await
+                let idle = Duration::from_secs(5);
+                pipe_both_ways(client, backend, idle, timer, counters, policy).await
             }
         });
+        (client_end, backend_end, counters, proxy)
+    }
+
+    #[tokio::test]
+    async fn bytes_flow_both_ways_and_half_close_passes_through() {
+        let (mut client_end, mut backend_end, counters, proxy) = proxied(Splice::Auto).await;
         let big: Vec<u8> = (0..3_000_000u32).map(|i| i as u8).collect();
         let send = big.clone();
         let writer = tokio::spawn(async move {
@@ -454,25 +460,7 @@ mod tests {
 
     /// Moves 3 MB each way through a pipe with `policy`; returns the bytes it spliced.
     async fn bulk_both_ways(policy: Splice) -> u64 {
-        let (mut client_end, client) = pair().await;
-        let (backend, mut backend_end) = pair().await;
-        let counters = Arc::new(PipeCounters::default());
-        let proxy = tokio::spawn({
-            let counters = counters.clone();
-            async move {
-                let timer = tokio::time::sleep(Duration::from_secs(5));
-                tokio::pin!(timer);
-                pipe_both_ways(
-                    client,
-                    backend,
-                    Duration::from_secs(5),
-                    timer,
-                    counters,
-                    policy,
-                )
-                .await
-            }
-        });
+        let (mut client_end, mut backend_end, counters, proxy) = proxied(policy).await;
         let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let (mut client_read, mut client_write) = client_end.split();
         let (mut backend_read, mut backend_write) = backend_end.split();
