@@ -46,42 +46,51 @@ fn drain(conn: &mut dyn DtlsInstance) -> Vec<Said> {
     }
 }
 
-/// Carries the packets each side says to the other until both are quiet; returns what else
-/// each said (client's, server's).
+/// What one side of an exchange said: its packets, and everything else.
+#[derive(Default)]
+struct Heard {
+    packets: Vec<Vec<u8>>,
+    said: Vec<Said>,
+}
+
+/// Carries what `from` has to say to `to`, noting it in `heard`; whether it said a packet.
+fn deliver(from: &mut dyn DtlsInstance, to: &mut dyn DtlsInstance, heard: &mut Heard) -> bool {
+    let mut any = false;
+    for said in drain(from) {
+        match said {
+            Said::Packet(p) => {
+                any = true;
+                to.handle_packet(&p)
+                    .expect("the other side takes the packet");
+                heard.packets.push(p);
+            }
+            other => heard.said.push(other),
+        }
+    }
+    any
+}
+
+/// Carries the packets each side says to the other until both are quiet; returns what each
+/// said (client's, server's).
+fn exchange_heard(client: &mut dyn DtlsInstance, server: &mut dyn DtlsInstance) -> (Heard, Heard) {
+    let (mut from_client, mut from_server) = (Heard::default(), Heard::default());
+    for _ in 0..20 {
+        let client_spoke = deliver(client, server, &mut from_client);
+        let server_spoke = deliver(server, client, &mut from_server);
+        if !client_spoke && !server_spoke {
+            return (from_client, from_server);
+        }
+    }
+    panic!("the exchange does not end");
+}
+
+/// [`exchange_heard`], without the packets.
 fn exchange(
     client: &mut dyn DtlsInstance,
     server: &mut dyn DtlsInstance,
 ) -> (Vec<Said>, Vec<Said>) {
-    let (mut client_said, mut server_said) = (Vec::new(), Vec::new());
-    for _ in 0..20 {
-        let mut quiet = true;
-        for said in drain(client) {
-            match said {
-                Said::Packet(p) => {
-                    quiet = false;
-                    server
-                        .handle_packet(&p)
-                        .expect("the server takes the client's packet");
-                }
-                other => client_said.push(other),
-            }
-        }
-        for said in drain(server) {
-            match said {
-                Said::Packet(p) => {
-                    quiet = false;
-                    client
-                        .handle_packet(&p)
-                        .expect("the client takes the server's packet");
-                }
-                other => server_said.push(other),
-            }
-        }
-        if quiet {
-            return (client_said, server_said);
-        }
-    }
-    panic!("the exchange does not end");
+    let (client, server) = exchange_heard(client, server);
+    (client.said, server.said)
 }
 
 fn pair(
@@ -188,27 +197,18 @@ fn only_dtls_1_2_is_made() {
 }
 
 /// Writes the fuzz target's seed (`fuzz/corpus/dtls_passive/client-flights`): a real client's
-/// first two flights, framed as `fuzz::dtls_passive` reads them. Run by hand when the framing
+/// flights, framed as `fuzz::dtls_passive` reads them. Run by hand when the framing
 /// changes: `cargo test -p deadsfu-rtc --lib write_dtls_fuzz_seed -- --ignored`.
 #[test]
 #[ignore]
 fn write_dtls_fuzz_seed() {
     let (client_cert, server_cert) = (certificate(), certificate());
     let (mut client, mut server) = pair(&client_cert, &server_cert);
+    let (from_client, _) = exchange_heard(client.as_mut(), server.as_mut());
     let mut seed = Vec::new();
-    for _ in 0..2 {
-        for said in drain(client.as_mut()) {
-            if let Said::Packet(p) = said {
-                seed.extend_from_slice(&(p.len() as u16).to_be_bytes());
-                seed.extend_from_slice(&p);
-                server.handle_packet(&p).unwrap();
-            }
-        }
-        for said in drain(server.as_mut()) {
-            if let Said::Packet(p) = said {
-                client.handle_packet(&p).unwrap();
-            }
-        }
+    for p in from_client.packets {
+        seed.extend_from_slice(&(p.len() as u16).to_be_bytes());
+        seed.extend_from_slice(&p);
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/dtls_passive");
     std::fs::create_dir_all(&dir).unwrap();
@@ -248,29 +248,20 @@ fn the_server_issues_no_session_ticket() {
     // The ClientHello of OpenSSL's client offers tickets (extension 35); WebRTC never resumes.
     let (client_cert, server_cert) = (certificate(), certificate());
     let (mut client, mut server) = pair(&client_cert, &server_cert);
+    let (_, from_server) = exchange_heard(client.as_mut(), server.as_mut());
     let mut server_records = Vec::new();
-    for _ in 0..10 {
-        for said in drain(client.as_mut()) {
-            if let Said::Packet(p) = said {
-                server.handle_packet(&p).unwrap();
-            }
-        }
-        for said in drain(server.as_mut()) {
-            if let Said::Packet(p) = said {
-                client.handle_packet(&p).unwrap();
-                // Each datagram's records: type, version (2), epoch (2), sequence (6), length (2).
-                let mut rest = &p[..];
-                while rest.len() >= 13 {
-                    let len = usize::from(u16::from_be_bytes([rest[11], rest[12]]));
-                    let body = &rest[13..(13 + len).min(rest.len())];
-                    server_records.push((
-                        rest[0],
-                        u16::from_be_bytes([rest[3], rest[4]]),
-                        body.first().copied(),
-                    ));
-                    rest = &rest[(13 + len).min(rest.len())..];
-                }
-            }
+    for p in &from_server.packets {
+        // Each datagram's records: type, version (2), epoch (2), sequence (6), length (2).
+        let mut rest = &p[..];
+        while rest.len() >= 13 {
+            let len = usize::from(u16::from_be_bytes([rest[11], rest[12]]));
+            let body = &rest[13..(13 + len).min(rest.len())];
+            server_records.push((
+                rest[0],
+                u16::from_be_bytes([rest[3], rest[4]]),
+                body.first().copied(),
+            ));
+            rest = &rest[(13 + len).min(rest.len())..];
         }
     }
     assert!(
