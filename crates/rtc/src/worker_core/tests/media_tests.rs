@@ -224,14 +224,21 @@ fn a_workers_first_viewer_gets_the_rooms_gop_from_its_keeper() {
     net.shared.rooms.release(room);
 }
 
-/// Without an answer from the keeper, the viewers start after a short wait from what came.
-#[test]
-fn a_gop_that_does_not_come_is_not_waited_for_long() {
+/// Worker 1 of 2 with a viewer of room "r", whose publisher (and GOP keeper) is on worker 0;
+/// the GOP request the viewer made is dropped, unanswered.
+fn viewer_away_from_the_keeper() -> (Net, Arc<deadsfu_media::Room>, Peer) {
     let mut net = Net::new(1, 2, config());
     let room = net.shared.rooms.get_or_create("r");
     assert!(room.try_claim_publisher(99, Some(0)));
-    let mut v = net.peer("r", Direction::RecvOnly, 6001);
+    let v = net.peer("r", Direction::RecvOnly, 6001);
     let _ = net.core.drain_peer_messages().count();
+    (net, room, v)
+}
+
+/// Without an answer from the keeper, the viewers start after a short wait from what came.
+#[test]
+fn a_gop_that_does_not_come_is_not_waited_for_long() {
+    let (mut net, room, mut v) = viewer_away_from_the_keeper();
     let now = net.now;
     net.core.handle_timeout(now);
     assert!(net.core.poll_timeout(now) <= now + gop_handover::GOP_WAIT);
@@ -405,11 +412,7 @@ fn switches_overtaken_within_the_coalescing_time_replay_once() {
 /// A GOP that comes after the wait is still used while no keyframe has come since.
 #[test]
 fn a_late_gop_is_used_while_no_keyframe_came() {
-    let mut net = Net::new(1, 2, config());
-    let room = net.shared.rooms.get_or_create("r");
-    assert!(room.try_claim_publisher(99, Some(0)));
-    let mut v = net.peer("r", Direction::RecvOnly, 6001);
-    let _ = net.core.drain_peer_messages().count();
+    let (mut net, room, mut v) = viewer_away_from_the_keeper();
     let now = net.now;
     let gop = frame(99, 1, 1000, 2, true, now);
     // Only a delta frame reaches this worker before the wait is up: nothing to start from.
