@@ -349,7 +349,8 @@ impl Connection {
         let State::Established(stream) = &mut self.state else {
             return Ok(());
         };
-        let mut buf = vec![0; MAX_RECORD];
+        // On the stack: a data channel's every packet comes through here.
+        let mut buf = [0u8; MAX_RECORD];
         loop {
             match stream.ssl_read(&mut buf) {
                 Ok(0) => break,
