@@ -68,11 +68,18 @@ impl FtlProxy {
         let udp = UdpSocket::bind(SocketAddr::new(control_addr.ip(), config.udp_port)).await?;
         // Every client's media arrives on this one socket: a pause of a millisecond at a few
         // hundred thousand packets a second overflows the kernel's default 208 KiB.
-        let sock = socket2::SockRef::from(&udp);
-        let _ = sock.set_recv_buffer_size(UDP_BUFFER);
-        let _ = sock.set_send_buffer_size(UDP_BUFFER);
-        if sock.recv_buffer_size().unwrap_or(0) < UDP_BUFFER {
-            debug!("FTL proxy UDP buffer below {UDP_BUFFER} bytes (raise net.core.rmem_max)");
+        // Beyond net.core.rmem_max/wmem_max where the process may, as the SFU's sockets do.
+        {
+            use deadsfu_udp::sockopt::{int_option, set_receive_buffer, set_send_buffer};
+            use std::os::fd::AsRawFd;
+            let fd = udp.as_raw_fd();
+            let _ = set_receive_buffer(fd, UDP_BUFFER);
+            let _ = set_send_buffer(fd, UDP_BUFFER);
+            // The kernel reports twice what it grants.
+            let granted = int_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUF).unwrap_or(0) / 2;
+            if usize::try_from(granted).unwrap_or(0) < UDP_BUFFER {
+                debug!("FTL proxy UDP buffer below {UDP_BUFFER} bytes (raise net.core.rmem_max)");
+            }
         }
         let udp_addr = udp.local_addr()?;
         let log_interval = config.limits.log_interval;
