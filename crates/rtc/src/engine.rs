@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use deadsfu_media::room::MAX_WORKERS;
-use str0m::change::SdpOffer;
 use str0m::{Candidate, IceCreds};
 use tokio::sync::{mpsc, oneshot};
 
@@ -184,11 +183,7 @@ impl MediaEngine {
                 None
             }
         };
-        let sdp = SdpOffer::from_sdp_string(offer).map_err(|e| {
-            // The parser's message can quote its own internals: log it, answer plainly.
-            tracing::debug!(error = %e, "SDP offer not parsed");
-            SessionError::BadSdp("the offer is not valid SDP".into())
-        })?;
+        let parsed = shared.offer_shapes.parse(kind, video_family, offer)?;
 
         let inner = &self.inner;
         let serial = inner.next_serial.fetch_add(1, Ordering::Relaxed);
@@ -224,7 +219,7 @@ impl MediaEngine {
             serial,
             kind,
             room: room_arc.clone(),
-            offer: sdp,
+            offer: parsed,
             offer_sdp: offer.into(),
             summary,
             video_family,

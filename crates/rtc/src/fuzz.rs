@@ -6,7 +6,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use deadsfu_media::{Codec, MediaPacket, SourceId};
-use str0m::change::SdpOffer;
 use str0m::media::{Direction, MediaKind as SdpKind};
 use str0m::{Candidate, Rtc};
 
@@ -76,7 +75,10 @@ pub fn worker_core(data: &[u8]) {
         serial: 1,
         kind: SessionKind::Viewer,
         room,
-        offer: SdpOffer::from_sdp_string(offer).expect("our own offer parses"),
+        offer: shared
+            .offer_shapes
+            .parse(SessionKind::Viewer, None, offer)
+            .expect("our own offer parses"),
         offer_sdp: offer.into(),
         summary: OfferSummary::parse(offer).expect("our own offer is summarised"),
         video_family: None,

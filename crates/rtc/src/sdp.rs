@@ -72,7 +72,7 @@ impl OfferedCodec {
 }
 
 /// The video codec family a publisher's answer is limited to, best first for viewers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VideoFamily {
     H264,
     Vp8,
@@ -340,94 +340,6 @@ impl TrickleFragment {
         }
         Ok(frag)
     }
-}
-
-/// The offer with, in each media section the answer accepted, only the payload types the
-/// answer kept (its `m=` format list, `a=rtpmap`, `a=fmtp` and `a=rtcp-fb` lines for the
-/// others left out). Answering this offer again gives the same answer; it is kept while a
-/// session waits for its first check (see `session_setup.rs`), and a browser's offer, with a
-/// few dozen payload types, is mostly made of ones the answer refused.
-pub(crate) fn keep_answered_formats(offer: &str, answer: &str) -> String {
-    let accepted = accepted_formats(answer);
-    let mut out = String::with_capacity(offer.len());
-    for section in sections(offer) {
-        let mid = section
-            .iter()
-            .find_map(|l| l.strip_prefix("a=mid:"))
-            .map(str::trim);
-        let keep = mid.and_then(|m| accepted.iter().find(|(mid, _)| *mid == m));
-        let Some((_, kept)) = keep.filter(|(_, kept)| !kept.is_empty()) else {
-            for line in &section {
-                out.push_str(line);
-                out.push_str("\r\n");
-            }
-            continue;
-        };
-        for line in &section {
-            if let Some(m) = line.strip_prefix("m=") {
-                let mut fields = m.split(' ');
-                let head: Vec<&str> = fields.by_ref().take(3).collect();
-                let formats: Vec<&str> = fields.filter(|f| kept.contains(f)).collect();
-                out.push_str("m=");
-                out.push_str(&head.join(" "));
-                for f in formats {
-                    out.push(' ');
-                    out.push_str(f);
-                }
-                out.push_str("\r\n");
-                continue;
-            }
-            let format_of = ["a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"]
-                .iter()
-                .find_map(|p| line.strip_prefix(p))
-                .and_then(|rest| rest.split(' ').next());
-            if let Some(pt) = format_of
-                && pt != "*"
-                && !kept.contains(&pt)
-            {
-                continue;
-            }
-            out.push_str(line);
-            out.push_str("\r\n");
-        }
-    }
-    out
-}
-
-/// The lines of `sdp`, cut into the session part and its media sections.
-fn sections(sdp: &str) -> Vec<Vec<&str>> {
-    let mut sections = vec![Vec::new()];
-    for line in sdp.lines().map(|l| l.trim_end_matches('\r')) {
-        if line.is_empty() {
-            continue;
-        }
-        if line.starts_with("m=") {
-            sections.push(Vec::new());
-        }
-        if let Some(section) = sections.last_mut() {
-            section.push(line);
-        }
-    }
-    sections
-}
-
-/// Each accepted media section of an answer (port not 0): its mid and format list.
-fn accepted_formats(answer: &str) -> Vec<(&str, Vec<&str>)> {
-    sections(answer)
-        .into_iter()
-        .skip(1)
-        .filter_map(|section| {
-            let m = section.first()?.strip_prefix("m=")?;
-            let mut fields = m.split(' ');
-            let port = fields.nth(1)?;
-            if port == "0" {
-                return None;
-            }
-            let formats: Vec<&str> = fields.skip(1).collect();
-            let mid = section.iter().find_map(|l| l.strip_prefix("a=mid:"))?;
-            Some((mid.trim(), formats))
-        })
-        .collect()
 }
 
 #[cfg(test)]

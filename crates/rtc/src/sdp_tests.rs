@@ -5,33 +5,6 @@ use super::*;
 const OBS_OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef0123456789\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\na=rtpmap:111 opus/48000/2\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=sendonly\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:97 H264/90000\r\na=fmtp:97 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n";
 
 #[test]
-fn keeps_only_the_formats_the_answer_accepted() {
-    let offer = OBS_OFFER.replace(
-        "a=rtpmap:96 VP8/90000\r\n",
-        "a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack\r\na=rtcp-fb:* transport-cc\r\n",
-    );
-    // Audio refused (port 0), video answered with H264 only.
-    let answer = "v=0\r\no=- 3 4 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\nm=video 9 UDP/TLS/RTP/SAVPF 97\r\na=mid:1\r\na=rtpmap:97 H264/90000\r\n";
-    let kept = keep_answered_formats(&offer, answer);
-    assert!(
-        kept.contains("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"),
-        "{kept}"
-    );
-    assert!(kept.contains("a=rtpmap:111 opus/48000/2\r\n"));
-    assert!(kept.contains("m=video 9 UDP/TLS/RTP/SAVPF 97\r\n"));
-    assert!(!kept.contains("VP8") && !kept.contains("a=rtcp-fb:96"));
-    assert!(kept.contains("a=rtcp-fb:* transport-cc\r\n"));
-    assert!(kept.contains("a=fmtp:97 level-asymmetry-allowed=1"));
-    assert!(kept.starts_with("v=0\r\n") && kept.contains("a=ice-ufrag:abcd\r\n"));
-    // Nothing is lost from an offer the answer took whole.
-    let whole = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:1\r\n";
-    assert_eq!(
-        keep_answered_formats(&offer, whole),
-        offer.replace("\r\n", "\n").replace('\n', "\r\n")
-    );
-}
-
-#[test]
 fn publish_prefers_h264() {
     let s = OfferSummary::parse(OBS_OFFER).unwrap();
     assert_eq!(s.ice_ufrag.as_deref(), Some("abcd"));

@@ -48,7 +48,7 @@ pub(crate) fn feed_datagram(
 }
 
 /// What the session does in its room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SessionKind {
     /// WHIP ingest (or any publisher).
     Publisher,

@@ -16,9 +16,10 @@ use str0m::config::CryptoProvider;
 use str0m::media::Mid;
 use str0m::{Candidate, Rtc};
 
+use crate::answered_formats::OfferToAnswer;
 use crate::egress::ViewerEgress;
 use crate::error::SessionError;
-use crate::sdp::{OfferSummary, SectionKind, VideoFamily, keep_answered_formats};
+use crate::sdp::{OfferSummary, SectionKind, VideoFamily};
 use crate::session::{Peer, PeerRecipe, Publisher, Role, Session, SessionKind};
 use crate::shared::Shared;
 
@@ -30,8 +31,8 @@ pub(crate) struct SessionRequest {
     pub serial: u64,
     pub kind: SessionKind,
     pub room: Arc<Room>,
-    pub offer: SdpOffer,
-    /// The offer as the client sent it, kept to build the peer again.
+    pub offer: OfferToAnswer,
+    /// The offer as the client sent it.
     pub offer_sdp: Box<str>,
     pub summary: OfferSummary,
     pub video_family: Option<VideoFamily>,
@@ -158,7 +159,7 @@ pub(crate) fn prepare_session(
     // This peer only answers: its DTLS is never started, so never built.
     let crypto = crate::dtls_tap::answering_crypto_provider();
     let mut rtc = new_rtc(shared, local_port, req.kind, req.video_family, crypto, now);
-    let answer = rtc.sdp_api().accept_offer(req.offer).map_err(|e| {
+    let answer = rtc.sdp_api().accept_offer(req.offer.parsed).map_err(|e| {
         tracing::debug!(error = %e, "offer not answered");
         SessionError::Unsupported("the offer cannot be answered".into())
     })?;
@@ -216,7 +217,10 @@ pub(crate) fn prepare_session(
     let recipe = PeerRecipe {
         kind: req.kind,
         video_family: req.video_family,
-        offer: keep_answered_formats(&req.offer_sdp, &answer).into(),
+        offer: shared
+            .offer_shapes
+            .answered(&req.offer_sdp, req.offer.seen, &answer)
+            .into(),
         local,
         remote: None,
         remote_candidates: Vec::new(),
@@ -254,7 +258,10 @@ mod tests {
             serial: 1,
             kind: SessionKind::Viewer,
             room: shared.rooms.get_or_create("r"),
-            offer: SdpOffer::from_sdp_string(&offer).unwrap(),
+            offer: shared
+                .offer_shapes
+                .parse(SessionKind::Viewer, None, &offer)
+                .unwrap(),
             offer_sdp: offer.as_str().into(),
             summary,
             video_family: None,

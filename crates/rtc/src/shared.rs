@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use deadsfu_media::Rooms;
 
 use crate::admission::SessionAdmission;
+use crate::answered_formats::OfferShapes;
 use crate::config::EngineConfig;
 use crate::session::SessionKind;
 
@@ -37,6 +38,8 @@ pub(crate) struct Shared {
     pub ingests: AtomicUsize,
     pub ingest_drops: AtomicU64,
     pub(crate) sessions: Mutex<HashMap<Arc<str>, SessionEntry>>,
+    /// What recent offers' answers kept, per offer shape (cuts the next offers' parse).
+    pub offer_shapes: OfferShapes,
 }
 
 impl Shared {
@@ -53,6 +56,7 @@ impl Shared {
             ingests: AtomicUsize::new(0),
             ingest_drops: AtomicU64::new(0),
             sessions: Mutex::new(HashMap::new()),
+            offer_shapes: OfferShapes::default(),
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use deadsfu_media::{Codec, MediaPacket, RoomId, SourceId};
-use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::change::SdpAnswer;
 use str0m::media::{Direction, MediaKind as SdpKind, Mid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::rtp::RtpWrite;
@@ -135,7 +135,11 @@ impl Net {
             serial,
             kind,
             room,
-            offer: SdpOffer::from_sdp_string(&offer).unwrap(),
+            offer: self
+                .shared
+                .offer_shapes
+                .parse(kind, video_family, &offer)
+                .unwrap(),
             offer_sdp: offer.as_str().into(),
             summary,
             video_family,
