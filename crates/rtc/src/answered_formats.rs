@@ -144,7 +144,11 @@ const IDENTITY_LINES: [&str; 12] = [
 ];
 
 impl OfferShape {
-    fn of(kind: SessionKind, video_family: Option<VideoFamily>, offer: &str) -> OfferShape {
+    pub(crate) fn of(
+        kind: SessionKind,
+        video_family: Option<VideoFamily>,
+        offer: &str,
+    ) -> OfferShape {
         let lines = || offer.lines().map(|l| l.trim_end_matches('\r'));
         // Mids as their sections' places: some clients (str0m's) make them up at random.
         let mids: Vec<&str> = lines()

@@ -9,11 +9,12 @@ use deadsfu_media::{Codec, MediaPacket, SourceId};
 use str0m::media::{Direction, MediaKind as SdpKind};
 use str0m::{Candidate, Rtc};
 
+use crate::answered_formats::{AnsweredFormats, OfferShape, keep_formats};
 use crate::config::EngineConfig;
 use crate::handshakes::Handshakes;
 use crate::messages::{Command, Control, PeerMessage};
 use crate::metrics::Counters;
-use crate::sdp::OfferSummary;
+use crate::sdp::{OfferSummary, VideoFamily};
 use crate::send_batch::RecordingSink;
 use crate::session::{Peer, SessionKind};
 use crate::session_setup::{SessionRequest, prepare_session};
@@ -224,7 +225,8 @@ fn stun_check(ufrag: &str, rest: &[u8]) -> Vec<u8> {
     d
 }
 
-/// The offer checks that run before str0m sees an offer: summary, publish and view checks.
+/// The offer checks that run before str0m sees an offer: summary, publish and view checks,
+/// its shape, and its cut to an answer's formats (itself, read as an answer).
 pub fn offer_summary(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -236,6 +238,8 @@ pub fn offer_summary(data: &[u8]) {
         let _ = summary.media().count();
     }
     let _ = crate::sdp::TrickleFragment::parse(text);
+    let _ = OfferShape::of(SessionKind::Publisher, Some(VideoFamily::H264), text);
+    let _ = keep_formats(text, &AnsweredFormats::of_answer(text));
 }
 
 /// The STUN routing of datagrams from unknown sources.
