@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use str0m::change::SdpOffer;
 
+use crate::answer_template::AnswerTemplate;
 use crate::error::SessionError;
 use crate::sdp::VideoFamily;
 use crate::session::SessionKind;
@@ -200,29 +201,106 @@ impl OfferShape {
     }
 }
 
-/// An offer parsed to be answered, and how: whole, or cut to what offers of its shape were
-/// answered with.
+fn not_sdp() -> SessionError {
+    SessionError::BadSdp("the offer is not valid SDP".into())
+}
+
+/// What str0m must still parse of an offer whose shape parsed before: its session part, and of
+/// each media section the lines its shape leaves out, with what str0m requires of a section
+/// (its mid, its direction, a format: the `m=` line's are replaced by a static one, which needs
+/// no `a=rtpmap`).
+fn identity_lines(offer: &str) -> String {
+    const KEPT: [&str; 5] = [
+        "a=mid:",
+        "a=sendrecv",
+        "a=recvonly",
+        "a=sendonly",
+        "a=inactive",
+    ];
+    let mut out = String::with_capacity(1024);
+    let mut in_media = false;
+    for line in offer.lines().map(|l| l.trim_end_matches('\r')) {
+        if let Some(m) = line.strip_prefix("m=") {
+            in_media = true;
+            let head: Vec<&str> = m.splitn(4, ' ').take(3).collect();
+            out.push_str("m=");
+            out.push_str(&head.join(" "));
+            out.push_str(" 0\r\n");
+            continue;
+        }
+        let kept = IDENTITY_LINES
+            .iter()
+            .chain(&KEPT)
+            .any(|p| line.starts_with(p));
+        if !in_media || kept {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out
+}
+
+/// What is known of an offer shape: what its answer kept, and for viewers the answer itself
+/// as a template (`answer_template.rs`).
+#[derive(Debug)]
+pub(crate) struct KnownShape {
+    formats: AnsweredFormats,
+    template: Option<AnswerTemplate>,
+}
+
+/// An offer to be answered: parsed whole, parsed cut to what offers of its shape were
+/// answered with, or not parsed at all where a viewer's answer has a template.
 pub(crate) struct OfferToAnswer {
-    pub parsed: SdpOffer,
+    parsed: Option<SdpOffer>,
     pub seen: ShapeSeen,
+}
+
+impl OfferToAnswer {
+    /// The template to answer a viewer with, if the shape has one.
+    pub fn template(&self) -> Option<&AnswerTemplate> {
+        self.seen.expected.as_ref()?.0.template.as_ref()
+    }
+
+    /// The offer parsed for str0m: as [`OfferShapes::parse`] did, or cut now.
+    pub fn take_parsed(&mut self) -> Result<SdpOffer, SessionError> {
+        if let Some(parsed) = self.parsed.take() {
+            return Ok(parsed);
+        }
+        let cut = self.seen.expected.as_ref().map(|(_, cut)| cut.as_str());
+        // Parsed before it was known; a failure now is ours.
+        SdpOffer::from_sdp_string(cut.unwrap_or_default()).map_err(|e| {
+            tracing::warn!(error = %e, "an offer of a known shape did not parse cut");
+            SessionError::Unavailable
+        })
+    }
+
+    /// Whether the answer should be learnt as its shape's template.
+    pub fn shape_is_new(&self) -> bool {
+        self.seen.shape.is_some() && self.seen.expected.is_none()
+    }
+
+    /// The offer cut to its shape's answered formats, for a session answered by template.
+    pub fn into_cut(self) -> Option<String> {
+        self.seen.expected.map(|(_, cut)| cut)
+    }
 }
 
 /// What [`OfferShapes::answered`] needs to learn from, or check, the answer.
 pub(crate) struct ShapeSeen {
     /// None for an offer too long to remember.
     shape: Option<OfferShape>,
-    /// For a shape answered before: what its answer kept, and the offer cut to it (parsed).
-    expected: Option<(Arc<AnsweredFormats>, String)>,
+    /// For a shape answered before: what is known of it, and the offer cut to its formats.
+    expected: Option<(Arc<KnownShape>, String)>,
 }
 
 /// What the answers of recent offer shapes kept (see the module's comment).
 #[derive(Default)]
 pub(crate) struct OfferShapes {
-    known: Mutex<HashMap<OfferShape, Arc<AnsweredFormats>>>,
+    known: Mutex<HashMap<OfferShape, Arc<KnownShape>>>,
 }
 
 impl OfferShapes {
-    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<OfferShape, Arc<AnsweredFormats>>> {
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<OfferShape, Arc<KnownShape>>> {
         // The map stays whole whatever panicked while it was held.
         self.known.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -239,12 +317,25 @@ impl OfferShapes {
             .then(|| OfferShape::of(kind, video_family, offer));
         let known = shape.as_ref().and_then(|s| self.known().get(s).cloned());
         if let Some(known) = known {
-            let cut = keep_formats(offer, &known);
+            let cut = keep_formats(offer, &known.formats);
+            if kind == SessionKind::Viewer && known.template.is_some() {
+                // The rest of it parsed when its shape was learnt.
+                if SdpOffer::from_sdp_string(&identity_lines(offer)).is_err() {
+                    return Err(not_sdp());
+                }
+                return Ok(OfferToAnswer {
+                    parsed: None,
+                    seen: ShapeSeen {
+                        shape,
+                        expected: Some((known, cut)),
+                    },
+                });
+            }
             // A kept line that does not parse (an identity line: the rest parsed before) is
             // reported from the whole offer, below.
             if let Ok(parsed) = SdpOffer::from_sdp_string(&cut) {
                 return Ok(OfferToAnswer {
-                    parsed,
+                    parsed: Some(parsed),
                     seen: ShapeSeen {
                         shape,
                         expected: Some((known, cut)),
@@ -255,10 +346,10 @@ impl OfferShapes {
         let parsed = SdpOffer::from_sdp_string(offer).map_err(|e| {
             // The parser's message can quote its own internals: log it, answer plainly.
             tracing::debug!(error = %e, "SDP offer not parsed");
-            SessionError::BadSdp("the offer is not valid SDP".into())
+            not_sdp()
         })?;
         Ok(OfferToAnswer {
-            parsed,
+            parsed: Some(parsed),
             seen: ShapeSeen {
                 shape,
                 expected: None,
@@ -266,15 +357,21 @@ impl OfferShapes {
         })
     }
 
-    /// Learns (or checks) what `answer` kept of `offer`, parsed as `seen` says; returns the
-    /// offer cut to it.
-    pub fn answered(&self, offer: &str, seen: ShapeSeen, answer: &str) -> String {
+    /// Learns (or checks) what `answer` kept of `offer`, parsed as `seen` says, and a new
+    /// shape's `template`; returns the offer cut to it.
+    pub fn answered(
+        &self,
+        offer: &str,
+        seen: ShapeSeen,
+        answer: &str,
+        template: Option<AnswerTemplate>,
+    ) -> String {
         let answered = AnsweredFormats::of_answer(answer);
         let Some(shape) = seen.shape else {
             return keep_formats(offer, &answered);
         };
         match seen.expected {
-            Some((expected, cut)) if *expected == answered => cut,
+            Some((expected, cut)) if expected.formats == answered => cut,
             Some(_) => {
                 // Not expected of str0m; the answer stands (it is one to a part of the offer),
                 // and the next offer of this shape is parsed whole.
@@ -294,7 +391,8 @@ impl OfferShapes {
                         known.remove(&displaced);
                     }
                 }
-                known.insert(shape, Arc::new(answered));
+                let formats = answered;
+                known.insert(shape, Arc::new(KnownShape { formats, template }));
                 cut
             }
         }

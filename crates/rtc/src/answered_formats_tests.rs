@@ -133,7 +133,9 @@ fn a_shape_answered_otherwise_is_forgotten() {
         .parse(SessionKind::Viewer, None, &offer)
         .unwrap();
     let answer = "v=0\r\nm=audio 0 UDP/TLS/RTP/SAVPF 111\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n";
-    let kept = shared.offer_shapes.answered(&offer, parsed.seen, answer);
+    let kept = shared
+        .offer_shapes
+        .answered(&offer, parsed.seen, answer, None);
     assert!(
         kept.contains("m=video 43929 UDP/TLS/RTP/SAVPF 96\r\n"),
         "{kept}"
@@ -171,7 +173,7 @@ fn shapes_are_bounded_and_long_offers_not_remembered() {
             shape: Some(OfferShape::of(SessionKind::Viewer, None, &offer)),
             expected: None,
         };
-        shapes.answered(&offer, seen, answer);
+        shapes.answered(&offer, seen, answer, None);
     }
     assert_eq!(shapes.known().len(), MAX_SHAPES);
 

@@ -2,7 +2,8 @@
 //!
 //! - [`MediaEngine`] (`engine.rs`): starts the workers; creates, patches and closes sessions.
 //! - `session_setup.rs`: a new session's SDP answer, and its peer once the client's first check
-//!   holds (`answered_formats.rs`: offers cut to what their answers keep, parsed for less); `handshakes.rs`: those peers built and connected (ICE, DTLS) without I/O, then
+//!   holds (`answered_formats.rs`: offers cut to what their answers keep, parsed for less;
+//!   `answer_template.rs`: viewers of a known offer shape answered without str0m); `handshakes.rs`: those peers built and connected (ICE, DTLS) without I/O, then
 //!   handed to their worker; `handshake_thread.rs`: the threads that run them, off the workers
 //!   and behind them in priority.
 //! - `worker_core/`: a worker's sessions, rooms, demultiplexing, fan-out (to the workers with
@@ -21,6 +22,7 @@
 //! - [`sdp`]: checks on offers and trickle fragments that str0m leaves to us.
 
 mod admission;
+mod answer_template;
 mod answered_formats;
 mod budget;
 mod codec;

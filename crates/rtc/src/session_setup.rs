@@ -16,6 +16,7 @@ use str0m::config::CryptoProvider;
 use str0m::media::Mid;
 use str0m::{Candidate, Rtc};
 
+use crate::answer_template::{AnswerTemplate, Answered, Filled};
 use crate::answered_formats::OfferToAnswer;
 use crate::egress::ViewerEgress;
 use crate::error::SessionError;
@@ -153,16 +154,32 @@ pub(crate) fn build_peer(
 pub(crate) fn prepare_session(
     shared: &Shared,
     local_port: u16,
-    req: SessionRequest,
+    mut req: SessionRequest,
     now: Instant,
 ) -> Result<(Session, String), SessionError> {
+    let offer_mids: Vec<Option<&str>> = req
+        .summary
+        .sections
+        .iter()
+        .map(|s| s.mid.as_deref())
+        .collect();
+    let filled = req
+        .offer
+        .template()
+        .and_then(|t| t.fill(&offer_mids, local_port));
+    if let Some(filled) = filled {
+        return Ok(viewer_from_template(req, filled, now));
+    }
     // This peer only answers: its DTLS is never started, so never built.
     let crypto = crate::dtls_tap::answering_crypto_provider();
     let mut rtc = new_rtc(shared, local_port, req.kind, req.video_family, crypto, now);
-    let answer = rtc.sdp_api().accept_offer(req.offer.parsed).map_err(|e| {
-        tracing::debug!(error = %e, "offer not answered");
-        SessionError::Unsupported("the offer cannot be answered".into())
-    })?;
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(req.offer.take_parsed()?)
+        .map_err(|e| {
+            tracing::debug!(error = %e, "offer not answered");
+            SessionError::Unsupported("the offer cannot be answered".into())
+        })?;
 
     let mids: Vec<(MediaKind, Mid)> = req
         .summary
@@ -180,7 +197,18 @@ pub(crate) fn prepare_session(
             Some((kind, Mid::from(s.mid.as_deref()?)))
         })
         .collect();
+    let send_streams: Vec<_> = mids
+        .iter()
+        .filter_map(|&(_, mid)| {
+            let mut api = rtc.direct_api();
+            let tx = api.stream_tx_by_mid(mid, None)?;
+            Some((mid, tx.ssrc(), tx.rtx()))
+        })
+        .collect();
+    let local = rtc.direct_api().local_ice_credentials();
+    let answer = answer.to_sdp_string();
 
+    let mut template = None;
     let role = match req.kind {
         SessionKind::Publisher => {
             let video_mid = mids
@@ -194,7 +222,19 @@ pub(crate) fn prepare_session(
             ))
         }
         SessionKind::Viewer => {
-            let egress = ViewerEgress::new(&mut rtc, &mids, now);
+            let (tracks, cname) = ViewerEgress::plan(&mut rtc, &mids);
+            // With a DTLS certificate per peer, its fingerprint would differ per answer.
+            if req.offer.shape_is_new() && shared.dtls_cert.is_some() {
+                template = AnswerTemplate::learn(&Answered {
+                    answer: &answer,
+                    offer_mids: &offer_mids,
+                    local: &local,
+                    send_streams: &send_streams,
+                    tracks: &tracks,
+                    cname: &cname,
+                });
+            }
+            let egress = ViewerEgress::new(tracks, cname, now);
             if !egress.has_tracks() {
                 return Err(SessionError::Unsupported(
                     "no audio or video section could be answered".into(),
@@ -203,23 +243,13 @@ pub(crate) fn prepare_session(
             Role::Viewer(Box::new(egress))
         }
     };
-    let send_streams = mids
-        .iter()
-        .filter_map(|&(_, mid)| {
-            let mut api = rtc.direct_api();
-            let tx = api.stream_tx_by_mid(mid, None)?;
-            Some((mid, tx.ssrc(), tx.rtx()))
-        })
-        .collect();
-    let local = rtc.direct_api().local_ice_credentials();
     let local_ufrag = local.ufrag.clone();
-    let answer = answer.to_sdp_string();
     let recipe = PeerRecipe {
         kind: req.kind,
         video_family: req.video_family,
         offer: shared
             .offer_shapes
-            .answered(&req.offer_sdp, req.offer.seen, &answer)
+            .answered(&req.offer_sdp, req.offer.seen, &answer, template)
             .into(),
         local,
         remote: None,
@@ -231,8 +261,33 @@ pub(crate) fn prepare_session(
     Ok((session, answer))
 }
 
+/// A viewer answered from its offer shape's template (`answer_template.rs`).
+fn viewer_from_template(req: SessionRequest, filled: Filled, now: Instant) -> (Session, String) {
+    let Filled {
+        answer,
+        local,
+        send_streams,
+        tracks,
+        cname,
+    } = filled;
+    let role = Role::Viewer(Box::new(ViewerEgress::new(tracks, cname, now)));
+    let local_ufrag = local.ufrag.clone();
+    let recipe = PeerRecipe {
+        kind: req.kind,
+        video_family: req.video_family,
+        offer: req.offer.into_cut().unwrap_or_default().into(),
+        local,
+        remote: None,
+        remote_candidates: Vec::new(),
+        send_streams,
+    };
+    let peer = Peer::Parked(Box::new(recipe));
+    let session = Session::new(req.id, req.serial, peer, req.room, role, local_ufrag, now);
+    (session, answer)
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::EngineConfig;
 
@@ -267,7 +322,7 @@ mod tests {
             video_family: None,
         };
         let (session, answer) = prepare_session(&shared, 5000, req, now).unwrap();
-        let Peer::Parked(recipe) = session.peer else {
+        let Peer::Parked(recipe) = &session.peer else {
             panic!("a new session has no peer");
         };
         assert!(
@@ -276,6 +331,33 @@ mod tests {
             recipe.offer.len(),
             offer.len()
         );
+        assert_peer_keeps_answer(&shared, session, &answer);
+    }
+
+    /// The peer `build_peer` makes for `session` is the one its `answer` described: the same
+    /// ICE credentials, DTLS fingerprint, send SSRCs and payload types, though the peer that
+    /// wrote the answer (if str0m wrote it) is gone; and its egress sends with SSRCs and a
+    /// CNAME the answer announced.
+    pub(crate) fn assert_peer_keeps_answer(shared: &Shared, session: Session, answer: &str) {
+        let now = Instant::now();
+        if let Role::Viewer(egress) = &session.role {
+            let (ssrcs, cname) = egress.sent_as();
+            assert!(!ssrcs.is_empty());
+            for ssrc in ssrcs {
+                assert!(
+                    answer.contains(&format!("a=ssrc:{ssrc} cname:")),
+                    "the egress sends on SSRC {ssrc}: {answer}"
+                );
+            }
+            // The first track's (str0m gives each section a CNAME of its own).
+            assert!(
+                answer.contains(&format!(" cname:{cname}\r\n")),
+                "{cname}: {answer}"
+            );
+        }
+        let Peer::Parked(recipe) = session.peer else {
+            panic!("a new session has no peer");
+        };
         let announced: Vec<u32> = answer
             .lines()
             .filter_map(|l| l.strip_prefix("a=ssrc:"))
@@ -283,7 +365,7 @@ mod tests {
             .collect();
         assert!(announced.len() >= 2, "audio and video SSRCs in {answer}");
 
-        let mut rtc = build_peer(&shared, 5000, *recipe, now).unwrap();
+        let mut rtc = build_peer(shared, 5000, *recipe, now).unwrap();
         let mut api = rtc.direct_api();
         let creds = api.local_ice_credentials();
         assert!(answer.contains(&format!("a=ice-ufrag:{}\r\n", creds.ufrag)));

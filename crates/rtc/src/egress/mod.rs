@@ -67,24 +67,25 @@ pub(crate) struct ViewerEgress {
 /// healthy viewer of an 8 Mbit/s stream at 25% loss stays below this.
 const RESENDS_PER_SECOND: u64 = 500;
 
+/// One track a viewer's egress sends: the send stream str0m made for an answered section.
+#[derive(Debug, Clone)]
+pub(crate) struct TrackPlan {
+    pub kind: MediaKind,
+    pub mid: Mid,
+    pub ssrc: Ssrc,
+    pub pts: Vec<(Pt, Codec)>,
+    /// The offer's extension id for the MID header extension, if any.
+    pub mid_id: Option<u8>,
+}
+
 impl ViewerEgress {
-    /// Finds the send streams str0m made for the answer's first video and audio sections.
-    pub fn new(rtc: &mut Rtc, mids: &[(MediaKind, Mid)], now: Instant) -> Self {
-        let mut egress = ViewerEgress {
-            video: None,
-            audio: None,
-            srtp: None,
-            destination: None,
-            cname: String::new(),
-            next_report: None,
-            resends: PerSecond::new(RESENDS_PER_SECOND, now),
-        };
+    /// The send streams str0m made for the answer's first video and audio sections, and the
+    /// CNAME the answer gave the first of them.
+    pub fn plan(rtc: &mut Rtc, mids: &[(MediaKind, Mid)]) -> (Vec<TrackPlan>, String) {
+        let mut tracks: Vec<TrackPlan> = Vec::new();
+        let mut cname = String::new();
         for &(kind, mid) in mids {
-            let slot = match kind {
-                MediaKind::Video => &mut egress.video,
-                MediaKind::Audio => &mut egress.audio,
-            };
-            if slot.is_some() {
+            if tracks.iter().any(|t| t.kind == kind) {
                 continue;
             }
             let pts = negotiated_pts(rtc, mid);
@@ -102,10 +103,36 @@ impl ViewerEgress {
                 continue;
             };
             let mid_id = media.remote_extmap().id_of(Extension::RtpMid);
-            if egress.cname.is_empty() {
-                egress.cname = media.cname().to_string();
+            if cname.is_empty() {
+                cname = media.cname().to_string();
             }
-            *slot = Some(TrackOut::new(ssrc, pts, kind, mid, mid_id));
+            tracks.push(TrackPlan {
+                kind,
+                mid,
+                ssrc,
+                pts,
+                mid_id,
+            });
+        }
+        (tracks, cname)
+    }
+
+    pub fn new(tracks: Vec<TrackPlan>, cname: String, now: Instant) -> Self {
+        let mut egress = ViewerEgress {
+            video: None,
+            audio: None,
+            srtp: None,
+            destination: None,
+            cname,
+            next_report: None,
+            resends: PerSecond::new(RESENDS_PER_SECOND, now),
+        };
+        for t in tracks {
+            let slot = match t.kind {
+                MediaKind::Video => &mut egress.video,
+                MediaKind::Audio => &mut egress.audio,
+            };
+            *slot = Some(TrackOut::new(t.ssrc, t.pts, t.kind, t.mid, t.mid_id));
         }
         egress
     }
@@ -298,6 +325,17 @@ impl ViewerEgress {
 /// Fuzzing: a viewer that was sent 64 video packets gets NACKs made of `data` as
 /// (ssrc, pid, blp) reports; retransmissions stay within the budget, the buffer within bounds.
 impl ViewerEgress {
+    /// The SSRCs and CNAME it sends with (tests).
+    #[cfg(test)]
+    pub(crate) fn sent_as(&self) -> (Vec<u32>, &str) {
+        let ssrcs = [&self.video, &self.audio]
+            .into_iter()
+            .flatten()
+            .map(|t| *t.ssrc)
+            .collect();
+        (ssrcs, &self.cname)
+    }
+
     /// A viewer with one H264 track (SSRC 1111, payload type 96) keyed with `keys`: the egress
     /// of the unit tests and of the fuzz target.
     pub(crate) fn one_video_track(dest: SocketAddr, now: Instant, keys: &SrtpKeys) -> Self {
