@@ -10,6 +10,7 @@ deadsfu's log of each test go to target/browser-artifacts/.
 
 import pathlib
 import re
+import urllib.request
 
 import pytest
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
@@ -88,6 +89,15 @@ def test_send_and_play(browser, sfu, pages_for):
     assert st["room"] == "cam" and st["whepPosts"] == 1 and st["lastError"] is None
     assert "not live" not in st["message"]
     print(f"first frame after {st['firstFrameMs']} ms; video {v}")
+    # A second viewer in the same browser build: its offer has the first one's shape, so the
+    # SFU answers it from that answer's template, without str0m (answer_template.rs).
+    second = browser("second-player")
+    second.driver.get(pages.player(room="cam"))
+    wait_playing(second, 640, 480, "room cam, second viewer")
+    second.wait_frames(10, FRAMES_TIMEOUT)
+    assert second.state()["lastError"] is None and not second.uncaught_errors()
+    metrics = urllib.request.urlopen(f"{sfu.base}/metrics", timeout=5).read().decode()
+    assert re.search(r"^deadsfu_answers_from_template_total [1-9]", metrics, re.M), metrics
     # The stats line fills in from getStats().
     player.wait(lambda b: "640×480" in b.driver.find_element(By.ID, "stats").text
                 and "fps" in b.driver.find_element(By.ID, "stats").text, 10,

@@ -149,6 +149,7 @@ fn answered_from_template_as_str0m_would(offers: &[String]) {
         assert!(answer.contains(" 127.0.0.1 5002 typ host") || !answer.contains("a=candidate"));
         assert_peer_keeps_answer(&shared, session, &answer);
     }
+    assert_eq!(shared.offer_shapes.counts(), (0, offers.len() as u64 - 1));
 }
 
 #[test]

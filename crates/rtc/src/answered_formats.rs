@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use str0m::change::SdpOffer;
@@ -297,9 +297,24 @@ pub(crate) struct ShapeSeen {
 #[derive(Default)]
 pub(crate) struct OfferShapes {
     known: Mutex<HashMap<OfferShape, Arc<KnownShape>>>,
+    cut: AtomicU64,
+    templated: AtomicU64,
 }
 
 impl OfferShapes {
+    /// Counts a viewer answered from its shape's template.
+    pub fn count_templated(&self) {
+        self.templated.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Offers parsed cut, and viewers' offers answered from a template, so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.cut.load(Ordering::Relaxed),
+            self.templated.load(Ordering::Relaxed),
+        )
+    }
+
     fn known(&self) -> std::sync::MutexGuard<'_, HashMap<OfferShape, Arc<KnownShape>>> {
         // The map stays whole whatever panicked while it was held.
         self.known.lock().unwrap_or_else(PoisonError::into_inner)
@@ -334,6 +349,7 @@ impl OfferShapes {
             // A kept line that does not parse (an identity line: the rest parsed before) is
             // reported from the whole offer, below.
             if let Ok(parsed) = SdpOffer::from_sdp_string(&cut) {
+                self.cut.fetch_add(1, Ordering::Relaxed);
                 return Ok(OfferToAnswer {
                     parsed: Some(parsed),
                     seen: ShapeSeen {

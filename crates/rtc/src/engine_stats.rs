@@ -31,6 +31,7 @@ impl MediaEngine {
         snap.sessions_refused_total = a.refused_total.load(Ordering::Relaxed);
         snap.sessions_refused_pending = a.refused_pending.load(Ordering::Relaxed);
         snap.sessions_refused_rate = a.refused_rate.load(Ordering::Relaxed);
+        (snap.offers_cut, snap.answers_from_template) = shared.offer_shapes.counts();
 
         snap
     }

@@ -57,6 +57,8 @@ counters! {
     sessions_refused_pending: "new sessions refused: too many not yet connected, in all (503) or from one client (429)",
     sessions_refused_rate: "new sessions refused: a client's new-session rate (429)",
     seal_failures: "packets dropped because SRTP/SRTCP sealing failed (never sent in clear)",
+    offers_cut: "offers of a known shape parsed cut to the formats that shape was answered with",
+    answers_from_template: "viewers of a known offer shape answered from its template, without str0m",
 }
 
 impl Counters {

@@ -168,6 +168,7 @@ pub(crate) fn prepare_session(
         .template()
         .and_then(|t| t.fill(&offer_mids, local_port));
     if let Some(filled) = filled {
+        shared.offer_shapes.count_templated();
         return Ok(viewer_from_template(req, filled, now));
     }
     // This peer only answers: its DTLS is never started, so never built.
