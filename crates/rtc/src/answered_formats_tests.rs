@@ -5,7 +5,6 @@ use std::time::Instant;
 use super::*;
 use crate::config::EngineConfig;
 use crate::sdp::OfferSummary;
-use crate::session::Peer;
 use crate::session_setup::{SessionRequest, prepare_session};
 use crate::shared::Shared;
 
@@ -47,7 +46,7 @@ struct Answered {
     answer: String,
     /// Whether the offer was parsed cut, as its shape was answered before.
     cut: bool,
-    /// The offer kept for building the peer.
+    /// The offer cut to what the answer kept.
     kept: String,
 }
 
@@ -68,15 +67,9 @@ fn answer_viewer(shared: &Shared, offer: &str) -> Answered {
         summary,
         video_family: None,
     };
-    let (session, answer) = prepare_session(shared, 5000, req, Instant::now()).unwrap();
-    let Peer::Parked(recipe) = session.peer else {
-        panic!("a new session has no peer");
-    };
-    Answered {
-        answer,
-        cut,
-        kept: recipe.offer.into(),
-    }
+    let (_, answer) = prepare_session(shared, 5000, req, Instant::now()).unwrap();
+    let kept = keep_formats(offer, &AnsweredFormats::of_answer(&answer));
+    Answered { answer, cut, kept }
 }
 
 /// An answer without what differs from one answer to the next (ICE credentials, SSRCs...).

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use deadsfu_media::keyframe::is_keyframe_start;
 use deadsfu_media::keyframe_request::KeyframeRequestGate;
 use deadsfu_media::{Codec, MediaKind, MediaPacket, Room, SourceId};
+use str0m::config::Fingerprint;
 use str0m::media::{KeyframeRequestKind, Mid, Pt};
 use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::rtp::Ssrc;
@@ -106,7 +107,7 @@ pub(crate) enum Peer {
 
 /// Candidates a client may trickle before its first check; more are ignored (its host
 /// candidates come first, and ICE-lite needs none of them to answer its checks).
-const MAX_TRICKLED: usize = 32;
+pub(crate) const MAX_TRICKLED: usize = 32;
 
 /// What it takes to build a session's str0m peer after its answer was sent: the offer, and
 /// what a new peer would otherwise choose differently from the answer.
@@ -121,6 +122,19 @@ pub(crate) struct PeerRecipe {
     pub remote_candidates: Vec<Candidate>,
     /// The send streams the answer announced: mid, SSRC and RTX SSRC.
     pub send_streams: Vec<(Mid, Ssrc, Option<Ssrc>)>,
+    /// For a viewer, what its peer needs of the offer to be built without SDP (then `offer`
+    /// is empty): see `build_peer` in `session_setup.rs`.
+    pub direct: Option<DirectPeer>,
+}
+
+/// What a viewer's peer takes from the offer when built without SDP: a viewer's peer only runs
+/// ICE and DTLS and reads RTCP (its media goes out through `egress`), so str0m needs no
+/// formats or extensions, only the client's credentials and fingerprint and the media the
+/// answer sends on.
+pub(crate) struct DirectPeer {
+    pub remote: IceCreds,
+    pub fingerprint: Fingerprint,
+    pub media: Vec<(Mid, str0m::media::MediaKind)>,
 }
 
 impl PeerRecipe {

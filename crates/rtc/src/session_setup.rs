@@ -14,14 +14,17 @@ use deadsfu_media::{MediaKind, Room};
 use str0m::change::SdpOffer;
 use str0m::config::CryptoProvider;
 use str0m::media::Mid;
-use str0m::{Candidate, Rtc};
+use str0m::rtp::Ssrc;
+use str0m::{Candidate, IceCreds, Rtc};
 
 use crate::answer_template::{AnswerTemplate, Answered, Filled};
 use crate::answered_formats::OfferToAnswer;
 use crate::egress::ViewerEgress;
 use crate::error::SessionError;
 use crate::sdp::{OfferSummary, SectionKind, VideoFamily};
-use crate::session::{Peer, PeerRecipe, Publisher, Role, Session, SessionKind};
+use crate::session::{
+    DirectPeer, MAX_TRICKLED, Peer, PeerRecipe, Publisher, Role, Session, SessionKind,
+};
 use crate::shared::Shared;
 
 /// str0m's report interval for viewers: never (deadsfu sends their reports).
@@ -118,6 +121,26 @@ pub(crate) fn build_peer(
         now,
     );
     rtc.direct_api().set_local_ice_credentials(recipe.local);
+    if let Some(direct) = recipe.direct {
+        let mut api = rtc.direct_api();
+        api.set_remote_ice_credentials(recipe.remote.unwrap_or(direct.remote));
+        api.set_remote_fingerprint(direct.fingerprint);
+        for (mid, kind) in direct.media {
+            api.declare_media(mid, kind);
+        }
+        for (mid, ssrc, rtx) in recipe.send_streams {
+            api.declare_stream_tx(ssrc, rtx, mid, None);
+        }
+        // The answer said a=setup:passive: the client starts the handshake.
+        api.start_dtls(false).map_err(|e| {
+            tracing::warn!(error = %e, "DTLS not started");
+            SessionError::Unavailable
+        })?;
+        for c in recipe.remote_candidates {
+            rtc.add_remote_candidate(c);
+        }
+        return Ok(rtc);
+    }
     // It was parsed and answered once already: a failure now is ours.
     let unanswerable = |e: &dyn std::fmt::Display| {
         tracing::warn!(error = %e, "an answered offer could not be taken again");
@@ -147,6 +170,70 @@ pub(crate) fn build_peer(
         rtc.add_remote_candidate(c);
     }
     Ok(rtc)
+}
+
+/// The offer's audio and video sections a session of `kind` is answered on (sending for a
+/// publisher, receiving for a viewer): kind and mid.
+fn answered_mids(summary: &OfferSummary, kind: SessionKind) -> Vec<(MediaKind, Mid)> {
+    summary
+        .media()
+        .filter(|s| match kind {
+            SessionKind::Publisher => s.direction.offerer_sends(),
+            SessionKind::Viewer => s.direction.offerer_receives(),
+        })
+        .filter_map(|s| {
+            let kind = match s.kind {
+                SectionKind::Audio => MediaKind::Audio,
+                SectionKind::Video => MediaKind::Video,
+                SectionKind::Other => return None,
+            };
+            Some((kind, Mid::from(s.mid.as_deref()?)))
+        })
+        .collect()
+}
+
+/// What a viewer's peer needs of `offer` to be built without SDP, for the answered media
+/// `mids`, and the candidates the offer carries; None if the offer lacks any of it (the peer
+/// is then built from the offer).
+fn direct_peer(
+    offer: &str,
+    mids: &[(MediaKind, Mid)],
+    send_streams: &[(Mid, Ssrc, Option<Ssrc>)],
+) -> Option<(DirectPeer, Vec<Candidate>)> {
+    let value = |prefix: &str| {
+        offer
+            .lines()
+            .find_map(|l| l.trim_end_matches('\r').strip_prefix(prefix))
+    };
+    let remote = IceCreds {
+        ufrag: value("a=ice-ufrag:")?.trim().to_owned(),
+        pass: value("a=ice-pwd:")?.trim().to_owned(),
+    };
+    let fingerprint = value("a=fingerprint:")?.trim().parse().ok()?;
+    let media = mids
+        .iter()
+        .filter(|(_, mid)| send_streams.iter().any(|(m, _, _)| m == mid))
+        .map(|&(kind, mid)| {
+            let kind = match kind {
+                MediaKind::Audio => str0m::media::MediaKind::Audio,
+                MediaKind::Video => str0m::media::MediaKind::Video,
+            };
+            (mid, kind)
+        })
+        .collect();
+    let candidates = offer
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("a="))
+        .filter(|l| l.starts_with("candidate:"))
+        .filter_map(|l| Candidate::from_sdp_string(l).ok())
+        .take(MAX_TRICKLED)
+        .collect();
+    let direct = DirectPeer {
+        remote,
+        fingerprint,
+        media,
+    };
+    Some((direct, candidates))
 }
 
 /// Answers the offer of `req` for the worker whose socket has `local_port`; returns the
@@ -182,22 +269,7 @@ pub(crate) fn prepare_session(
             SessionError::Unsupported("the offer cannot be answered".into())
         })?;
 
-    let mids: Vec<(MediaKind, Mid)> = req
-        .summary
-        .media()
-        .filter(|s| match req.kind {
-            SessionKind::Publisher => s.direction.offerer_sends(),
-            SessionKind::Viewer => s.direction.offerer_receives(),
-        })
-        .filter_map(|s| {
-            let kind = match s.kind {
-                SectionKind::Audio => MediaKind::Audio,
-                SectionKind::Video => MediaKind::Video,
-                SectionKind::Other => return None,
-            };
-            Some((kind, Mid::from(s.mid.as_deref()?)))
-        })
-        .collect();
+    let mids = answered_mids(&req.summary, req.kind);
     let send_streams: Vec<_> = mids
         .iter()
         .filter_map(|&(_, mid)| {
@@ -245,17 +317,26 @@ pub(crate) fn prepare_session(
         }
     };
     let local_ufrag = local.ufrag.clone();
+    let cut = shared
+        .offer_shapes
+        .answered(&req.offer_sdp, req.offer.seen, &answer, template);
+    let direct = match req.kind {
+        SessionKind::Viewer => direct_peer(&req.offer_sdp, &mids, &send_streams),
+        SessionKind::Publisher => None,
+    };
+    let (offer, direct, remote_candidates) = match direct {
+        Some((direct, candidates)) => (Box::default(), Some(direct), candidates),
+        None => (cut.into(), None, Vec::new()),
+    };
     let recipe = PeerRecipe {
         kind: req.kind,
         video_family: req.video_family,
-        offer: shared
-            .offer_shapes
-            .answered(&req.offer_sdp, req.offer.seen, &answer, template)
-            .into(),
+        offer,
         local,
         remote: None,
-        remote_candidates: Vec::new(),
+        remote_candidates,
         send_streams,
+        direct,
     };
     let peer = Peer::Parked(Box::new(recipe));
     let session = Session::new(req.id, req.serial, peer, req.room, role, local_ufrag, now);
@@ -273,14 +354,25 @@ fn viewer_from_template(req: SessionRequest, filled: Filled, now: Instant) -> (S
     } = filled;
     let role = Role::Viewer(Box::new(ViewerEgress::new(tracks, cname, now)));
     let local_ufrag = local.ufrag.clone();
+    let mids = answered_mids(&req.summary, req.kind);
+    let (offer, direct, remote_candidates) = match direct_peer(&req.offer_sdp, &mids, &send_streams)
+    {
+        Some((direct, candidates)) => (Box::default(), Some(direct), candidates),
+        None => (
+            req.offer.into_cut().unwrap_or_default().into(),
+            None,
+            Vec::new(),
+        ),
+    };
     let recipe = PeerRecipe {
         kind: req.kind,
         video_family: req.video_family,
-        offer: req.offer.into_cut().unwrap_or_default().into(),
+        offer,
         local,
         remote: None,
-        remote_candidates: Vec::new(),
+        remote_candidates,
         send_streams,
+        direct,
     };
     let peer = Peer::Parked(Box::new(recipe));
     let session = Session::new(req.id, req.serial, peer, req.room, role, local_ufrag, now);
@@ -288,136 +380,5 @@ fn viewer_from_template(req: SessionRequest, filled: Filled, now: Instant) -> (S
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use crate::config::EngineConfig;
-
-    /// A viewer's offer as Chromium makes it (audio and video, 43 payload types).
-    const CHROMIUM_OFFER: &str = include_str!("../fixtures/chromium-offer.sdp");
-
-    /// The peer built at the first check is the one the answer described: the same ICE
-    /// credentials, DTLS fingerprint and send SSRCs, though the peer that wrote the answer is
-    /// gone.
-    #[test]
-    fn the_built_peer_is_the_one_the_answer_promised() {
-        let shared = Shared::new(EngineConfig {
-            udp_port: 5000,
-            idle_clip: None,
-            ..EngineConfig::default()
-        });
-        let offer = CHROMIUM_OFFER.replace("\r\n", "\n").replace('\n', "\r\n");
-        let summary = OfferSummary::parse(&offer).unwrap();
-        summary.check_view().unwrap();
-        let now = Instant::now();
-        let req = SessionRequest {
-            id: "s".into(),
-            serial: 1,
-            kind: SessionKind::Viewer,
-            room: shared.rooms.get_or_create("r"),
-            offer: shared
-                .offer_shapes
-                .parse(SessionKind::Viewer, None, &offer)
-                .unwrap(),
-            offer_sdp: offer.as_str().into(),
-            summary,
-            video_family: None,
-        };
-        let (session, answer) = prepare_session(&shared, 5000, req, now).unwrap();
-        let Peer::Parked(recipe) = &session.peer else {
-            panic!("a new session has no peer");
-        };
-        assert!(
-            recipe.offer.len() < offer.len() * 3 / 4,
-            "the refused payload types are not kept: {} of {} bytes",
-            recipe.offer.len(),
-            offer.len()
-        );
-        assert_peer_keeps_answer(&shared, session, &answer);
-    }
-
-    /// The peer `build_peer` makes for `session` is the one its `answer` described: the same
-    /// ICE credentials, DTLS fingerprint, send SSRCs and payload types, though the peer that
-    /// wrote the answer (if str0m wrote it) is gone; and its egress sends with SSRCs and a
-    /// CNAME the answer announced.
-    pub(crate) fn assert_peer_keeps_answer(shared: &Shared, session: Session, answer: &str) {
-        let now = Instant::now();
-        if let Role::Viewer(egress) = &session.role {
-            let (ssrcs, cname) = egress.sent_as();
-            assert!(!ssrcs.is_empty());
-            for ssrc in ssrcs {
-                assert!(
-                    answer.contains(&format!("a=ssrc:{ssrc} cname:")),
-                    "the egress sends on SSRC {ssrc}: {answer}"
-                );
-            }
-            // The first track's (str0m gives each section a CNAME of its own).
-            assert!(
-                answer.contains(&format!(" cname:{cname}\r\n")),
-                "{cname}: {answer}"
-            );
-        }
-        let Peer::Parked(recipe) = session.peer else {
-            panic!("a new session has no peer");
-        };
-        let announced: Vec<u32> = answer
-            .lines()
-            .filter_map(|l| l.strip_prefix("a=ssrc:"))
-            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-            .collect();
-        assert!(announced.len() >= 2, "audio and video SSRCs in {answer}");
-
-        let mut rtc = build_peer(shared, 5000, *recipe, now).unwrap();
-        let mut api = rtc.direct_api();
-        let creds = api.local_ice_credentials();
-        assert!(answer.contains(&format!("a=ice-ufrag:{}\r\n", creds.ufrag)));
-        assert!(answer.contains(&format!("a=ice-pwd:{}\r\n", creds.pass)));
-        let fingerprint = api.local_dtls_fingerprint().to_string();
-        assert!(answer.contains(&format!("a=fingerprint:{fingerprint}\r\n")));
-        let mut sending = Vec::new();
-        for mid in answer.lines().filter_map(|l| l.strip_prefix("a=mid:")) {
-            if let Some(tx) = api.stream_tx_by_mid(Mid::from(mid), None) {
-                sending.push(*tx.ssrc());
-                sending.extend(tx.rtx().map(|r| *r));
-            }
-        }
-        for ssrc in announced {
-            assert!(
-                sending.contains(&ssrc),
-                "the built peer sends on SSRC {ssrc}, announced in the answer ({sending:?})"
-            );
-        }
-        // The same payload types in each section as the answer gave.
-        for section in answer.split("\r\nm=").skip(1) {
-            let formats: Vec<u8> = section
-                .split("\r\n")
-                .next()
-                .unwrap()
-                .split(' ')
-                .skip(3)
-                .map(|f| f.parse().unwrap())
-                .collect();
-            let mid = section
-                .split("\r\n")
-                .find_map(|l| l.strip_prefix("a=mid:"))
-                .unwrap();
-            let mut negotiated: Vec<u8> = rtc
-                .media(Mid::from(mid))
-                .unwrap()
-                .remote_pts()
-                .iter()
-                .map(|pt| **pt)
-                .collect();
-            // remote_pts lists the primary formats; RTX goes with them.
-            let rtx: Vec<u8> = section
-                .split("\r\n")
-                .filter_map(|l| l.strip_prefix("a=rtpmap:"))
-                .filter(|l| l.contains(" rtx/"))
-                .filter_map(|l| l.split(' ').next()?.parse().ok())
-                .collect();
-            let mut expected: Vec<u8> = formats.into_iter().filter(|f| !rtx.contains(f)).collect();
-            negotiated.sort();
-            expected.sort();
-            assert_eq!(negotiated, expected, "section {mid}");
-        }
-    }
-}
+#[path = "session_setup_tests.rs"]
+pub(crate) mod tests;

@@ -1,0 +1,135 @@
+//! Tests of `session_setup.rs`.
+
+use super::*;
+use crate::config::EngineConfig;
+
+/// A viewer's offer as Chromium makes it (audio and video, 43 payload types).
+const CHROMIUM_OFFER: &str = include_str!("../fixtures/chromium-offer.sdp");
+
+/// The peer built at the first check is the one the answer described: the same ICE
+/// credentials, DTLS fingerprint and send SSRCs, though the peer that wrote the answer is
+/// gone and the viewer's is built without SDP.
+#[test]
+fn the_built_peer_is_the_one_the_answer_promised() {
+    let shared = Shared::new(EngineConfig {
+        udp_port: 5000,
+        idle_clip: None,
+        ..EngineConfig::default()
+    });
+    let offer = CHROMIUM_OFFER.replace("\r\n", "\n").replace('\n', "\r\n");
+    let summary = OfferSummary::parse(&offer).unwrap();
+    summary.check_view().unwrap();
+    let now = Instant::now();
+    let req = SessionRequest {
+        id: "s".into(),
+        serial: 1,
+        kind: SessionKind::Viewer,
+        room: shared.rooms.get_or_create("r"),
+        offer: shared
+            .offer_shapes
+            .parse(SessionKind::Viewer, None, &offer)
+            .unwrap(),
+        offer_sdp: offer.as_str().into(),
+        summary,
+        video_family: None,
+    };
+    let (session, answer) = prepare_session(&shared, 5000, req, now).unwrap();
+    let Peer::Parked(recipe) = &session.peer else {
+        panic!("a new session has no peer");
+    };
+    // A viewer's peer is built without SDP: nothing of the offer's text is kept.
+    assert!(recipe.offer.is_empty() && recipe.direct.is_some());
+    assert_peer_keeps_answer(&shared, session, &answer);
+}
+
+/// The peer `build_peer` makes for `session` is the one its `answer` described: the same
+/// ICE credentials, DTLS fingerprint, send SSRCs and payload types, though the peer that
+/// wrote the answer (if str0m wrote it) is gone; and its egress sends with SSRCs and a
+/// CNAME the answer announced.
+pub(crate) fn assert_peer_keeps_answer(shared: &Shared, session: Session, answer: &str) {
+    let now = Instant::now();
+    if let Role::Viewer(egress) = &session.role {
+        let (ssrcs, cname) = egress.sent_as();
+        assert!(!ssrcs.is_empty());
+        for ssrc in ssrcs {
+            assert!(
+                answer.contains(&format!("a=ssrc:{ssrc} cname:")),
+                "the egress sends on SSRC {ssrc}: {answer}"
+            );
+        }
+        // The first track's (str0m gives each section a CNAME of its own).
+        assert!(
+            answer.contains(&format!(" cname:{cname}\r\n")),
+            "{cname}: {answer}"
+        );
+    }
+    let Peer::Parked(recipe) = session.peer else {
+        panic!("a new session has no peer");
+    };
+    let announced: Vec<u32> = answer
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=ssrc:"))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(announced.len() >= 2, "audio and video SSRCs in {answer}");
+
+    let direct = recipe.direct.is_some();
+    let mut rtc = build_peer(shared, 5000, *recipe, now).unwrap();
+    let mut api = rtc.direct_api();
+    let creds = api.local_ice_credentials();
+    assert!(answer.contains(&format!("a=ice-ufrag:{}\r\n", creds.ufrag)));
+    assert!(answer.contains(&format!("a=ice-pwd:{}\r\n", creds.pass)));
+    let fingerprint = api.local_dtls_fingerprint().to_string();
+    assert!(answer.contains(&format!("a=fingerprint:{fingerprint}\r\n")));
+    let mut sending = Vec::new();
+    for mid in answer.lines().filter_map(|l| l.strip_prefix("a=mid:")) {
+        if let Some(tx) = api.stream_tx_by_mid(Mid::from(mid), None) {
+            sending.push(*tx.ssrc());
+            sending.extend(tx.rtx().map(|r| *r));
+        }
+    }
+    for ssrc in announced {
+        assert!(
+            sending.contains(&ssrc),
+            "the built peer sends on SSRC {ssrc}, announced in the answer ({sending:?})"
+        );
+    }
+    // The same payload types in each section as the answer gave.
+    for section in answer.split("\r\nm=").skip(1) {
+        let formats: Vec<u8> = section
+            .split("\r\n")
+            .next()
+            .unwrap()
+            .split(' ')
+            .skip(3)
+            .map(|f| f.parse().unwrap())
+            .collect();
+        let mid = section
+            .split("\r\n")
+            .find_map(|l| l.strip_prefix("a=mid:"))
+            .unwrap();
+        if direct {
+            // Built without SDP: the peer has the media, the egress its formats.
+            assert!(rtc.media(Mid::from(mid)).is_some(), "section {mid}");
+            continue;
+        }
+        let mut negotiated: Vec<u8> = rtc
+            .media(Mid::from(mid))
+            .unwrap()
+            .remote_pts()
+            .iter()
+            .map(|pt| **pt)
+            .collect();
+        // remote_pts lists the primary formats; RTX goes with them.
+        let rtx: Vec<u8> = section
+            .split("\r\n")
+            .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+            .filter(|l| l.contains(" rtx/"))
+            .filter_map(|l| l.split(' ').next()?.parse().ok())
+            .collect();
+        let mut expected: Vec<u8> = formats.into_iter().filter(|f| !rtx.contains(f)).collect();
+        negotiated.sort();
+        expected.sort();
+        assert_eq!(negotiated, expected, "section {mid}");
+    }
+}
