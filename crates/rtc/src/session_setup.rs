@@ -197,9 +197,21 @@ fn answered_mids(summary: &OfferSummary, kind: SessionKind) -> Vec<(MediaKind, M
 /// is then built from the offer).
 fn direct_peer(
     offer: &str,
+    answer: &str,
     mids: &[(MediaKind, Mid)],
     send_streams: &[(Mid, Ssrc, Option<Ssrc>)],
 ) -> Option<(DirectPeer, Vec<Candidate>)> {
+    // The built peer waits for the client's DTLS handshake, as an answer of a=setup:passive
+    // says (the answer to an offer of actpass or active).
+    let passive = answer
+        .lines()
+        .any(|l| l.trim_end_matches('\r') == "a=setup:passive");
+    let active = answer
+        .lines()
+        .any(|l| l.trim_end_matches('\r') == "a=setup:active");
+    if !passive || active {
+        return None;
+    }
     let value = |prefix: &str| {
         offer
             .lines()
@@ -321,7 +333,7 @@ pub(crate) fn prepare_session(
         .offer_shapes
         .answered(&req.offer_sdp, req.offer.seen, &answer, template);
     let direct = match req.kind {
-        SessionKind::Viewer => direct_peer(&req.offer_sdp, &mids, &send_streams),
+        SessionKind::Viewer => direct_peer(&req.offer_sdp, &answer, &mids, &send_streams),
         SessionKind::Publisher => None,
     };
     let (offer, direct, remote_candidates) = match direct {
@@ -355,15 +367,15 @@ fn viewer_from_template(req: SessionRequest, filled: Filled, now: Instant) -> (S
     let role = Role::Viewer(Box::new(ViewerEgress::new(tracks, cname, now)));
     let local_ufrag = local.ufrag.clone();
     let mids = answered_mids(&req.summary, req.kind);
-    let (offer, direct, remote_candidates) = match direct_peer(&req.offer_sdp, &mids, &send_streams)
-    {
-        Some((direct, candidates)) => (Box::default(), Some(direct), candidates),
-        None => (
-            req.offer.into_cut().unwrap_or_default().into(),
-            None,
-            Vec::new(),
-        ),
-    };
+    let (offer, direct, remote_candidates) =
+        match direct_peer(&req.offer_sdp, &answer, &mids, &send_streams) {
+            Some((direct, candidates)) => (Box::default(), Some(direct), candidates),
+            None => (
+                req.offer.into_cut().unwrap_or_default().into(),
+                None,
+                Vec::new(),
+            ),
+        };
     let recipe = PeerRecipe {
         kind: req.kind,
         video_family: req.video_family,

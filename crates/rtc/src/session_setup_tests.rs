@@ -133,3 +133,47 @@ pub(crate) fn assert_peer_keeps_answer(shared: &Shared, session: Session, answer
         assert_eq!(negotiated, expected, "section {mid}");
     }
 }
+
+#[test]
+fn a_viewers_peer_is_built_without_sdp_only_when_the_offer_gives_what_it_needs() {
+    let offer = CHROMIUM_OFFER.replace("\r\n", "\n").replace('\n', "\r\n");
+    let mids = [
+        (MediaKind::Audio, Mid::from("0")),
+        (MediaKind::Video, Mid::from("1")),
+    ];
+    let sends = [(Mid::from("1"), Ssrc::from(5), Some(Ssrc::from(6)))];
+    let passive = "v=0\r\na=setup:passive\r\n";
+    let (direct, candidates) = direct_peer(&offer, passive, &mids, &sends).unwrap();
+    assert_eq!(direct.remote.ufrag, "nAy0");
+    assert_eq!(direct.remote.pass, "XOPcJii5BKpe5i2YfNKE49l0");
+    assert_eq!(direct.fingerprint.hash_func, "sha-256");
+    assert_eq!(direct.fingerprint.bytes.len(), 32);
+    // Only the media the answer sends on.
+    assert_eq!(
+        direct.media,
+        vec![(Mid::from("1"), str0m::media::MediaKind::Video)]
+    );
+    assert!(candidates.is_empty());
+
+    // Its candidates, at most MAX_TRICKLED of them.
+    let many: String = (0..40)
+        .map(|i| {
+            format!(
+                "a=candidate:{i} 1 udp 2122260223 127.0.0.1 {} typ host\r\n",
+                50000 + i
+            )
+        })
+        .collect();
+    let with = offer.replace("a=rtcp-mux\r\n", &format!("{many}a=rtcp-mux\r\n"));
+    let (_, candidates) = direct_peer(&with, passive, &mids, &sends).unwrap();
+    assert_eq!(candidates.len(), MAX_TRICKLED);
+
+    // An answer that takes the DTLS client's part, or an offer without a fingerprint: by SDP.
+    assert!(direct_peer(&offer, "v=0\r\na=setup:active\r\n", &mids, &sends).is_none());
+    let unsigned: String = offer
+        .lines()
+        .filter(|l| !l.starts_with("a=fingerprint:"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    assert!(direct_peer(&unsigned, passive, &mids, &sends).is_none());
+}
