@@ -218,3 +218,35 @@ fn an_answer_with_a_session_value_where_it_is_not_looked_for_is_not_a_template()
     let unknown_mid = answer.replace("a=mid:0", "a=mid:7");
     assert!(AnswerTemplate::learn(&answered(&unknown_mid)).is_none());
 }
+
+#[test]
+fn an_offer_of_a_known_shape_without_a_fingerprint_is_left_to_str0m() {
+    let shared = shared();
+    viewer(&shared, &chromium_offer(1), 5000);
+    let unsigned: String = chromium_offer(2)
+        .lines()
+        .filter(|l| !l.starts_with("a=fingerprint:"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    let answer = |shared: &Shared| {
+        let summary = OfferSummary::parse(&unsigned).unwrap();
+        let req = SessionRequest {
+            id: "s".into(),
+            serial: 1,
+            kind: SessionKind::Viewer,
+            room: shared.rooms.get_or_create("r"),
+            offer: shared
+                .offer_shapes
+                .parse(SessionKind::Viewer, None, &unsigned)
+                .unwrap(),
+            offer_sdp: unsigned.as_str().into(),
+            summary,
+            video_family: None,
+        };
+        prepare_session(shared, 5000, req, Instant::now()).map(|(_, answer)| answer)
+    };
+    let known = answer(&shared);
+    assert_eq!(shared.offer_shapes.counts().1, 0, "not from the template");
+    // As where its shape is new.
+    assert_eq!(known.is_ok(), answer(&self::shared()).is_ok());
+}

@@ -267,21 +267,15 @@ impl OfferToAnswer {
             return Ok(parsed);
         }
         let cut = self.seen.expected.as_ref().map(|(_, cut)| cut.as_str());
-        // Parsed before it was known; a failure now is ours.
         SdpOffer::from_sdp_string(cut.unwrap_or_default()).map_err(|e| {
-            tracing::warn!(error = %e, "an offer of a known shape did not parse cut");
-            SessionError::Unavailable
+            tracing::debug!(error = %e, "SDP offer not parsed");
+            not_sdp()
         })
     }
 
     /// Whether the answer should be learnt as its shape's template.
     pub fn shape_is_new(&self) -> bool {
         self.seen.shape.is_some() && self.seen.expected.is_none()
-    }
-
-    /// The offer cut to its shape's answered formats, for a session answered by template.
-    pub fn into_cut(self) -> Option<String> {
-        self.seen.expected.map(|(_, cut)| cut)
     }
 }
 

@@ -267,8 +267,14 @@ pub(crate) fn prepare_session(
         .template()
         .and_then(|t| t.fill(&offer_mids, local_port));
     if let Some(filled) = filled {
-        shared.offer_shapes.count_templated();
-        return Ok(viewer_from_template(req, filled, now));
+        let mids = answered_mids(&req.summary, req.kind);
+        // Else (an offer without a fingerprint, say) str0m answers it, and says what is wrong.
+        if let Some(direct) =
+            direct_peer(&req.offer_sdp, &filled.answer, &mids, &filled.send_streams)
+        {
+            shared.offer_shapes.count_templated();
+            return Ok(viewer_from_template(req, filled, direct, now));
+        }
     }
     // This peer only answers: its DTLS is never started, so never built.
     let crypto = crate::dtls_tap::answering_crypto_provider();
@@ -355,8 +361,14 @@ pub(crate) fn prepare_session(
     Ok((session, answer))
 }
 
-/// A viewer answered from its offer shape's template (`answer_template.rs`).
-fn viewer_from_template(req: SessionRequest, filled: Filled, now: Instant) -> (Session, String) {
+/// A viewer answered from its offer shape's template (`answer_template.rs`), its peer to be
+/// built without SDP.
+fn viewer_from_template(
+    req: SessionRequest,
+    filled: Filled,
+    (direct, remote_candidates): (DirectPeer, Vec<Candidate>),
+    now: Instant,
+) -> (Session, String) {
     let Filled {
         answer,
         local,
@@ -366,25 +378,15 @@ fn viewer_from_template(req: SessionRequest, filled: Filled, now: Instant) -> (S
     } = filled;
     let role = Role::Viewer(Box::new(ViewerEgress::new(tracks, cname, now)));
     let local_ufrag = local.ufrag.clone();
-    let mids = answered_mids(&req.summary, req.kind);
-    let (offer, direct, remote_candidates) =
-        match direct_peer(&req.offer_sdp, &answer, &mids, &send_streams) {
-            Some((direct, candidates)) => (Box::default(), Some(direct), candidates),
-            None => (
-                req.offer.into_cut().unwrap_or_default().into(),
-                None,
-                Vec::new(),
-            ),
-        };
     let recipe = PeerRecipe {
         kind: req.kind,
         video_family: req.video_family,
-        offer,
+        offer: Box::default(),
         local,
         remote: None,
         remote_candidates,
         send_streams,
-        direct,
+        direct: Some(direct),
     };
     let peer = Peer::Parked(Box::new(recipe));
     let session = Session::new(req.id, req.serial, peer, req.room, role, local_ufrag, now);
