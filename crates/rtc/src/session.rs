@@ -109,8 +109,9 @@ pub(crate) enum Peer {
 /// candidates come first, and ICE-lite needs none of them to answer its checks).
 pub(crate) const MAX_TRICKLED: usize = 32;
 
-/// What it takes to build a session's str0m peer after its answer was sent: the offer, and
-/// what a new peer would otherwise choose differently from the answer.
+/// What it takes to build a session's str0m peer after its answer was sent: the offer (or, for
+/// a viewer, what its peer takes from it), and what a new peer would otherwise choose
+/// differently from the answer.
 pub(crate) struct PeerRecipe {
     pub kind: SessionKind,
     pub video_family: Option<VideoFamily>,

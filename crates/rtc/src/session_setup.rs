@@ -1,10 +1,12 @@
 //! A new session's set-up, done off the media workers: the SDP answer is written on the
-//! caller's thread, and the str0m peer that answered is then dropped; the session keeps a
-//! [`PeerRecipe`] until the client's first check proves it knows the session's ICE password,
-//! when [`build_peer`] makes the peer again (on a handshake thread, `handshakes.rs`, where it
-//! also connects) as the answer promised it. So a storm of joins costs the workers little more
-//! than checking first checks and taking in connected peers, and a flood of offers that never
-//! connect holds a few KiB each, not a peer.
+//! caller's thread, by a str0m peer that is then dropped or, for a viewer whose offer has a
+//! known shape, from a template (`answer_template.rs`); the session keeps a [`PeerRecipe`]
+//! until the client's first check proves it knows the session's ICE password, when
+//! [`build_peer`] makes the peer (on a handshake thread, `handshakes.rs`, where it also
+//! connects) as the answer promised it: a viewer's with str0m's direct API, without SDP, a
+//! publisher's from its offer. So a storm of joins costs the workers little more than checking
+//! first checks and taking in connected peers, and a flood of offers that never connect holds
+//! a few KiB each, not a peer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
