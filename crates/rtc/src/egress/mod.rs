@@ -117,6 +117,8 @@ impl ViewerEgress {
         (tracks, cname)
     }
 
+    /// The egress of `tracks` (a plan's: at most one audio and one video), its reports sent
+    /// as `cname`.
     pub fn new(tracks: Vec<TrackPlan>, cname: String, now: Instant) -> Self {
         let mut egress = ViewerEgress {
             video: None,
