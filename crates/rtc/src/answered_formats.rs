@@ -4,13 +4,16 @@
 //! offers 43 to a viewer, who is answered with 21 (its offer parses in 1,276 µs whole, 779 cut).
 //!
 //! - [`keep_formats`] cuts an offer down to what its answer kept; answering the cut offer gives
-//!   the same answer. A session waiting for its first check keeps its offer cut so
-//!   (`session_setup.rs`), and its peer is later built from that.
+//!   the same answer. A publisher waiting for its first check keeps its offer cut so
+//!   (`session_setup.rs`), and its peer is later built from that (a viewer's is built without
+//!   SDP).
 //! - [`OfferShapes`] remembers what was kept per offer shape: offers from one browser build or
 //!   one client library differ only in their identity lines (ICE credentials, fingerprint,
-//!   candidates, SSRCs), and are answered alike. After the first of a shape, the next ones are
-//!   cut before str0m parses them at all; in a join storm that is nearly all of them. Each
-//!   answer is checked against what was expected, and a shape answered otherwise is forgotten.
+//!   candidates, SSRCs, mids), and are answered alike. After the first of a shape, the next
+//!   ones are cut before str0m parses them at all, and a viewer's is answered from the shape's
+//!   template (`answer_template.rs`) with only its identity lines parsed; in a join storm that
+//!   is nearly all of them. Each answer str0m writes is checked against what was expected, and
+//!   a shape answered otherwise is forgotten.
 
 use std::collections::HashMap;
 use std::fmt::Write;
