@@ -3,28 +3,17 @@
 use std::time::Instant;
 
 use super::*;
-use crate::config::EngineConfig;
-use crate::sdp::OfferSummary;
-use crate::session::{Session, SessionKind};
-use crate::session_setup::tests::assert_peer_keeps_answer;
-use crate::session_setup::{SessionRequest, prepare_session};
+use crate::fuzz::str0m_viewer_offer as str0m_offer;
+use crate::session::Session;
+use crate::session_setup::prepare_session;
+use crate::session_setup::tests::{
+    assert_peer_keeps_answer, chromium_offer as chromium, test_shared as shared, viewer_request,
+};
 use crate::shared::Shared;
-
-const CHROMIUM_OFFER: &str = include_str!("../fixtures/chromium-offer.sdp");
-
-fn shared() -> Shared {
-    Shared::new(EngineConfig {
-        udp_port: 5000,
-        idle_clip: None,
-        ..EngineConfig::default()
-    })
-}
 
 /// Chromium's offer with its own ICE credentials, origin and mids (as another tab's).
 fn chromium_offer(n: u32) -> String {
-    CHROMIUM_OFFER
-        .replace("\r\n", "\n")
-        .replace('\n', "\r\n")
+    chromium()
         .replace("nAy0", &format!("u{n:03}"))
         .replace("5515343324470364038", &format!("{}", 1000 + n))
         .replace(
@@ -35,42 +24,11 @@ fn chromium_offer(n: u32) -> String {
         .replace("a=mid:1\r\n", &format!("a=mid:v{n}\r\n"))
 }
 
-/// A viewer's offer as a str0m client makes it (mids, SSRCs and stream ids at random).
-fn str0m_offer() -> String {
-    use str0m::media::{Direction, MediaKind};
-    let mut rtc = str0m::Rtc::builder()
-        .set_rtp_mode(true)
-        .clear_codecs()
-        .enable_opus(true, false)
-        .enable_h264(true)
-        .build(Instant::now());
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 6000));
-    rtc.add_local_candidate(str0m::Candidate::host(addr, "udp").unwrap());
-    let mut api = rtc.sdp_api();
-    api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-    api.apply().unwrap().0.to_sdp_string()
-}
-
 /// A viewer's session for `offer`, on the worker with `port`; whether it was answered from a
 /// template.
 fn viewer(shared: &Shared, offer: &str, port: u16) -> (Session, String, bool) {
-    let summary = OfferSummary::parse(offer).unwrap();
-    let parsed = shared
-        .offer_shapes
-        .parse(SessionKind::Viewer, None, offer)
-        .unwrap();
-    let templated = parsed.template().is_some();
-    let req = SessionRequest {
-        id: "s".into(),
-        serial: 1,
-        kind: SessionKind::Viewer,
-        room: shared.rooms.get_or_create("r"),
-        offer: parsed,
-        offer_sdp: offer.into(),
-        summary,
-        video_family: None,
-    };
+    let req = viewer_request(shared, offer);
+    let templated = req.offer.template().is_some();
     let (session, answer) = prepare_session(shared, port, req, Instant::now()).unwrap();
     (session, answer, templated)
 }
@@ -229,20 +187,7 @@ fn an_offer_of_a_known_shape_without_a_fingerprint_is_left_to_str0m() {
         .map(|l| format!("{l}\r\n"))
         .collect();
     let answer = |shared: &Shared| {
-        let summary = OfferSummary::parse(&unsigned).unwrap();
-        let req = SessionRequest {
-            id: "s".into(),
-            serial: 1,
-            kind: SessionKind::Viewer,
-            room: shared.rooms.get_or_create("r"),
-            offer: shared
-                .offer_shapes
-                .parse(SessionKind::Viewer, None, &unsigned)
-                .unwrap(),
-            offer_sdp: unsigned.as_str().into(),
-            summary,
-            video_family: None,
-        };
+        let req = viewer_request(shared, &unsigned);
         prepare_session(shared, 5000, req, Instant::now()).map(|(_, answer)| answer)
     };
     let known = answer(&shared);

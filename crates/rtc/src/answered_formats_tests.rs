@@ -3,17 +3,10 @@
 use std::time::Instant;
 
 use super::*;
-use crate::config::EngineConfig;
-use crate::sdp::OfferSummary;
-use crate::session_setup::{SessionRequest, prepare_session};
+use crate::fuzz::str0m_viewer_offer as str0m_offer;
+use crate::session_setup::prepare_session;
+use crate::session_setup::tests::{chromium_offer, test_shared as shared, viewer_request};
 use crate::shared::Shared;
-
-/// A viewer's offer as Chromium makes it (audio and video, 43 payload types).
-const CHROMIUM_OFFER: &str = include_str!("../fixtures/chromium-offer.sdp");
-
-fn chromium_offer() -> String {
-    CHROMIUM_OFFER.replace("\r\n", "\n").replace('\n', "\r\n")
-}
 
 /// The same browser's offer from another client: its own origin, ICE credentials,
 /// fingerprint, ports, a candidate, and mids of its own (as str0m makes them).
@@ -34,14 +27,6 @@ fn another_clients(offer: &str) -> String {
         )
 }
 
-fn shared() -> Shared {
-    Shared::new(EngineConfig {
-        udp_port: 5000,
-        idle_clip: None,
-        ..EngineConfig::default()
-    })
-}
-
 struct Answered {
     answer: String,
     /// Whether the offer was parsed cut, as its shape was answered before.
@@ -51,22 +36,8 @@ struct Answered {
 }
 
 fn answer_viewer(shared: &Shared, offer: &str) -> Answered {
-    let summary = OfferSummary::parse(offer).unwrap();
-    let parsed = shared
-        .offer_shapes
-        .parse(SessionKind::Viewer, None, offer)
-        .unwrap();
-    let cut = parsed.seen.expected.is_some();
-    let req = SessionRequest {
-        id: "s".into(),
-        serial: 1,
-        kind: SessionKind::Viewer,
-        room: shared.rooms.get_or_create("r"),
-        offer: parsed,
-        offer_sdp: offer.into(),
-        summary,
-        video_family: None,
-    };
+    let req = viewer_request(shared, offer);
+    let cut = req.offer.seen.expected.is_some();
     let (_, answer) = prepare_session(shared, 5000, req, Instant::now()).unwrap();
     let kept = keep_formats(offer, &AnsweredFormats::of_answer(&answer));
     Answered { answer, cut, kept }
@@ -224,23 +195,6 @@ fn keeps_only_the_formats_the_answer_accepted() {
         keep_formats(offer, &AnsweredFormats::of_answer(whole)),
         offer
     );
-}
-
-/// A viewer's offer as a str0m client makes it (mids, SSRCs and stream ids at random).
-fn str0m_offer() -> String {
-    use str0m::media::{Direction, MediaKind};
-    let mut rtc = str0m::Rtc::builder()
-        .set_rtp_mode(true)
-        .clear_codecs()
-        .enable_opus(true, false)
-        .enable_h264(true)
-        .build(Instant::now());
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 6000));
-    rtc.add_local_candidate(str0m::Candidate::host(addr, "udp").unwrap());
-    let mut api = rtc.sdp_api();
-    api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-    api.apply().unwrap().0.to_sdp_string()
 }
 
 #[test]

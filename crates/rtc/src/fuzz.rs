@@ -23,24 +23,28 @@ use crate::worker_core::WorkerCore;
 
 const PORT: u16 = 5000;
 
+/// A viewer's offer as a str0m client makes it (mids, SSRCs and stream ids at random): the
+/// load generator's kind, also used by the unit tests.
+pub(crate) fn str0m_viewer_offer() -> String {
+    let mut rtc = Rtc::builder()
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_h264(true)
+        .build(Instant::now());
+    let addr = SocketAddr::from(([127, 0, 0, 1], 6000));
+    rtc.add_local_candidate(Candidate::host(addr, "udp").expect("a host candidate"));
+    let mut api = rtc.sdp_api();
+    api.add_media(SdpKind::Audio, Direction::RecvOnly, None, None, None);
+    api.add_media(SdpKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, _) = api.apply().expect("an offer");
+    offer.to_sdp_string()
+}
+
 /// A viewer's offer, made once (a str0m peer makes a DTLS key when built).
 fn viewer_offer() -> &'static str {
     static OFFER: OnceLock<String> = OnceLock::new();
-    OFFER.get_or_init(|| {
-        let mut rtc = Rtc::builder()
-            .set_rtp_mode(true)
-            .clear_codecs()
-            .enable_opus(true, false)
-            .enable_h264(true)
-            .build(Instant::now());
-        let addr = SocketAddr::from(([127, 0, 0, 1], 6000));
-        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("a host candidate"));
-        let mut api = rtc.sdp_api();
-        api.add_media(SdpKind::Audio, Direction::RecvOnly, None, None, None);
-        api.add_media(SdpKind::Video, Direction::RecvOnly, None, None, None);
-        let (offer, _) = api.apply().expect("an offer");
-        offer.to_sdp_string()
-    })
+    OFFER.get_or_init(str0m_viewer_offer)
 }
 
 /// Drives a worker core with arbitrary input: datagrams from a few sources (some prefixed with

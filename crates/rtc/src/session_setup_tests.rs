@@ -6,34 +6,47 @@ use crate::config::EngineConfig;
 /// A viewer's offer as Chromium makes it (audio and video, 43 payload types).
 const CHROMIUM_OFFER: &str = include_str!("../fixtures/chromium-offer.sdp");
 
-/// The peer built at the first check is the one the answer described: the same ICE
-/// credentials, DTLS fingerprint and send SSRCs, though the peer that wrote the answer is
-/// gone and the viewer's is built without SDP.
-#[test]
-fn the_built_peer_is_the_one_the_answer_promised() {
-    let shared = Shared::new(EngineConfig {
+/// Chromium's viewer offer, with CRLF line ends as sent.
+pub(crate) fn chromium_offer() -> String {
+    CHROMIUM_OFFER.replace("\r\n", "\n").replace('\n', "\r\n")
+}
+
+/// The shared state of an engine whose worker listens on port 5000.
+pub(crate) fn test_shared() -> Shared {
+    Shared::new(EngineConfig {
         udp_port: 5000,
         idle_clip: None,
         ..EngineConfig::default()
-    });
-    let offer = CHROMIUM_OFFER.replace("\r\n", "\n").replace('\n', "\r\n");
-    let summary = OfferSummary::parse(&offer).unwrap();
-    summary.check_view().unwrap();
-    let now = Instant::now();
-    let req = SessionRequest {
+    })
+}
+
+/// A viewer's request for `offer` in room "r", its offer parsed as the engine parses it.
+pub(crate) fn viewer_request(shared: &Shared, offer: &str) -> SessionRequest {
+    SessionRequest {
         id: "s".into(),
         serial: 1,
         kind: SessionKind::Viewer,
         room: shared.rooms.get_or_create("r"),
         offer: shared
             .offer_shapes
-            .parse(SessionKind::Viewer, None, &offer)
+            .parse(SessionKind::Viewer, None, offer)
             .unwrap(),
-        offer_sdp: offer.as_str().into(),
-        summary,
+        offer_sdp: offer.into(),
+        summary: OfferSummary::parse(offer).unwrap(),
         video_family: None,
-    };
-    let (session, answer) = prepare_session(&shared, 5000, req, now).unwrap();
+    }
+}
+
+/// The peer built at the first check is the one the answer described: the same ICE
+/// credentials, DTLS fingerprint and send SSRCs, though the peer that wrote the answer is
+/// gone and the viewer's is built without SDP.
+#[test]
+fn the_built_peer_is_the_one_the_answer_promised() {
+    let shared = test_shared();
+    let offer = chromium_offer();
+    let req = viewer_request(&shared, &offer);
+    req.summary.check_view().unwrap();
+    let (session, answer) = prepare_session(&shared, 5000, req, Instant::now()).unwrap();
     let Peer::Parked(recipe) = &session.peer else {
         panic!("a new session has no peer");
     };
@@ -136,7 +149,7 @@ pub(crate) fn assert_peer_keeps_answer(shared: &Shared, session: Session, answer
 
 #[test]
 fn a_viewers_peer_is_built_without_sdp_only_when_the_offer_gives_what_it_needs() {
-    let offer = CHROMIUM_OFFER.replace("\r\n", "\n").replace('\n', "\r\n");
+    let offer = chromium_offer();
     let mids = [
         (MediaKind::Audio, Mid::from("0")),
         (MediaKind::Video, Mid::from("1")),
