@@ -3,10 +3,16 @@
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener, UdpSocket};
 
-/// A TCP port that was free on `ip` a moment ago (the kernel picks it; another process may
-/// still take it before the caller binds, which tests accept).
+/// A TCP port that was free on `ip` a moment ago, for a server started a moment later. On
+/// IPv4 it is chosen below the kernel's ephemeral range (see [`tcp_port_free_on_all`]): a port
+/// the kernel picks is an ephemeral one, which any outgoing connection of the tests running
+/// alongside may be given before the server binds it (a server then failed to start now and
+/// again). Another test may still take it first, which is rare.
 pub fn free_tcp_port(ip: impl Into<IpAddr>) -> u16 {
     let ip = ip.into();
+    if let IpAddr::V4(v4) = ip {
+        return tcp_port_free_on_all(&[v4]);
+    }
     TcpListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
         .unwrap_or_else(|e| panic!("no free TCP port on {ip}: {e}"))
