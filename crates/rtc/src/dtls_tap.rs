@@ -66,7 +66,8 @@ pub(crate) fn take_keys() -> Option<SrtpKeys> {
     LAST_KEYS.with(|k| k.borrow_mut().take())
 }
 
-/// str0m's OpenSSL crypto with DTLS wrapped by [`TapProvider`].
+/// str0m's OpenSSL crypto with DTLS wrapped by [`TapProvider`], and ring's hashes
+/// (`hashes.rs`).
 pub(crate) fn crypto_provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     static TAP: OnceLock<TapProvider> = OnceLock::new();
@@ -93,6 +94,8 @@ fn tapped(
                 SHARED_CONTEXT.get_or_init(|| SharedContextDtls::new(provider.dtls_provider));
             let tap = tap.get_or_init(|| TapProvider { inner: dtls, lazy });
             provider.dtls_provider = tap;
+            provider.sha1_hmac_provider = &crate::hashes::RingSha1Hmac;
+            provider.sha256_provider = &crate::hashes::RingSha256;
             Arc::new(provider)
         })
         .clone()

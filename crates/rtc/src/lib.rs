@@ -37,6 +37,7 @@ pub mod error;
 pub mod fuzz;
 mod handshake_thread;
 mod handshakes;
+mod hashes;
 mod ingest;
 mod messages;
 pub mod metrics;
