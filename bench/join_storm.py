@@ -15,11 +15,16 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
+# The connected viewers' upkeep is measured for UPKEEP_SECS, from UPKEEP_DELAY after all have
+# joined (the last ones' handshakes are done by then).
+UPKEEP_DELAY = 1
+UPKEEP_SECS = 3
 
 
 def cpu_secs(pid):
@@ -65,6 +70,53 @@ def handshake_crypto_us():
     # The ECDHE key pair costs about as much as the shared secret.
     return {"sign_us": sign, "verify_us": verify, "ecdh_us": ecdh,
             "total_us": sign + verify + 2 * ecdh}
+
+
+def dtls_in_memory(bins):
+    """What the server's side of a DTLS handshake costs with deadsfu's DTLS (OpenSSL, one
+    shared context) in memory, and the public-key work inside it by the same OpenSSL
+    (`crates/rtc/examples/dtls_handshake_cost.rs`, on deadsfu's core): the floor of a join with
+    this DTLS, before any I/O."""
+    tool = os.path.join(bins, "examples", "dtls_handshake_cost")
+    if not os.path.exists(tool):
+        return None
+    out = subprocess.run(["taskset", "-c", bench.SFU_CPU, tool, "2000"],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def follow_connected(server, proc, joiners):
+    """Follows deadsfu's connected viewers (its /metrics) while `proc` runs: the viewer-seconds
+    they add up to, and deadsfu's CPU per connected viewer per second over UPKEEP_SECS from
+    UPKEEP_DELAY after all `joiners` are connected (nobody joins then)."""
+    base = server.whep.rsplit("/whep", 1)[0]
+    viewer_seconds, last, window = 0.0, None, None
+    all_joined = upkeep = None
+    while proc.poll() is None:
+        try:
+            text = urllib.request.urlopen(base + "/metrics", timeout=1).read().decode()
+        except OSError:
+            break
+        now = time.time()
+        live = pending = 0
+        for line in text.splitlines():
+            if line.startswith('deadsfu_sessions{kind="viewer"}'):
+                live = float(line.split()[-1])
+            elif line.startswith("deadsfu_sessions_pending "):
+                pending = float(line.split()[-1])
+        connected = max(0.0, live - pending)
+        if last:
+            viewer_seconds += last[1] * (now - last[0])
+        last = (now, connected)
+        if all_joined is None and connected >= joiners:
+            all_joined = now
+        if window is None and all_joined and now - all_joined >= UPKEEP_DELAY:
+            window = (now, cpu_secs(server.proc.pid), viewer_seconds)
+        elif window and upkeep is None and now - window[0] >= UPKEEP_SECS - 0.5:
+            cpu = cpu_secs(server.proc.pid) - window[1]
+            upkeep = cpu * 1e6 / max(1.0, viewer_seconds - window[2])
+        time.sleep(0.1)
+    return {"viewer_seconds": viewer_seconds, "upkeep_us_per_viewer_second": upkeep}
 
 
 def run(bins, existing=200, joiners=800, rate=400):
@@ -124,23 +176,38 @@ def run(bins, existing=200, joiners=800, rate=400):
     results["base_cpu_rate"] = base_rate
 
     # Joins alone: the same storm into a room nobody publishes to (and no idle clip), so that
-    # deadsfu's CPU is the joins' own: SDP, ICE, DTLS, session set-up and tear-down.
+    # deadsfu's CPU is the joins' own: SDP, ICE, DTLS, session set-up and tear-down, plus the
+    # upkeep of the viewers already connected (their consent checks, RTCP and timers) while
+    # the others join. That upkeep is measured in the same run, over a few seconds once all
+    # have joined, and taken out for the join's own cost.
     server = bench.start_deadsfu(args.bin, ["--idle-clip", "none"])
     try:
         c0 = cpu_secs(server.proc.pid)
-        alone = report(subprocess.Popen(
-            loadtest_cmd(args.bin, server, args.joiners, args.rate, 1, False,
+        proc = subprocess.Popen(
+            loadtest_cmd(args.bin, server, args.joiners, args.rate, UPKEEP_DELAY + UPKEEP_SECS, False,
                          ["--concurrency", "128"]),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        upkeep = follow_connected(server, proc, args.joiners)
+        alone = report(proc)
         joins_cpu = cpu_secs(server.proc.pid) - c0
     finally:
         server.stop()
-    per_join_us = joins_cpu / max(1, alone.get("connected") or args.joiners) * 1e6
+    joins = max(1, alone.get("connected") or args.joiners)
+    per_join_us = joins_cpu / joins * 1e6
     results["joins_alone"] = {"connected": alone.get("connected"), "sfu_cpu_secs": joins_cpu,
-                              "cpu_per_join_us": per_join_us}
+                              "cpu_per_join_us": per_join_us, **upkeep}
+    if upkeep.get("upkeep_us_per_viewer_second") is not None:
+        own = joins_cpu * 1e6 - upkeep["upkeep_us_per_viewer_second"] * upkeep["viewer_seconds"]
+        results["joins_alone"]["own_cpu_per_join_us"] = own / joins
     results["crypto"] = handshake_crypto_us()
-    if results["crypto"]:
-        results["per_join_over_crypto"] = per_join_us / results["crypto"]["total_us"]
+    results["dtls_in_memory"] = dtls_in_memory(args.bin)
+    joins_alone = results["joins_alone"]
+    for limit, key in [("crypto", "total_us"), ("dtls_in_memory", "public_key_work_us")]:
+        if results[limit]:
+            for figure in ["cpu_per_join_us", "own_cpu_per_join_us"]:
+                if figure in joins_alone:
+                    results[f"{figure}_over_{limit}_public_key"] = \
+                        joins_alone[figure] / results[limit][key]
     return results
 
 

@@ -16,7 +16,8 @@
 //! - `session.rs`: one peer connection as publisher or viewer; `egress.rs`: a viewer's media
 //!   out (SRTP sealing, NACK history, sender reports); `budget.rs`: per-second allowances.
 //! - `srtp.rs`, `dtls_tap.rs`: viewers' SRTP, sent by deadsfu itself with the keys of str0m's
-//!   DTLS handshake; `dtls_openssl.rs`: that DTLS, on OpenSSL, from one context per certificate.
+//!   DTLS handshake; `dtls_openssl.rs`: that DTLS, on OpenSSL, from one context per certificate
+//!   (`dtls_cost.rs`: its handshake's CPU measured in memory, for the benchmarks).
 //! - `send_batch.rs`: a turn's datagrams, grouped for the sink.
 //! - [`Ingest`] (`ingest.rs`): non-WebRTC publishers (FTL) feeding a room's fan-out.
 //! - [`sdp`]: checks on offers and trickle fragments that str0m leaves to us.
@@ -27,6 +28,8 @@ mod answered_formats;
 mod budget;
 mod codec;
 pub mod config;
+#[doc(hidden)]
+pub mod dtls_cost;
 mod dtls_openssl;
 mod dtls_tap;
 mod egress;
