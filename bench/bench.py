@@ -294,6 +294,7 @@ def join_storm_md(js):
     if not js:
         return ""
     storm, crypto = js["storm"], js.get("crypto") or {}
+    dtls = js.get("dtls_in_memory") or {}
     return f"""
 ### Join storm (7)
 
@@ -305,9 +306,12 @@ viewers, deadsfu on one core.
 |---|---:|
 | joiners' time to first frame, p50 / p99 | {fmt(storm['ttff_p50_ms'], 0)} / {fmt(storm['ttff_p99_ms'], 0)} ms |
 | connected viewers' forwarding latency p99, before / during | {fmt(js['before']['latency_p99_ms'])} / {fmt(js['during']['latency_p99_ms'])} ms |
-| deadsfu CPU per join (SDP, ICE, DTLS, set-up and tear-down) | {fmt(js['joins_alone']['cpu_per_join_us'], 0)} µs |
+| deadsfu CPU per join (SDP, ICE, DTLS, set-up and tear-down), all in | {fmt(js['joins_alone']['cpu_per_join_us'], 0)} µs |
+| the same without the connected viewers' upkeep meanwhile ({fmt(js['joins_alone'].get('upkeep_us_per_viewer_second'), 0)} µs per viewer-second) | {fmt(js['joins_alone'].get('own_cpu_per_join_us'), 0)} µs |
 | a handshake's bare public-key cryptography on this machine | {fmt(crypto.get('total_us'), 0)} µs |
-| per join ÷ cryptography | {fmt(js.get('per_join_over_crypto'), 1)}× |
+| per join ÷ cryptography, all in / own | {fmt(js.get('per_join_over_crypto'), 1)}× / {fmt(js.get('own_per_join_over_crypto'), 1)}× |
+| the server's side of a DTLS handshake with deadsfu's DTLS in memory (`dtls_handshake_cost`) | {fmt(dtls.get('server_handshake_us'), 0)} µs |
+| the public-key work inside it, by the same OpenSSL | {fmt(dtls.get('public_key_work_us'), 0)} µs |
 """
 
 
