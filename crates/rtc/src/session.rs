@@ -17,7 +17,7 @@ use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Rtc, RtcError
 
 use crate::budget::PerSecond;
 use crate::codec::codec_of_spec;
-use crate::egress::ViewerEgress;
+use crate::egress::{RecentVideo, ViewerEgress};
 use crate::metrics::Counters;
 use crate::sdp::VideoFamily;
 use crate::send_batch::SendBatch;
@@ -282,9 +282,12 @@ impl Session {
     }
 
     /// Acts on RTCP from a viewer: media follows its path, NACKed packets are sent again.
+    /// `recent` is the viewer's room's recent video on this worker (what NACKs are answered
+    /// from).
     pub fn handle_viewer_rtcp(
         &mut self,
         rtcp: &Rtcp,
+        recent: Option<&RecentVideo>,
         sends: &mut SendBatch,
         counters: &Counters,
         now: Instant,
@@ -297,7 +300,7 @@ impl Session {
         }
         if let Rtcp::Nack(nack) = rtcp {
             let entries = nack.reports.iter().map(|e| (e.pid, e.blp));
-            viewer.resend_lost(*nack.ssrc, entries, sends, counters, now);
+            viewer.resend_lost(*nack.ssrc, entries, recent, sends, counters, now);
         }
     }
 

@@ -22,10 +22,12 @@ use crate::metrics::Counters;
 use crate::send_batch::SendBatch;
 use crate::srtp::{RTCP_OVERHEAD, SCRATCH, SrtpSender};
 
+mod recent_video;
 #[cfg(test)]
 mod tests;
 mod track_out;
 
+pub(crate) use recent_video::RecentVideo;
 use track_out::{REPORT_INTERVAL, TrackOut, Wire};
 
 /// Maps the worker's monotonic clock to wall-clock time (sender reports carry NTP time), so the
@@ -174,10 +176,12 @@ impl ViewerEgress {
     }
 
     /// Sends room packets (rewritten, sealed and queued in `sends`), then a sender report when
-    /// one is due. Returns false when nothing was sent.
+    /// one is due. Returns false when nothing was sent. The batch's video packets are in the
+    /// room's [`RecentVideo`] from `first_video_place` on ([`RecentVideo::push_videos`]).
     pub fn write(
         &mut self,
         packets: &[(RoomId, Arc<MediaPacket>)],
+        first_video_place: u64,
         sends: &mut SendBatch,
         counters: &Counters,
         now: Instant,
@@ -193,10 +197,14 @@ impl ViewerEgress {
             counters,
         };
         let mut sent = false;
+        let mut video_place = first_video_place;
         for (_, pkt) in packets {
-            let out = match pkt.kind() {
-                MediaKind::Video => &mut self.video,
-                MediaKind::Audio => &mut self.audio,
+            let (out, place) = match pkt.kind() {
+                MediaKind::Video => {
+                    video_place += 1;
+                    (&mut self.video, Some(video_place - 1))
+                }
+                MediaKind::Audio => (&mut self.audio, None),
             };
             let Some(out) = out else {
                 continue;
@@ -207,7 +215,7 @@ impl ViewerEgress {
             let Some(rw) = out.track.rewrite(pkt) else {
                 continue;
             };
-            out.send_new(&mut wire, *pt, rw, pkt, pkt.capture);
+            out.send_new(&mut wire, *pt, rw, pkt, pkt.capture, place);
             sent = true;
         }
         if sent {
@@ -242,17 +250,19 @@ impl ViewerEgress {
         let mapped = out.track.replay(gop, now);
         let mut bytes = 0;
         for (pkt, rw) in gop.iter().zip(&mapped) {
-            out.send_new(&mut wire, *pt, *rw, pkt, now);
+            out.send_new(&mut wire, *pt, *rw, pkt, now, None);
             bytes += pkt.payload.len();
         }
         bytes
     }
 
     /// Sends again the video packets a NACK reports lost: (pid, blp) pairs of RFC 4585 6.2.1.
+    /// `recent` is the viewer's room's recent video on this worker.
     pub fn resend_lost(
         &mut self,
         ssrc: u32,
         entries: impl Iterator<Item = (u16, u16)>,
+        recent: Option<&RecentVideo>,
         sends: &mut SendBatch,
         counters: &Counters,
         now: Instant,
@@ -278,17 +288,19 @@ impl ViewerEgress {
             );
             for seq in lost {
                 Counters::add(&counters.nacks_received, 1);
-                if self.resends.take(now) && track.resend(seq, &mut wire) {
+                if self.resends.take(now) && track.resend(seq, &mut wire, recent) {
                     Counters::add(&counters.retransmissions, 1);
                 }
             }
         }
     }
 
-    /// Ends the current segments: the viewer restarts at the next keyframe (room switch).
+    /// Ends the current segments: the viewer restarts at the next keyframe (room switch). What
+    /// was sent before is no longer resent: its places are in the former room's ring.
     pub fn resync(&mut self) {
         for t in [&mut self.video, &mut self.audio].into_iter().flatten() {
             t.track.resync();
+            t.forget_history();
         }
     }
 
@@ -390,7 +402,9 @@ pub(crate) fn fuzz_nacks(data: &[u8]) {
             (RoomId(1), Arc::new(pkt))
         })
         .collect();
-    egress.write(&packets, &mut sends, &counters, now, &clock);
+    let mut recent = RecentVideo::default();
+    let first = recent.push_videos(&packets);
+    egress.write(&packets, first, &mut sends, &counters, now, &clock);
     for report in data.chunks_exact(8) {
         let ssrc = if report[0] & 1 == 0 {
             1111
@@ -402,6 +416,7 @@ pub(crate) fn fuzz_nacks(data: &[u8]) {
         egress.resend_lost(
             ssrc,
             std::iter::once((pid, blp)),
+            Some(&recent),
             &mut sends,
             &counters,
             now,

@@ -3,6 +3,7 @@ use super::*;
 use crate::send_batch::RecordingSink;
 use crate::srtp::tests::test_keys;
 use deadsfu_media::SourceId;
+use recent_video::RECENT_VIDEO;
 
 fn egress(dest: SocketAddr, now: Instant) -> ViewerEgress {
     ViewerEgress::one_video_track(dest, now, &test_keys())
@@ -40,7 +41,10 @@ fn resends_nacked_packets_on_the_viewers_current_path() {
     let mut sends = SendBatch::new(Box::new(sink.clone()));
     let counters = Counters::default();
     let mut e = egress(a, now);
-    assert!(e.write(&packets(4, now), &mut sends, &counters, now, &clock));
+    let mut recent = RecentVideo::default();
+    let batch = packets(4, now);
+    let first = recent.push_videos(&batch);
+    assert!(e.write(&batch, first, &mut sends, &counters, now, &clock));
     sends.flush(&counters);
     let sent = sink.take();
     // Four media packets (payload + header + tag), then the first sender report.
@@ -58,13 +62,14 @@ fn resends_nacked_packets_on_the_viewers_current_path() {
         .history
         .iter()
         .flatten()
-        .map(|h| h.index)
+        .map(|h| h.header.index)
         .min()
         .unwrap() as u16;
     e.follow(b);
     e.resend_lost(
         1111,
         [(first_seq + 1, 0b10)].into_iter(),
+        Some(&recent),
         &mut sends,
         &counters,
         now,
@@ -72,6 +77,7 @@ fn resends_nacked_packets_on_the_viewers_current_path() {
     e.resend_lost(
         1111,
         [(first_seq.wrapping_add(200), 0)].into_iter(),
+        Some(&recent),
         &mut sends,
         &counters,
         now,
@@ -95,7 +101,10 @@ fn resends_are_capped_per_second() {
     let mut sends = SendBatch::new(Box::new(sink.clone()));
     let counters = Counters::default();
     let mut e = egress("127.0.0.1:4000".parse().unwrap(), now);
-    e.write(&packets(16, now), &mut sends, &counters, now, &clock);
+    let mut recent = RecentVideo::default();
+    let batch = packets(16, now);
+    let first_place = recent.push_videos(&batch);
+    e.write(&batch, first_place, &mut sends, &counters, now, &clock);
     let first = e
         .video
         .as_ref()
@@ -103,13 +112,14 @@ fn resends_are_capped_per_second() {
         .history
         .iter()
         .flatten()
-        .map(|h| h.index)
+        .map(|h| h.header.index)
         .min()
         .unwrap() as u16;
     for _ in 0..100 {
         e.resend_lost(
             1111,
             [(first, 0x7fff)].into_iter(),
+            Some(&recent),
             &mut sends,
             &counters,
             now,
@@ -118,4 +128,132 @@ fn resends_are_capped_per_second() {
     let mut snap = crate::metrics::MetricsSnapshot::default();
     snap.add(&counters);
     assert_eq!(snap.retransmissions, RESENDS_PER_SECOND);
+}
+
+/// The lowest sequence number in the viewer's video history.
+fn first_in_history(e: &ViewerEgress) -> u16 {
+    let history = &e.video.as_ref().unwrap().history;
+    history
+        .iter()
+        .flatten()
+        .map(|h| h.header.index)
+        .min()
+        .unwrap() as u16
+}
+
+/// Forwarding a batch to viewers takes no reference per viewer: a video packet is held by the
+/// batch and once by the room's recent video, however many viewers it went to.
+#[test]
+fn forwarding_takes_no_reference_per_viewer() {
+    let now = Instant::now();
+    let clock = WallClock::new(now, SystemTime::now());
+    let sink = RecordingSink::default();
+    let mut sends = SendBatch::new(Box::new(sink.clone()));
+    let counters = Counters::default();
+    let mut viewers: Vec<ViewerEgress> = (0..5)
+        .map(|i| egress(SocketAddr::from(([127, 0, 0, 1], 4000 + i)), now))
+        .collect();
+    let mut recent = RecentVideo::default();
+    let batch = packets(8, now);
+    let first = recent.push_videos(&batch);
+    for v in &mut viewers {
+        assert!(v.write(&batch, first, &mut sends, &counters, now, &clock));
+    }
+    sends.flush(&counters);
+    assert_eq!(
+        sink.take().len(),
+        5 * (8 + 1),
+        "every packet and a report each"
+    );
+    assert!(batch.iter().all(|(_, p)| Arc::strong_count(p) == 2));
+    drop(viewers);
+    assert!(batch.iter().all(|(_, p)| Arc::strong_count(p) == 2));
+}
+
+/// A NACK is answered from the room's recent video while it still holds the packet; not once
+/// the ring has moved past it, and not after a room switch (the places kept were the former
+/// room's). A replayed GOP is held by the viewer itself and answered from there.
+#[test]
+fn nacks_are_answered_while_the_room_still_holds_the_packet() {
+    let now = Instant::now();
+    let clock = WallClock::new(now, SystemTime::now());
+    let sink = RecordingSink::default();
+    let mut sends = SendBatch::new(Box::new(sink.clone()));
+    let counters = Counters::default();
+    let mut e = egress("127.0.0.1:4000".parse().unwrap(), now);
+    let mut recent = RecentVideo::default();
+    let batch = packets(4, now);
+    let first = recent.push_videos(&batch);
+    e.write(&batch, first, &mut sends, &counters, now, &clock);
+    let seq = first_in_history(&e);
+    sends.flush(&counters);
+    sink.take();
+    // What a NACK of `seq` alone makes the egress send.
+    let resent = |e: &mut ViewerEgress, recent: &RecentVideo, seq: u16, sends: &mut SendBatch| {
+        e.resend_lost(
+            1111,
+            [(seq, 0)].into_iter(),
+            Some(recent),
+            sends,
+            &counters,
+            now,
+        );
+        sends.flush(&counters);
+        sink.take().len()
+    };
+    assert_eq!(resent(&mut e, &recent, seq, &mut sends), 1);
+
+    // The room's ring moves on past the packet (other viewers here are sent newer video).
+    let mut moved = RecentVideo::default();
+    let place = moved.push_videos(&batch);
+    for _ in 0..RECENT_VIDEO / 4 {
+        moved.push_videos(&packets(4, now));
+    }
+    assert!(moved.get(place).is_none());
+    assert_eq!(
+        resent(&mut e, &moved, seq, &mut sends),
+        0,
+        "gone from the ring"
+    );
+
+    // A switch: the history's places are the former room's.
+    e.resync();
+    assert_eq!(
+        resent(&mut e, &recent, seq, &mut sends),
+        0,
+        "forgotten at the switch"
+    );
+
+    // A GOP replay is held by the viewer: answered with no ring at all.
+    let gop: Vec<Arc<MediaPacket>> = packets(3, now).into_iter().map(|(_, p)| p).collect();
+    assert_eq!(e.replay(&gop, &mut sends, &counters, now), 3000);
+    sends.flush(&counters);
+    assert_eq!(sink.take().len(), 3, "the GOP went out");
+    let replayed = first_in_history(&e);
+    let no_ring = RecentVideo::default();
+    assert_eq!(resent(&mut e, &no_ring, replayed, &mut sends), 1);
+}
+
+#[test]
+fn recent_video_places_count_video_packets_only() {
+    let now = Instant::now();
+    let mut recent = RecentVideo::default();
+    assert!(recent.get(0).is_none(), "nothing pushed yet");
+    let mut batch = packets(3, now);
+    let audio = MediaPacket {
+        source: SourceId(7),
+        codec: Codec::Opus,
+        seq: 1,
+        timestamp: 960,
+        marker: false,
+        keyframe_start: false,
+        arrival: now,
+        capture: now,
+        payload: vec![0xfc; 80].into(),
+    };
+    batch.insert(1, (RoomId(1), Arc::new(audio)));
+    assert_eq!(recent.push_videos(&batch), 0);
+    assert_eq!(recent.push_videos(&batch), 3, "three video packets a batch");
+    assert!(Arc::ptr_eq(recent.get(4).unwrap(), &batch[2].1));
+    assert!(recent.get(6).is_none(), "not pushed yet");
 }

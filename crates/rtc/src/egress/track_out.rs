@@ -9,6 +9,7 @@ use deadsfu_media::{Codec, MediaKind, MediaPacket, ViewerTrack};
 use str0m::media::{Mid, Pt};
 use str0m::rtp::Ssrc;
 
+use super::recent_video::RecentVideo;
 use crate::metrics::Counters;
 use crate::send_batch::SendBatch;
 use crate::srtp::SrtpSender;
@@ -45,13 +46,27 @@ pub(super) struct Wire<'a> {
     pub(super) counters: &'a Counters,
 }
 
-/// A packet as it was sent to one viewer.
-pub(super) struct Sent {
+/// The RTP header fields of a packet as it was sent to one viewer.
+#[derive(Clone, Copy)]
+pub(super) struct SentHeader {
     pub(super) index: u64,
     pub(super) timestamp: u32,
     pub(super) pt: u8,
     pub(super) marker: bool,
-    pub(super) packet: Arc<MediaPacket>,
+}
+
+/// A packet in a viewer's NACK history.
+pub(super) struct Sent {
+    pub(super) header: SentHeader,
+    pub(super) packet: SentPacket,
+}
+
+/// Where a sent packet's payload is kept for a retransmission.
+pub(super) enum SentPacket {
+    /// Its place in the room's [`RecentVideo`] on this worker (every forwarded packet).
+    Recent(u64),
+    /// Held here: a GOP replay, older than what the room's ring holds (a join or a switch).
+    Held(Arc<MediaPacket>),
 }
 
 impl TrackOut {
@@ -95,7 +110,7 @@ impl TrackOut {
     }
 
     /// Encrypts and queues one packet.
-    pub(super) fn send(&self, wire: &mut Wire, p: &Sent) {
+    pub(super) fn send(&self, wire: &mut Wire, p: &SentHeader, payload: &[u8]) {
         let mut header = [0u8; 12 + 24];
         let ext_len = self.extension.1;
         header[0] = if ext_len > 0 { 0x90 } else { 0x80 };
@@ -105,7 +120,6 @@ impl TrackOut {
         header[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
         header[12..12 + ext_len].copy_from_slice(&self.extension.0[..ext_len]);
         let header = &header[..12 + ext_len];
-        let payload = &p.packet.payload;
         let max = header.len() + payload.len() + RTP_OVERHEAD + SCRATCH;
         let srtp = &mut *wire.srtp;
         let counters = wire.counters;
@@ -119,7 +133,8 @@ impl TrackOut {
         });
     }
 
-    /// Sends `pkt` (already rewritten) and remembers it for NACKs.
+    /// Sends `pkt` (already rewritten) and remembers it for NACKs: by its place in the room's
+    /// recent video when it has one, else (a replay) by a reference of its own.
     pub(super) fn send_new(
         &mut self,
         wire: &mut Wire,
@@ -127,20 +142,24 @@ impl TrackOut {
         rw: Rewritten,
         pkt: &Arc<MediaPacket>,
         capture: Instant,
+        place: Option<u64>,
     ) {
-        let sent = Sent {
+        let header = SentHeader {
             index: rw.seq,
             timestamp: rw.timestamp,
             pt,
             marker: pkt.marker,
-            packet: pkt.clone(),
         };
-        self.send(wire, &sent);
+        self.send(wire, &header, &pkt.payload);
         self.packets = self.packets.wrapping_add(1);
         self.octets = self.octets.wrapping_add(pkt.payload.len() as u32);
         self.last = Some((rw.timestamp, capture));
         if !self.history.is_empty() {
-            self.history[rw.seq as usize % HISTORY] = Some(sent);
+            let packet = match place {
+                Some(place) => SentPacket::Recent(place),
+                None => SentPacket::Held(pkt.clone()),
+            };
+            self.history[rw.seq as usize % HISTORY] = Some(Sent { header, packet });
         }
     }
 
@@ -151,18 +170,31 @@ impl TrackOut {
         }
     }
 
-    /// Sends packet `seq` again if it is still in the history.
-    pub(super) fn resend(&self, seq: u16, wire: &mut Wire) -> bool {
+    /// Forgets what was sent (a room switch: the places it kept are in another room's ring).
+    pub(super) fn forget_history(&mut self) {
+        self.history.iter_mut().for_each(|h| *h = None);
+    }
+
+    /// Sends packet `seq` again if it is still in the history and its payload still kept.
+    pub(super) fn resend(&self, seq: u16, wire: &mut Wire, recent: Option<&RecentVideo>) -> bool {
         if self.history.is_empty() {
             return false;
         }
-        match &self.history[seq as usize % HISTORY] {
-            Some(sent) if sent.index as u16 == seq => {
-                self.send(wire, sent);
-                true
-            }
-            _ => false,
+        let Some(sent) = &self.history[seq as usize % HISTORY] else {
+            return false;
+        };
+        if sent.header.index as u16 != seq {
+            return false;
         }
+        let payload = match &sent.packet {
+            SentPacket::Recent(place) => recent.and_then(|r| r.get(*place)),
+            SentPacket::Held(pkt) => Some(pkt),
+        };
+        let Some(pkt) = payload else {
+            return false;
+        };
+        self.send(wire, &sent.header, &pkt.payload);
+        true
     }
 
     /// The SR and SDES compound packet for this stream at `now`, in `out`; returns its length.

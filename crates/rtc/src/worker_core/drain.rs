@@ -2,13 +2,16 @@
 //! timeout scheduled; and the timers that run sessions whose time has come.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use str0m::rtp::RawPacket;
 use str0m::{Event, Input, Output};
 
+use deadsfu_media::RoomId;
+
+use super::rooms::LocalRoom;
 use super::{MAX_TIMER_GAP, Slot, WorkerCore};
 use crate::metrics::Counters;
 use crate::send_batch::SendBatch;
@@ -24,6 +27,7 @@ impl WorkerCore {
         };
         let answered = drain_session(
             session,
+            &self.rooms,
             &mut self.outbox,
             &mut self.timers,
             &mut self.sends,
@@ -117,6 +121,7 @@ impl WorkerCore {
 /// datagram being handled when str0m answered its STUN check (a Binding success response).
 pub(super) fn drain_session(
     session: &mut Session,
+    rooms: &HashMap<RoomId, LocalRoom>,
     outbox: &mut Outbox,
     timers: &mut BinaryHeap<Reverse<(Instant, u64)>>,
     sends: &mut SendBatch,
@@ -155,7 +160,8 @@ pub(super) fn drain_session(
             }
             Ok(Output::Event(Event::RawPacket(raw))) => {
                 if let RawPacket::RtcpRx(rtcp) = *raw {
-                    session.handle_viewer_rtcp(&rtcp, sends, counters, now);
+                    let recent = rooms.get(&session.room.id).map(|r| &r.recent_video);
+                    session.handle_viewer_rtcp(&rtcp, recent, sends, counters, now);
                 }
             }
             Ok(Output::Event(event)) => session.handle_event(event, outbox, counters),

@@ -156,9 +156,18 @@ impl WorkerCore {
         if awaiting {
             return; // the viewers here start when the room's GOP comes
         }
+        // Held once here for every viewer's NACKs (the viewers keep places, not references).
+        let first_video_place = local.recent_video.push_videos(packets);
         for slot in &local.viewers {
             if let Some(viewer) = self.sessions.get_mut(*slot).connected_viewer() {
-                viewer.write(packets, &mut self.sends, &self.counters, now, &self.clock);
+                viewer.write(
+                    packets,
+                    first_video_place,
+                    &mut self.sends,
+                    &self.counters,
+                    now,
+                    &self.clock,
+                );
             }
         }
     }

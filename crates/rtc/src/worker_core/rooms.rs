@@ -9,6 +9,7 @@ use deadsfu_media::rewrite::IDLE_AFTER;
 use deadsfu_media::{GopCache, IdlePlayer, MediaPacket};
 
 use super::demux::Slot;
+use crate::egress::RecentVideo;
 
 /// GOP cache bounds per room: a 4 s GOP at 8 Mbit/s fits.
 const GOP_MAX_BYTES: usize = 4 << 20;
@@ -33,6 +34,8 @@ pub(crate) struct LocalRoom {
     /// get nothing until it comes, and the room's packets meanwhile are `held`.
     pub awaiting_gop: Option<Instant>,
     pub held: Vec<Arc<MediaPacket>>,
+    /// The video packets last forwarded to the viewers here, for their NACKs.
+    pub recent_video: RecentVideo,
 }
 
 impl Default for LocalRoom {
@@ -47,6 +50,7 @@ impl Default for LocalRoom {
             last_keyframe_request: None,
             awaiting_gop: None,
             held: Vec::new(),
+            recent_video: RecentVideo::default(),
         }
     }
 }
