@@ -13,8 +13,9 @@
 //!   them ends the process.
 //! - `worker_shell.rs`, `turn.rs`, `udp_sink.rs`: the worker's thread, socket and channels; one
 //!   fair turn of its loop; its datagrams out with `sendmmsg` and GSO.
-//! - `session.rs`: one peer connection as publisher or viewer; `egress.rs`: a viewer's media
-//!   out (SRTP sealing, NACK history, sender reports); `budget.rs`: per-second allowances.
+//! - `session.rs`: one peer connection as publisher or viewer; `egress/`: a viewer's media
+//!   out (SRTP sealing, NACK history, sender reports; `recent_video.rs`: a room's recent video,
+//!   held once per worker for its viewers' NACKs); `budget.rs`: per-second allowances.
 //! - `srtp.rs`, `dtls_tap.rs`: viewers' SRTP, sent by deadsfu itself with the keys of str0m's
 //!   DTLS handshake; `dtls_openssl.rs`: that DTLS, on OpenSSL, from one context per certificate
 //!   (`dtls_cost.rs`: its handshake's CPU measured in memory, for the benchmarks).
