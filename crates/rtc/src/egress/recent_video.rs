@@ -1,16 +1,15 @@
 //! A room's recent video packets on one worker, for its viewers' retransmissions. Each packet is
 //! held here once per worker, and a viewer's NACK history keeps only the packet's place in this
-//! ring: forwarding a packet to a viewer then costs no reference count (per viewer, one
-//! increment when it was sent and one decrement, on a cold cache line, when it left the
-//! history; together 5% of the worker's time at 1,500 viewers).
+//! ring: forwarding a packet to a viewer then costs no reference count (it cost two per viewer,
+//! on a count that workers on several cores share).
 
 use std::sync::Arc;
 
 use deadsfu_media::{MediaKind, MediaPacket, RoomId};
 
 /// Video packets kept per room and worker: twice a viewer's history
-/// ([`super::track_out::HISTORY`]), so that a viewer whose history skipped some of the room's
-/// packets (it started at a keyframe) still finds all of its own.
+/// ([`super::track_out::HISTORY`]), so that a viewer whose last packets skip some of the
+/// room's (it waited for a keyframe after a change of publisher) still finds all of its own.
 pub(crate) const RECENT_VIDEO: usize = 512;
 
 /// The ring; places count every video packet pushed, from 0.

@@ -19,8 +19,8 @@ use std::net::SocketAddr;
 /// Sender reports go out this often per stream (RFC 3550 allows 5 s; browsers use the mapping
 /// for lip sync, so sooner is better after a start or switch).
 pub(super) const REPORT_INTERVAL: Duration = Duration::from_secs(1);
-/// Video packets kept per viewer for retransmission (the packets themselves are shared): 2 s at
-/// 1 Mbit/s, a quarter second at 8 Mbit/s, 24 bytes each.
+/// Video packets kept per viewer for retransmission (their places in the room's recent video,
+/// not the packets): 2 s at 1 Mbit/s, a quarter second at 8 Mbit/s, 32 bytes each.
 pub(super) const HISTORY: usize = 256;
 
 pub(super) struct TrackOut {
