@@ -203,8 +203,8 @@ def run(bins, existing=200, joiners=800, rate=400):
     try:
         c0 = cpu_secs(server.proc.pid)
         proc = subprocess.Popen(
-            loadtest_cmd(args.bin, server, args.joiners, args.rate, UPKEEP_DELAY + UPKEEP_SECS, False,
-                         ["--concurrency", "128"]),
+            loadtest_cmd(args.bin, server, args.joiners, args.rate,
+                         UPKEEP_DELAY + UPKEEP_SECS, False, ["--concurrency", "128"]),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         upkeep = follow_connected(server, proc, args.joiners)
         alone = report(proc)
