@@ -29,105 +29,69 @@ fn packets(n: u64, now: Instant) -> Vec<(RoomId, Arc<MediaPacket>)> {
         .collect()
 }
 
-/// Packets go out sealed to the viewer, then a sender report; NACKed ones go out again, byte
-/// for byte, to wherever the viewer's authenticated RTCP now comes from; unknown ones not.
-#[test]
-fn resends_nacked_packets_on_the_viewers_current_path() {
-    let a: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-    let b: SocketAddr = "127.0.0.1:4001".parse().unwrap();
-    let now = Instant::now();
-    let clock = WallClock::new(now, SystemTime::now());
-    let sink = RecordingSink::default();
-    let mut sends = SendBatch::new(Box::new(sink.clone()));
-    let counters = Counters::default();
-    let mut e = egress(a, now);
-    let mut recent = RecentVideo::default();
-    let batch = packets(4, now);
-    let first = recent.push_videos(&batch);
-    assert!(e.write(&batch, first, &mut sends, &counters, now, &clock));
-    sends.flush(&counters);
-    let sent = sink.take();
-    // Four media packets (payload + header + tag), then the first sender report.
-    assert_eq!(sent.len(), 5, "{sent:?}");
-    assert!(sent.iter().all(|(to, _)| *to == a));
-    assert!(
-        sent[..4]
-            .iter()
-            .all(|(_, d)| d.len() > 1000 && d[..] != [0x65; 1000][..])
-    );
-    let first_seq = e
-        .video
-        .as_ref()
-        .unwrap()
-        .history
-        .iter()
-        .flatten()
-        .map(|h| h.header.index)
-        .min()
-        .unwrap() as u16;
-    e.follow(b);
-    e.resend_lost(
-        1111,
-        [(first_seq + 1, 0b10)].into_iter(),
-        Some(&recent),
-        &mut sends,
-        &counters,
-        now,
-    );
-    e.resend_lost(
-        1111,
-        [(first_seq.wrapping_add(200), 0)].into_iter(),
-        Some(&recent),
-        &mut sends,
-        &counters,
-        now,
-    );
-    sends.flush(&counters);
-    let resent = sink.take();
-    assert_eq!(resent.len(), 2, "{resent:?}");
-    assert_eq!(resent[0], (b, sent[1].1.clone()), "the same sealed bytes");
-    assert_eq!(resent[1], (b, sent[3].1.clone()));
-    let mut snap = crate::metrics::MetricsSnapshot::default();
-    snap.add(&counters);
-    assert_eq!((snap.nacks_received, snap.retransmissions), (3, 2));
+/// What every test here drives an egress with: one instant, a recording sink, counters.
+struct Rig {
+    now: Instant,
+    clock: WallClock,
+    sink: RecordingSink,
+    sends: SendBatch,
+    counters: Counters,
 }
 
-/// Retransmissions are capped per second, whatever the NACKs ask.
-#[test]
-fn resends_are_capped_per_second() {
-    let now = Instant::now();
-    let clock = WallClock::new(now, SystemTime::now());
-    let sink = RecordingSink::default();
-    let mut sends = SendBatch::new(Box::new(sink.clone()));
-    let counters = Counters::default();
-    let mut e = egress("127.0.0.1:4000".parse().unwrap(), now);
-    let mut recent = RecentVideo::default();
-    let batch = packets(16, now);
-    let first_place = recent.push_videos(&batch);
-    e.write(&batch, first_place, &mut sends, &counters, now, &clock);
-    let first = e
-        .video
-        .as_ref()
-        .unwrap()
-        .history
-        .iter()
-        .flatten()
-        .map(|h| h.header.index)
-        .min()
-        .unwrap() as u16;
-    for _ in 0..100 {
+impl Rig {
+    fn new() -> Self {
+        let now = Instant::now();
+        let sink = RecordingSink::default();
+        Rig {
+            now,
+            clock: WallClock::new(now, SystemTime::now()),
+            sends: SendBatch::new(Box::new(sink.clone())),
+            sink,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Forwards `batch` to `e` as a worker does: its video kept once in `recent` first.
+    fn write(
+        &mut self,
+        e: &mut ViewerEgress,
+        recent: &mut RecentVideo,
+        batch: &[(RoomId, Arc<MediaPacket>)],
+    ) -> bool {
+        let first = recent.push_videos(batch);
+        e.write(
+            batch,
+            first,
+            &mut self.sends,
+            &self.counters,
+            self.now,
+            &self.clock,
+        )
+    }
+
+    /// A NACK of `(pid, blp)` for the video track, answered from `recent`.
+    fn nack(&mut self, e: &mut ViewerEgress, recent: &RecentVideo, pid: u16, blp: u16) {
         e.resend_lost(
             1111,
-            [(first, 0x7fff)].into_iter(),
-            Some(&recent),
-            &mut sends,
-            &counters,
-            now,
+            [(pid, blp)].into_iter(),
+            Some(recent),
+            &mut self.sends,
+            &self.counters,
+            self.now,
         );
     }
-    let mut snap = crate::metrics::MetricsSnapshot::default();
-    snap.add(&counters);
-    assert_eq!(snap.retransmissions, RESENDS_PER_SECOND);
+
+    /// Everything sent since the last call.
+    fn sent(&mut self) -> Vec<(SocketAddr, Vec<u8>)> {
+        self.sends.flush(&self.counters);
+        self.sink.take()
+    }
+
+    fn snapshot(&self) -> crate::metrics::MetricsSnapshot {
+        let mut snap = crate::metrics::MetricsSnapshot::default();
+        snap.add(&self.counters);
+        snap
+    }
 }
 
 /// The lowest sequence number in the viewer's video history.
@@ -141,27 +105,74 @@ fn first_in_history(e: &ViewerEgress) -> u16 {
         .unwrap() as u16
 }
 
+/// Packets go out sealed to the viewer, then a sender report; NACKed ones go out again, byte
+/// for byte, to wherever the viewer's authenticated RTCP now comes from; unknown ones not.
+#[test]
+fn resends_nacked_packets_on_the_viewers_current_path() {
+    let a: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+    let b: SocketAddr = "127.0.0.1:4001".parse().unwrap();
+    let mut rig = Rig::new();
+    let mut e = egress(a, rig.now);
+    let mut recent = RecentVideo::default();
+    assert!(rig.write(&mut e, &mut recent, &packets(4, rig.now)));
+    let sent = rig.sent();
+    // Four media packets (payload + header + tag), then the first sender report.
+    assert_eq!(sent.len(), 5, "{sent:?}");
+    assert!(sent.iter().all(|(to, _)| *to == a));
+    assert!(
+        sent[..4]
+            .iter()
+            .all(|(_, d)| d.len() > 1000 && d[..] != [0x65; 1000][..])
+    );
+    let first_seq = first_in_history(&e);
+    e.follow(b);
+    rig.nack(&mut e, &recent, first_seq + 1, 0b10);
+    rig.nack(&mut e, &recent, first_seq.wrapping_add(200), 0);
+    let resent = rig.sent();
+    assert_eq!(resent.len(), 2, "{resent:?}");
+    assert_eq!(resent[0], (b, sent[1].1.clone()), "the same sealed bytes");
+    assert_eq!(resent[1], (b, sent[3].1.clone()));
+    let snap = rig.snapshot();
+    assert_eq!((snap.nacks_received, snap.retransmissions), (3, 2));
+}
+
+/// Retransmissions are capped per second, whatever the NACKs ask.
+#[test]
+fn resends_are_capped_per_second() {
+    let mut rig = Rig::new();
+    let mut e = egress("127.0.0.1:4000".parse().unwrap(), rig.now);
+    let mut recent = RecentVideo::default();
+    rig.write(&mut e, &mut recent, &packets(16, rig.now));
+    let first = first_in_history(&e);
+    for _ in 0..100 {
+        rig.nack(&mut e, &recent, first, 0x7fff);
+    }
+    assert_eq!(rig.snapshot().retransmissions, RESENDS_PER_SECOND);
+}
+
 /// Forwarding a batch to viewers takes no reference per viewer: a video packet is held by the
 /// batch and once by the room's recent video, however many viewers it went to.
 #[test]
 fn forwarding_takes_no_reference_per_viewer() {
-    let now = Instant::now();
-    let clock = WallClock::new(now, SystemTime::now());
-    let sink = RecordingSink::default();
-    let mut sends = SendBatch::new(Box::new(sink.clone()));
-    let counters = Counters::default();
+    let mut rig = Rig::new();
     let mut viewers: Vec<ViewerEgress> = (0..5)
-        .map(|i| egress(SocketAddr::from(([127, 0, 0, 1], 4000 + i)), now))
+        .map(|i| egress(SocketAddr::from(([127, 0, 0, 1], 4000 + i)), rig.now))
         .collect();
     let mut recent = RecentVideo::default();
-    let batch = packets(8, now);
+    let batch = packets(8, rig.now);
     let first = recent.push_videos(&batch);
     for v in &mut viewers {
-        assert!(v.write(&batch, first, &mut sends, &counters, now, &clock));
+        assert!(v.write(
+            &batch,
+            first,
+            &mut rig.sends,
+            &rig.counters,
+            rig.now,
+            &rig.clock
+        ));
     }
-    sends.flush(&counters);
     assert_eq!(
-        sink.take().len(),
+        rig.sent().len(),
         5 * (8 + 1),
         "every packet and a report each"
     );
@@ -175,33 +186,16 @@ fn forwarding_takes_no_reference_per_viewer() {
 /// room's). A replayed GOP is held by the viewer itself and answered from there.
 #[test]
 fn nacks_are_answered_while_the_room_still_holds_the_packet() {
-    let now = Instant::now();
-    let clock = WallClock::new(now, SystemTime::now());
-    let sink = RecordingSink::default();
-    let mut sends = SendBatch::new(Box::new(sink.clone()));
-    let counters = Counters::default();
+    let mut rig = Rig::new();
+    let now = rig.now;
     let mut e = egress("127.0.0.1:4000".parse().unwrap(), now);
     let mut recent = RecentVideo::default();
     let batch = packets(4, now);
-    let first = recent.push_videos(&batch);
-    e.write(&batch, first, &mut sends, &counters, now, &clock);
+    rig.write(&mut e, &mut recent, &batch);
     let seq = first_in_history(&e);
-    sends.flush(&counters);
-    sink.take();
-    // What a NACK of `seq` alone makes the egress send.
-    let resent = |e: &mut ViewerEgress, recent: &RecentVideo, seq: u16, sends: &mut SendBatch| {
-        e.resend_lost(
-            1111,
-            [(seq, 0)].into_iter(),
-            Some(recent),
-            sends,
-            &counters,
-            now,
-        );
-        sends.flush(&counters);
-        sink.take().len()
-    };
-    assert_eq!(resent(&mut e, &recent, seq, &mut sends), 1);
+    rig.sent();
+    rig.nack(&mut e, &recent, seq, 0);
+    assert_eq!(rig.sent().len(), 1);
 
     // The room's ring moves on past the packet (other viewers here are sent newer video).
     let mut moved = RecentVideo::default();
@@ -210,28 +204,21 @@ fn nacks_are_answered_while_the_room_still_holds_the_packet() {
         moved.push_videos(&packets(4, now));
     }
     assert!(moved.get(place).is_none());
-    assert_eq!(
-        resent(&mut e, &moved, seq, &mut sends),
-        0,
-        "gone from the ring"
-    );
+    rig.nack(&mut e, &moved, seq, 0);
+    assert_eq!(rig.sent().len(), 0, "gone from the ring");
 
     // A switch: the history's places are the former room's.
     e.resync();
-    assert_eq!(
-        resent(&mut e, &recent, seq, &mut sends),
-        0,
-        "forgotten at the switch"
-    );
+    rig.nack(&mut e, &recent, seq, 0);
+    assert_eq!(rig.sent().len(), 0, "forgotten at the switch");
 
     // A GOP replay is held by the viewer: answered with no ring at all.
     let gop: Vec<Arc<MediaPacket>> = packets(3, now).into_iter().map(|(_, p)| p).collect();
-    assert_eq!(e.replay(&gop, &mut sends, &counters, now), 3000);
-    sends.flush(&counters);
-    assert_eq!(sink.take().len(), 3, "the GOP went out");
+    assert_eq!(e.replay(&gop, &mut rig.sends, &rig.counters, now), 3000);
+    assert_eq!(rig.sent().len(), 3, "the GOP went out");
     let replayed = first_in_history(&e);
-    let no_ring = RecentVideo::default();
-    assert_eq!(resent(&mut e, &no_ring, replayed, &mut sends), 1);
+    rig.nack(&mut e, &RecentVideo::default(), replayed, 0);
+    assert_eq!(rig.sent().len(), 1);
 }
 
 #[test]
