@@ -153,8 +153,9 @@ impl WorkerCore {
                 local.last_live_video = Some(pkt.arrival);
             }
         }
-        if awaiting {
-            return; // the viewers here start when the room's GOP comes
+        if awaiting || local.viewers.is_empty() {
+            // The viewers here start when the room's GOP comes; with none, nothing is kept.
+            return;
         }
         // Held once here for every viewer's NACKs (the viewers keep places, not references).
         let first_video_place = local.recent_video.push_videos(packets);
